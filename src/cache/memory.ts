@@ -1,0 +1,60 @@
+/*
+ * Process-local cache tier: a bounded LRU with a TTL per entry.
+ *
+ * Map keeps insertion order, so re-inserting on a hit moves an entry to the young end and the
+ * oldest entry is always first: eviction is O(1). It must never grow past maxEntries.
+ */
+
+export interface CacheEntry<T> {
+  value: T;
+  expiresAt: number;
+}
+
+export class MemoryCache<T> {
+  private readonly entries = new Map<string, CacheEntry<T>>();
+
+  constructor(
+    private readonly maxEntries: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get(key: string): T | undefined {
+    const entry = this.entries.get(key);
+    if (!entry) return undefined;
+    if (entry.expiresAt <= this.now()) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    this.entries.delete(key);
+    this.entries.set(key, entry);
+    return entry.value;
+  }
+
+  set(key: string, value: T, ttlMs: number): void {
+    if (ttlMs <= 0 || this.maxEntries === 0) return;
+    this.entries.delete(key);
+    this.entries.set(key, { value, expiresAt: this.now() + ttlMs });
+    if (this.entries.size > this.maxEntries) {
+      const oldest = this.entries.keys().next().value;
+      if (oldest !== undefined) this.entries.delete(oldest);
+    }
+  }
+
+  delete(key: string): boolean {
+    return this.entries.delete(key);
+  }
+
+  deleteWhere(match: (key: string) => boolean): number {
+    let n = 0;
+    for (const key of this.entries.keys()) if (match(key) && this.entries.delete(key)) n++;
+    return n;
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}

@@ -1,0 +1,42 @@
+/*
+ * Command-line words -> our own flags, positional words, and the setting flags handed to convict.
+ * A flag that is neither ours nor a setting is an error: a typo must not be silently ignored.
+ */
+import { describeSettings } from '../config.js';
+
+export interface ParsedArgs {
+  positional: string[];
+  /** Our own flags (--config, --stdio, --size, --json, --help, --version): name -> value or true. */
+  flags: Map<string, string | true>;
+  /** Words for convict: --setting.path value pairs. */
+  settingArgs: string[];
+}
+
+export class UsageError extends Error {}
+
+export function parseArgs(words: string[], own: { boolean: string[]; valued: string[] }): ParsedArgs {
+  const settings = new Set(describeSettings().map((s) => s.path));
+  const out: ParsedArgs = { positional: [], flags: new Map(), settingArgs: [] };
+  for (let i = 0; i < words.length; i++) {
+    const word = words[i]!;
+    if (!word.startsWith('--') || word === '--') {
+      if (word === '-h') out.flags.set('help', true);
+      else out.positional.push(word);
+      continue;
+    }
+    const eq = word.indexOf('=');
+    const name = word.slice(2, eq === -1 ? undefined : eq);
+    const inline = eq === -1 ? undefined : word.slice(eq + 1);
+    const takeValue = (): string => {
+      if (inline !== undefined) return inline;
+      const next = words[++i];
+      if (next === undefined) throw new UsageError(`--${name} needs a value`);
+      return next;
+    };
+    if (own.boolean.includes(name)) out.flags.set(name, true);
+    else if (own.valued.includes(name)) out.flags.set(name, takeValue());
+    else if (settings.has(name)) out.settingArgs.push(`--${name}`, takeValue());
+    else throw new UsageError(`unknown option --${name} (settings are --path.of.setting VALUE; see --help)`);
+  }
+  return out;
+}

@@ -1,0 +1,42 @@
+/*
+ * `overquota check ADDRESS [--size BYTES]`: the operator's first tool. Same settings, same path
+ * as the frontend, printed for a person (or as JSON with --json).
+ */
+import type { Settings } from '../config.js';
+import { buildDecisionCore } from '../app.js';
+import { postfixWouldSay } from '../core/replies.js';
+import { UsageError } from './args.js';
+
+export async function runCheck(settings: Settings, address: string | undefined, sizeText: string | undefined, json: boolean): Promise<number> {
+  if (!address) throw new UsageError('check needs an ADDRESS, e.g. overquota check alice@example.com');
+  const size = sizeText === undefined ? 0 : Number(sizeText);
+  if (!Number.isSafeInteger(size) || size < 0) throw new UsageError(`--size must be a number of bytes, not "${sizeText}"`);
+  const core = await buildDecisionCore(settings);
+  try {
+    const d = await core.checker.check(address, size);
+    const state = d.state?.kind === 'found' ? d.state : null;
+    const postfix = postfixWouldSay(d.action, d.recipient?.address ?? address);
+    if (json) {
+      console.log(JSON.stringify({ recipient: address, mailbox: d.recipient?.key ?? null, size, verdict: d.verdict.kind, reason: d.verdict.reason, usage: state?.usageBytes ?? null, limit: state?.limitBytes ?? null, source: d.source, error: d.error, ms: d.ms, reply: d.action, postfix }));
+    } else {
+      const percent = state?.limitBytes ? ` (${Math.floor((state.usageBytes * 100) / state.limitBytes)}%)` : '';
+      const rows: [string, string][] = [
+        ['recipient', address],
+        ['mailbox', d.recipient?.key ?? '(none)'],
+        ['size', `${size} bytes`],
+        ['verdict', `${d.verdict.kind} (${d.verdict.reason})`],
+        ['usage', state ? `${state.usageBytes} bytes${percent}${state.usageMessages !== null ? `, ${state.usageMessages} messages` : ''}` : '-'],
+        ['limit', state ? (state.limitBytes === null ? 'unlimited' : `${state.limitBytes} bytes`) : '-'],
+        ['source', d.source ? `${d.source} (${d.ms} ms)` : '-'],
+        ['policy reply', `action=${d.action}`],
+        ['Postfix says', postfix],
+      ];
+      if (d.error) rows.splice(4, 0, ['error', `${d.error.code}: ${d.error.message}`]);
+      for (const [k, v] of rows) console.log(`${k.padEnd(13)} ${v}`);
+    }
+    if (d.verdict.kind === 'error') return 2;
+    return /^(\d{3}\s|DEFER|REJECT)/i.test(d.action) ? 1 : 0;
+  } finally {
+    await core.close();
+  }
+}

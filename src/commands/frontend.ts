@@ -1,0 +1,51 @@
+/*
+ * `overquota frontend`: the policy listeners (or spawn mode) over the decision core.
+ */
+import type { Settings } from '../config.js';
+import { createLogger } from '../log.js';
+import { buildDecisionCore } from '../app.js';
+import { makePolicyHandler } from '../policy/answer.js';
+import { servePolicyStdio, startPolicyServer } from '../policy/server.js';
+import { parseListenAddress, type ListenAddress } from '../listen.js';
+import { keepRunningOnBugs, onStopSignal } from './process.js';
+
+/** Extra time after the latency budget for in-flight answers at shutdown. */
+const SHUTDOWN_GRACE_MS = 1000;
+
+export async function runFrontend(settings: Settings, stdio: boolean): Promise<number> {
+  const logger = createLogger({ level: settings.log.level, file: settings.log.file, stdoutIsProtocol: stdio });
+  keepRunningOnBugs(logger);
+  const core = await buildDecisionCore(settings);
+  const handle = makePolicyHandler(core.checker, { checkEndOfMessage: settings.policy.check_end_of_message, onError: settings.replies.on_error }, logger);
+  const limits = {
+    maxLineLength: settings.policy.max_line_length,
+    maxAttributes: settings.policy.max_attributes,
+    maxRequestSize: settings.policy.max_request_size,
+  };
+
+  if (stdio) {
+    const session = servePolicyStdio({ input: process.stdin, output: process.stdout, limits, handle, logger });
+    onStopSignal(() => session.finish());
+    await session.done;
+    await core.close();
+    logger.flush();
+    return 0;
+  }
+
+  const server = await startPolicyServer({
+    listeners: settings.policy.listen.map((l) => parseListenAddress(l) as ListenAddress),
+    socketMode: parseInt(settings.policy.socket_mode, 8),
+    idleTimeoutMs: settings.policy.idle_timeout,
+    limits,
+    handle,
+    logger,
+    shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
+  });
+  await new Promise<void>((resolve) => onStopSignal(resolve));
+  logger.info('stopping: no new connections, answering what is in flight');
+  await server.close();
+  await core.close();
+  logger.info('stopped');
+  logger.flush();
+  return 0;
+}

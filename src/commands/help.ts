@@ -1,0 +1,39 @@
+/*
+ * --help texts. The settings list is generated from the schema, so it cannot drift.
+ */
+import { describeSettings } from '../config.js';
+
+export const COMMANDS: Record<string, { usage: string; summary: string }> = {
+  frontend: {
+    usage: 'overquota frontend [--stdio] [--config FILE] [--SETTING VALUE ...]',
+    summary: 'Run the Postfix policy service (inet/unix listeners, or spawn(8) mode on stdin/stdout with --stdio).',
+  },
+  'quota-service': {
+    usage: 'overquota quota-service [--config FILE] [--SETTING VALUE ...]',
+    summary: 'Run the backend quota service (replaces quota.cgi): GET /quota?u=USER, /cgi-bin/quota.cgi?u=USER, /quota.json?u=USER, /health.',
+  },
+  check: {
+    usage: 'overquota check ADDRESS [--size BYTES] [--json] [--config FILE] [--SETTING VALUE ...]',
+    summary: 'Ask one address through the same path as the frontend and print verdict, usage, limit, source and the reply Postfix would give. Exit 0: accepted, 1: deferred or rejected, 2: error reply.',
+  },
+  config: {
+    usage: 'overquota config [--config FILE] [--SETTING VALUE ...]',
+    summary: 'Print the effective configuration as JSON, secrets redacted.',
+  },
+};
+
+export function mainHelp(): string {
+  const lines = ['overquota: refuse RCPT TO for full mailboxes with 452 4.2.2, so nothing bounces.', '', 'Commands:'];
+  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(14)} ${c.summary}`);
+  lines.push('', 'Options: --help (also after a command), --version.', 'Configuration: --config FILE or OVERQUOTA_CONFIG (JSON); env OVERQUOTA_*; flags --path.of.setting VALUE.');
+  return lines.join('\n');
+}
+
+export function commandHelp(name: string): string {
+  const c = COMMANDS[name]!;
+  const lines = [`Usage: ${c.usage}`, '', c.summary, '', 'Settings (flag / env var / default):'];
+  for (const s of describeSettings()) {
+    lines.push(`  --${s.path}  ${s.env}  [${JSON.stringify(s.default)}]`, `      ${s.doc}`);
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,31 @@
+/*
+ * `overquota quota-service`: the backend HTTP service over the local mail store.
+ */
+import type { Settings } from '../config.js';
+import { createLogger } from '../log.js';
+import { parseListenAddress } from '../listen.js';
+import { buildLocalStore } from '../sources/factory.js';
+import { startQuotaService } from '../quota-service/server.js';
+import { keepRunningOnBugs, onStopSignal } from './process.js';
+
+export async function runQuotaService(settings: Settings): Promise<number> {
+  const logger = createLogger({ level: settings.log.level, file: settings.log.file, stdoutIsProtocol: false });
+  keepRunningOnBugs(logger);
+  const where = parseListenAddress(settings.quota_service.listen);
+  if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`quota_service.listen: ${String(where)}`);
+  const store = await buildLocalStore(settings.store, { writeMaildirsize: true });
+  const service = await startQuotaService({
+    host: where.host,
+    port: where.port,
+    store,
+    token: settings.quota_service.token || undefined,
+    logger,
+    maxConcurrentScans: settings.quota_service.max_concurrent_scans,
+  });
+  logger.info({ listen: `${where.host}:${service.port}`, store: store.name }, 'quota service ready');
+  await new Promise<void>((resolve) => onStopSignal(resolve));
+  await service.close();
+  await store.close();
+  logger.flush();
+  return 0;
+}

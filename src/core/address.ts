@@ -1,0 +1,66 @@
+/*
+ * Recipient address -> mailbox key.
+ *
+ * Postfix hands us the envelope recipient exactly as the client wrote it (before alias expansion,
+ * possibly with an extension such as user+tag, possibly UTF-8 with SMTPUTF8). The key is what a
+ * quota source knows the mailbox by: the local part alone (as the seed's quota.cgi) or the whole
+ * address. This module must never throw on any input: a malformed address is "no recipient".
+ */
+
+export interface RecipientRules {
+  /** Characters that start an address extension (Postfix recipient_delimiter); empty: none. */
+  delimiters: string;
+  /** Fold the local part to lower case (the domain is always folded: DNS is case-insensitive). */
+  lowercaseLocalPart: boolean;
+  /** Mailbox key template: {local}, {domain} and {address} (local@domain, extension removed). */
+  keyTemplate: string;
+}
+
+export interface Recipient {
+  /** As received, for logs. */
+  original: string;
+  local: string;
+  domain: string;
+  /** local@domain after folding and extension removal. */
+  address: string;
+  key: string;
+}
+
+/** Longest address we look at: RFC 5321 paths are at most 256 octets. */
+export const MAX_ADDRESS_LENGTH = 512;
+
+export function parseRecipient(raw: string, rules: RecipientRules): Recipient | null {
+  let addr = raw.trim();
+  if (addr.startsWith('<') && addr.endsWith('>')) addr = addr.slice(1, -1).trim();
+  if (addr === '' || addr.length > MAX_ADDRESS_LENGTH) return null;
+  if (!addr.isWellFormed()) addr = addr.toWellFormed();
+
+  const at = addr.lastIndexOf('@');
+  let local = at < 0 ? addr : addr.slice(0, at);
+  const domain = at < 0 ? '' : addr.slice(at + 1).toLowerCase().replace(/\.$/, '');
+  if (local === '') return null;
+
+  if (rules.lowercaseLocalPart) local = local.toLowerCase();
+  local = stripExtension(local, rules.delimiters);
+
+  const address = domain === '' ? local : `${local}@${domain}`;
+  const key = rules.keyTemplate
+    .replaceAll('{local}', local)
+    .replaceAll('{domain}', domain)
+    .replaceAll('{address}', address);
+  return { original: raw, local, domain, address, key };
+}
+
+/**
+ * Cuts user+tag to user at the first delimiter character, as Postfix does; a local part that
+ * starts with a delimiter (e.g. "+tag") is left alone so that it never becomes empty.
+ */
+function stripExtension(local: string, delimiters: string): string {
+  if (delimiters === '' || local.startsWith('"')) return local;
+  for (let i = 1; i < local.length; i++) {
+    if (delimiters.includes(local[i]!)) return local.slice(0, i);
+  }
+  return local;
+}
+
+export const KEY_PLACEHOLDERS = ['{local}', '{domain}', '{address}'];

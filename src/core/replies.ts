@@ -1,0 +1,115 @@
+/*
+ * Reply texts: validated once at start-up, rendered per decision.
+ *
+ * An operator writes replies in Postfix's access(5) words ("452 4.2.2 Mailbox full", "DUNNO",
+ * "DEFER_IF_PERMIT 4.2.2 ..."). Several spellings look right and are silently wrong in Postfix
+ * (see ../shared/references/postfix-policy.md); this module refuses them before the first request,
+ * so a typo never turns into accepted-and-bounced mail. It must never let through an all-numeric
+ * action (Postfix reads it as OK) or OK itself (it skips the operator's later restrictions).
+ */
+
+/** SMTP reply lines are at most 512 bytes (RFC 5321); Postfix adds "<rcpt>: Recipient address rejected: ". */
+export const MAX_REPLY_TEXT_BYTES = 400;
+
+/** Actions that carry an optional text and may be configured as a reply. */
+const NAMED_ACTIONS = new Set(['DUNNO', 'DEFER_IF_PERMIT', 'DEFER_IF_REJECT', 'DEFER', 'REJECT', 'WARN', 'HOLD']);
+/** The class each named action implies for an enhanced status code at the start of its text. */
+const ACTION_CLASS: Record<string, '4' | '5' | undefined> = {
+  DEFER_IF_PERMIT: '4',
+  DEFER_IF_REJECT: '4',
+  DEFER: '4',
+  REJECT: '5',
+};
+
+const PLACEHOLDERS = ['{usage}', '{limit}', '{percent}', '{size}'];
+
+/**
+ * Returns why Postfix would misread this reply, or null when it is sound.
+ * Placeholders are checked as if replaced by digits.
+ */
+export function replyProblem(reply: string): string | null {
+  if (typeof reply !== 'string' || reply.trim() === '') return 'is empty';
+  if (!reply.isWellFormed() || reply.includes('\uFFFD')) return 'is not valid UTF-8';
+  if (/[\x00-\x1f\x7f]/.test(reply)) return 'contains a control character (CR, LF, TAB, NUL ...)';
+  if (reply !== reply.trim()) return 'has leading or trailing white space';
+  const sample = PLACEHOLDERS.reduce((text, p) => text.replaceAll(p, '100'), reply);
+  const stray = /\{[a-z_]+\}/.exec(sample);
+  if (stray) return `uses the unknown placeholder ${stray[0]} (known: ${PLACEHOLDERS.join(' ')})`;
+  if (Buffer.byteLength(sample) > MAX_REPLY_TEXT_BYTES) return `is longer than ${MAX_REPLY_TEXT_BYTES} bytes`;
+
+  const [word = '', ...rest] = sample.split(' ');
+  const text = rest.join(' ');
+  if (/^\d+$/.test(word)) return numericProblem(word, text);
+  const action = word.toUpperCase();
+  if (action === 'OK' || action === 'PERMIT')
+    return 'is OK: Postfix would skip every later restriction (use DUNNO for "let the next restriction decide")';
+  if (!NAMED_ACTIONS.has(action)) return `starts with "${word}", which is not a Postfix access(5) action or a 4XX/5XX code`;
+  if (action === 'DUNNO' && text !== '') return 'is DUNNO with a text, which Postfix ignores';
+  if (/^\d{3}(\s|$)/.test(text))
+    return `puts an SMTP code after ${action}: Postfix would send "${action === 'REJECT' ? 554 : 450} 4.7.1 ...: ${text}" (write "452 4.2.2 text" instead)`;
+  const wanted = ACTION_CLASS[action];
+  const dsn = /^(\d)\.\d{1,3}\.\d{1,3}(\s|$)/.exec(text);
+  if (wanted && dsn && dsn[1] !== wanted) return `has the status code ${text.split(' ')[0]} where ${action} needs ${wanted}.X.X`;
+  return null;
+}
+
+function numericProblem(code: string, text: string): string | null {
+  if (text === '') return `is the bare code "${code}": Postfix treats an all-numeric action as OK and accepts the mail`;
+  if (!/^[45]\d\d$/.test(code)) return `has the code ${code}: only 4XX and 5XX codes are replies`;
+  if (code === '421') return 'is a 421, which makes Postfix disconnect the client';
+  const dsn = /^(\d)\.\d{1,3}\.\d{1,3}(\s|$)/.exec(text);
+  if (dsn) {
+    if (dsn[1] !== code[0]) return `has the status code ${text.split(' ')[0]} whose class does not match ${code}`;
+    if (text.slice(dsn[0].length).trim() === '') return 'has a status code but no text';
+  }
+  return null;
+}
+
+/** The figures a reply template may show. */
+export interface ReplyFigures {
+  usageBytes?: number;
+  limitBytes?: number | null;
+  sizeBytes?: number;
+}
+
+export function renderReply(template: string, f: ReplyFigures): string {
+  if (!template.includes('{')) return template;
+  const percent = f.limitBytes ? Math.floor(((f.usageBytes ?? 0) * 100) / f.limitBytes) : 0;
+  return template
+    .replaceAll('{usage}', String(f.usageBytes ?? 0))
+    .replaceAll('{limit}', String(f.limitBytes ?? 0))
+    .replaceAll('{percent}', String(percent))
+    .replaceAll('{size}', String(f.sizeBytes ?? 0));
+}
+
+/** The dry-run form of a deferring reply: Postfix logs it and goes on (access(5) WARN). */
+export function warnReply(reply: string): string {
+  const text = reply.replace(/^(\d{3}|[A-Z_]+)\s+/, '');
+  return `WARN overquota dry run: ${text}`;
+}
+
+/** What the SMTP client would see from Postfix for this policy action at RCPT; for the check command. */
+export function postfixWouldSay(action: string, recipient: string): string {
+  const [word = '', ...rest] = action.split(' ');
+  const text = rest.join(' ');
+  const upper = word.toUpperCase();
+  const rejected = (code: string, t: string) => {
+    const dsn = /^\d\.\d{1,3}\.\d{1,3}(?=\s)/.exec(t);
+    const status = dsn ? dsn[0] : `${code[0]}.7.1`;
+    const body = dsn ? t.slice(dsn[0].length).trim() : t;
+    return `${code} ${status} <${recipient}>: Recipient address rejected: ${body}`;
+  };
+  if (/^\d{3}$/.test(word)) return rejected(word, text);
+  switch (upper) {
+    case 'DUNNO':
+      return '250 2.1.5 Ok (DUNNO: Postfix evaluates the next restriction, which may still reject)';
+    case 'WARN':
+      return `250 2.1.5 Ok (WARN: Postfix logs "${text}")`;
+    case 'DEFER_IF_PERMIT':
+      return `${rejected('450', text)} (450 is $access_map_defer_code; only if the rest of the list permits)`;
+    case 'REJECT':
+      return `${rejected('554', text)} (554 is $access_map_reject_code)`;
+    default:
+      return `${action} (Postfix access(5) action)`;
+  }
+}

@@ -1,0 +1,32 @@
+/*
+ * Listener addresses in the MTAs' own spelling.
+ *
+ * Postfix writes inet:host:port, inet:[ipv6]:port and unix:/path; Sendmail writes inet:port@host,
+ * inet6:port@host and local:/path (accepted here so a milter line can be copied from sendmail.mc).
+ * Parsing only: opening sockets is the servers' job.
+ */
+import { isIP } from 'node:net';
+
+export type ListenAddress =
+  | { kind: 'inet'; host: string; port: number; text: string }
+  | { kind: 'unix'; path: string; text: string };
+
+export function parseListenAddress(text: string): ListenAddress | string {
+  const spec = text.trim();
+  let m = /^(?:unix|local):(\/.+)$/.exec(spec);
+  if (m) return { kind: 'unix', path: m[1]!, text: spec };
+  m = /^inet6?:(\d+)@(.+)$/.exec(spec) ?? null;
+  if (m) return inet(m[2]!.replace(/^\[(.*)\]$/, '$1'), m[1]!, spec);
+  m = /^(?:inet:)?\[([^\]]+)\]:(\d+)$/.exec(spec);
+  if (m) return inet(m[1]!, m[2]!, spec);
+  m = /^(?:inet:)?([^:[\]]+):(\d+)$/.exec(spec);
+  if (m) return inet(m[1]!, m[2]!, spec);
+  return `"${text}" is not inet:HOST:PORT, inet:[IPV6]:PORT, unix:/PATH or inet:PORT@HOST`;
+}
+
+function inet(host: string, portText: string, text: string): ListenAddress | string {
+  const port = Number(portText);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) return `"${text}" has the port ${portText}, outside 0-65535`;
+  if (host !== 'localhost' && isIP(host) === 0 && !/^[a-z0-9.-]+$/i.test(host)) return `"${text}" has the host "${host}", not an address or name`;
+  return { kind: 'inet', host, port, text };
+}

@@ -1,0 +1,69 @@
+/*
+ * A policy request -> the action to send, with one log line per checked recipient.
+ *
+ * Only RCPT is checked (and END-OF-MESSAGE with a recipient, when enabled: Postfix names the
+ * recipient there only when the message has exactly one, and the real size is known). Every other
+ * state gets DUNNO. Never throws: a bug here becomes the on_error reply, not a dropped session.
+ */
+import type { Logger } from 'pino';
+import type { PolicyRequest } from './codec.js';
+import type { QuotaChecker, Decision } from '../core/checker.js';
+
+export interface PolicyAnswerOptions {
+  checkEndOfMessage: boolean;
+  onError: string;
+}
+
+/** Postfix sends size=0 (or nothing) when the client gave no SIZE=. */
+export function requestSize(request: PolicyRequest): number {
+  const size = request.get('size');
+  return size !== undefined && /^\d{1,15}$/.test(size) ? Number(size) : 0;
+}
+
+export function wantsCheck(request: PolicyRequest, opts: PolicyAnswerOptions): string | null {
+  const recipient = request.get('recipient');
+  if (!recipient) return null;
+  const state = (request.get('protocol_state') ?? '').toUpperCase();
+  if (state === 'RCPT') return recipient;
+  if (state === 'END-OF-MESSAGE' && opts.checkEndOfMessage) return recipient;
+  return null;
+}
+
+export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptions, logger: Logger) {
+  return async (request: PolicyRequest): Promise<string> => {
+    try {
+      const recipient = wantsCheck(request, opts);
+      if (recipient === null) return 'DUNNO';
+      const decision = await checker.check(recipient, requestSize(request));
+      logDecision(logger, request, decision);
+      return decision.action;
+    } catch (err) {
+      logger.error({ err }, 'internal error while answering a policy request; sent the on_error reply');
+      return opts.onError;
+    }
+  };
+}
+
+function logDecision(logger: Logger, request: PolicyRequest, d: Decision): void {
+  const line = {
+    queue_id: request.get('queue_id') || undefined,
+    client_address: request.get('client_address'),
+    sender: request.get('sender'),
+    recipient: request.get('recipient'),
+    state: request.get('protocol_state'),
+    size: requestSize(request),
+    mailbox: d.recipient?.key,
+    verdict: d.verdict.kind,
+    reason: d.verdict.reason,
+    source: d.source ?? undefined,
+    cache: d.cache ?? undefined,
+    usage: d.state?.kind === 'found' ? d.state.usageBytes : undefined,
+    limit: d.state?.kind === 'found' ? d.state.limitBytes : undefined,
+    error: d.error?.code,
+    ms: d.ms,
+    action: d.action,
+  };
+  if (d.verdict.kind === 'error') logger.warn(line, 'decision');
+  else if (d.verdict.kind === 'not_checked') logger.debug(line, 'decision');
+  else logger.info(line, 'decision');
+}

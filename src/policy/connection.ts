@@ -1,0 +1,87 @@
+/*
+ * One policy client: bytes in, requests answered in order, replies out.
+ *
+ * Shared by sockets and spawn(8) stdin/stdout. Postfix sends one request and waits, but a client
+ * may pipeline: answers keep request order. On a protocol error nothing is replied (the protocol's
+ * rule for a server in trouble): the owner logs it and drops this connection only.
+ */
+import { encodeReply, PolicyDecoder, PolicyProtocolError, type PolicyLimits, type PolicyRequest } from './codec.js';
+
+/** Requests queued on one connection before we stop reading from it (backpressure on a flood). */
+export const MAX_QUEUED_REQUESTS = 64;
+
+export interface ConnectionIo {
+  write(bytes: Buffer): void;
+  pause(): void;
+  resume(): void;
+  /** Protocol error or shutdown: close without another byte. */
+  drop(reason: PolicyProtocolError | null): void;
+  /** Graceful: everything owed was answered. */
+  end(): void;
+}
+
+export type PolicyHandler = (request: PolicyRequest) => Promise<string>;
+
+export class PolicyConnection {
+  private readonly decoder: PolicyDecoder;
+  private readonly queue: PolicyRequest[] = [];
+  private busy = false;
+  private closing = false;
+  private dead = false;
+  requestsAnswered = 0;
+
+  constructor(
+    limits: PolicyLimits,
+    private readonly handle: PolicyHandler,
+    private readonly io: ConnectionIo,
+  ) {
+    this.decoder = new PolicyDecoder(limits);
+  }
+
+  receive(chunk: Uint8Array): void {
+    if (this.dead) return;
+    let requests: PolicyRequest[];
+    try {
+      requests = this.decoder.push(chunk);
+    } catch (err) {
+      this.dead = true;
+      this.io.drop(err instanceof PolicyProtocolError ? err : null);
+      return;
+    }
+    if (requests.length === 0) return;
+    this.queue.push(...requests);
+    if (this.queue.length > MAX_QUEUED_REQUESTS) this.io.pause();
+    if (!this.busy) void this.drain();
+  }
+
+  /** Stop after answering what has fully arrived (SIGTERM, or the client's EOF). */
+  finish(): void {
+    this.closing = true;
+    if (!this.busy && !this.dead) {
+      this.dead = true;
+      this.io.end();
+    }
+  }
+
+  /** The connection has owed or half-received requests. */
+  get idle(): boolean {
+    return !this.busy && this.queue.length === 0 && !this.decoder.midRequest;
+  }
+
+  private async drain(): Promise<void> {
+    this.busy = true;
+    while (this.queue.length > 0 && !this.dead) {
+      const request = this.queue.shift()!;
+      const action = await this.handle(request);
+      if (this.dead) break;
+      this.io.write(encodeReply(action));
+      this.requestsAnswered++;
+      if (this.queue.length === MAX_QUEUED_REQUESTS) this.io.resume();
+    }
+    this.busy = false;
+    if (this.closing && !this.dead) {
+      this.dead = true;
+      this.io.end();
+    }
+  }
+}

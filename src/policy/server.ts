@@ -1,0 +1,159 @@
+/*
+ * The policy listeners: inet and unix sockets, and spawn(8) stdin/stdout.
+ *
+ * Never closes an idle connection before Postfix does (Postfix keeps one per smtpd process for up
+ * to smtpd_policy_service_max_idle, 300s; closing first costs it a 1 s retry per request). A bad
+ * client is logged and dropped alone. On close(): stop accepting, answer what is in flight, end.
+ * In spawn mode stderr is the SMTP client's channel too: nothing here writes to it.
+ */
+import net from 'node:net';
+import fs from 'node:fs/promises';
+import type { Logger } from 'pino';
+import type { Readable, Writable } from 'node:stream';
+import type { PolicyLimits } from './codec.js';
+import { PolicyConnection, type PolicyHandler } from './connection.js';
+import type { ListenAddress } from '../listen.js';
+
+export interface PolicyServerOptions {
+  listeners: ListenAddress[];
+  /** e.g. 0o666 for unix sockets. */
+  socketMode: number;
+  idleTimeoutMs: number;
+  limits: PolicyLimits;
+  handle: PolicyHandler;
+  logger: Logger;
+  /** Longest wait for in-flight answers at shutdown before connections are cut. */
+  shutdownGraceMs: number;
+}
+
+export interface RunningPolicyServer {
+  /** Bound addresses, e.g. inet:127.0.0.1:10033 (the real port when 0 was asked). */
+  addresses: string[];
+  connections(): number;
+  close(): Promise<void>;
+}
+
+export async function startPolicyServer(opts: PolicyServerOptions): Promise<RunningPolicyServer> {
+  const live = new Map<net.Socket, PolicyConnection>();
+  const servers: net.Server[] = [];
+  const addresses: string[] = [];
+  let nextId = 1;
+
+  const onConnection = (socket: net.Socket, listener: string) => {
+    const id = nextId++;
+    const log = opts.logger.child({ conn: id, listener });
+    socket.setNoDelay(true);
+    socket.setTimeout(opts.idleTimeoutMs);
+    const conn = new PolicyConnection(opts.limits, opts.handle, {
+      write: (bytes) => socket.write(bytes),
+      pause: () => socket.pause(),
+      resume: () => socket.resume(),
+      drop: (err) => {
+        if (err) log.warn({ code: err.code, peer: socket.remoteAddress }, `policy client dropped without a reply: ${err.message}`);
+        socket.destroy();
+      },
+      end: () => socket.end(),
+    });
+    live.set(socket, conn);
+    socket.on('data', (chunk: Buffer) => conn.receive(chunk));
+    socket.on('end', () => conn.finish());
+    socket.on('timeout', () => {
+      log.debug({ idle_ms: opts.idleTimeoutMs }, 'closing idle policy connection');
+      socket.destroy();
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => log.debug({ code: err.code }, `policy connection error: ${err.message}`));
+    socket.on('close', () => live.delete(socket));
+  };
+
+  try {
+    for (const listener of opts.listeners) {
+      const server = net.createServer({ noDelay: true }, (s) => onConnection(s, listener.text));
+      server.on('error', (err) => opts.logger.error({ err, listener: listener.text }, 'policy listener error'));
+      addresses.push(await listen(server, listener, opts.socketMode));
+      servers.push(server);
+    }
+  } catch (err) {
+    for (const s of servers) s.close();
+    throw err;
+  }
+  opts.logger.info({ listeners: addresses }, 'policy service ready');
+
+  return {
+    addresses,
+    connections: () => live.size,
+    async close() {
+      await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      for (const conn of live.values()) conn.finish();
+      const deadline = Date.now() + opts.shutdownGraceMs;
+      while (live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      for (const socket of live.keys()) socket.destroy();
+    },
+  };
+}
+
+async function listen(server: net.Server, where: ListenAddress, mode: number): Promise<string> {
+  if (where.kind === 'unix') await removeStaleSocket(where.path);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    const done = () => {
+      server.off('error', reject);
+      resolve();
+    };
+    if (where.kind === 'unix') server.listen(where.path, done);
+    else server.listen(where.port, where.host, done);
+  });
+  if (where.kind === 'unix') {
+    await fs.chmod(where.path, mode);
+    return `unix:${where.path}`;
+  }
+  const bound = server.address() as net.AddressInfo;
+  return bound.family === 'IPv6' ? `inet:[${bound.address}]:${bound.port}` : `inet:${bound.address}:${bound.port}`;
+}
+
+/**
+ * A socket file left by a previous run blocks listen() with EADDRINUSE. Remove it only when it is
+ * a socket nobody answers on: never a regular file, never a live server's socket.
+ */
+async function removeStaleSocket(path: string): Promise<void> {
+  const st = await fs.lstat(path).catch(() => null);
+  if (!st) return;
+  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket: refusing to replace it`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`${path} is in use by a running server`);
+  await fs.unlink(path);
+}
+
+/**
+ * spawn(8) mode: one client on stdin/stdout, for the life of one smtpd connection.
+ * Resolves when the client has gone (EOF) and everything owed was answered, or on a protocol error.
+ */
+export function servePolicyStdio(opts: { input: Readable; output: Writable; limits: PolicyLimits; handle: PolicyHandler; logger: Logger }): {
+  done: Promise<void>;
+  finish(): void;
+} {
+  let settle!: () => void;
+  const done = new Promise<void>((resolve) => (settle = resolve));
+  const conn = new PolicyConnection(opts.limits, opts.handle, {
+    write: (bytes) => opts.output.write(bytes),
+    pause: () => opts.input.pause(),
+    resume: () => opts.input.resume(),
+    drop: (err) => {
+      if (err) opts.logger.warn({ code: err.code }, `policy client dropped without a reply: ${err.message}`);
+      opts.input.destroy();
+      settle();
+    },
+    end: () => opts.output.end(() => settle()),
+  });
+  opts.input.on('data', (chunk: Buffer) => conn.receive(chunk));
+  opts.input.on('end', () => conn.finish());
+  opts.input.on('error', () => conn.finish());
+  opts.output.on('error', () => settle());
+  return { done, finish: () => conn.finish() };
+}

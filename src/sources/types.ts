@@ -1,0 +1,78 @@
+/*
+ * What every quota source answers about one mailbox, and how it fails.
+ *
+ * A source turns a mailbox key into a QuotaState or throws a SourceError. It never decides what
+ * Postfix is told: that is the core's job (core/verdict.ts). Sizes are bytes, counts are messages;
+ * null means "no limit".
+ */
+
+/** The mailbox exists and these are its figures. */
+export interface MailboxQuota {
+  kind: 'found';
+  usageBytes: number;
+  /** null: unlimited storage. */
+  limitBytes: number | null;
+  usageMessages: number | null;
+  /** null: no limit on the number of messages. */
+  limitMessages: number | null;
+  /** The source's own judgement, e.g. the seed CGI's OVERQUOTA, kept even when the figures disagree. */
+  overQuota: boolean;
+}
+
+/** The source does not know this mailbox (an alias, a typo, a user on another backend). */
+export interface UnknownMailbox {
+  kind: 'unknown';
+}
+
+export type QuotaState = MailboxQuota | UnknownMailbox;
+
+export interface QuotaSource {
+  /** The name logged with each decision, e.g. "http:backend1" or "local:/var/mail". */
+  readonly name: string;
+  /** Must honour the signal: the caller aborts it when the latency budget is spent. */
+  lookup(key: string, signal: AbortSignal): Promise<QuotaState>;
+  close(): Promise<void>;
+}
+
+/** Codes a person can act on; they appear in logs as `error.code`. */
+export type SourceErrorCode =
+  | 'SOURCE_TIMEOUT'
+  | 'SOURCE_UNREACHABLE'
+  | 'SOURCE_HTTP_STATUS'
+  | 'SOURCE_BAD_ANSWER'
+  | 'SOURCE_IO'
+  | 'SOURCE_BAD_KEY'
+  | 'SOURCE_BUSY';
+
+export class SourceError extends Error {
+  constructor(
+    readonly code: SourceErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'SourceError';
+  }
+}
+
+export function found(
+  usageBytes: number,
+  limitBytes: number | null,
+  extra: Partial<Omit<MailboxQuota, 'kind' | 'usageBytes' | 'limitBytes'>> = {},
+): MailboxQuota {
+  return {
+    kind: 'found',
+    usageBytes,
+    limitBytes,
+    usageMessages: extra.usageMessages ?? null,
+    limitMessages: extra.limitMessages ?? null,
+    overQuota: extra.overQuota ?? false,
+  };
+}
+
+/** Full now, whatever the next message's size: the basis of the over-quota verdict and its TTL. */
+export function isFull(state: MailboxQuota): boolean {
+  if (state.overQuota) return true;
+  if (state.limitBytes !== null && state.usageBytes >= state.limitBytes) return true;
+  return state.limitMessages !== null && state.usageMessages !== null && state.usageMessages >= state.limitMessages;
+}
