@@ -1,0 +1,250 @@
+/*
+ * The quota service: a small HTTP face over one local QuotaSource, run on each mail store.
+ * It replaces the seed's quota.cgi with the same one-line text answer, plus JSON:
+ *
+ *   GET /quota?u=USER  (and /cgi-bin/quota.cgi?u=USER)  200 "OK|OVERQUOTA <user> <size> <quota>\n"
+ *                                                        404 "UNKNOWN <user>\n"
+ *   GET /quota.json?u=USER   the same as {"user","state","usage","limit","source"}
+ *   GET /health              200 {"status":"ok"} (no token: it tells nothing about mailboxes)
+ *
+ * It must never crash on any input, never answer OK for a lookup that failed (503 instead: the
+ * frontend then applies its on_error policy), never echo an invalid user back, and never run
+ * more than maxConcurrentScans lookups at once (a Maildir recount reads whole directories).
+ * It does not close the store: the caller created it.
+ */
+
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { checkMailboxUser } from '../sources/mailbox-path.js';
+import { SourceError, type QuotaSource, type QuotaState } from '../sources/types.js';
+
+/** Longest request target; a mailbox key is at most 255 bytes, 3x that percent-encoded, plus the path. */
+export const MAX_URL_LENGTH = 2048;
+export const DEFAULT_MAX_CONCURRENT_SCANS = 16;
+/** Per-lookup budget; well under the frontend's, so the frontend sees our 503 rather than its own timeout. */
+export const DEFAULT_LOOKUP_TIMEOUT_MS = 10_000;
+/* Slow or idle clients must not hold sockets: the frontend keeps connections alive between lookups. */
+const HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 30_000;
+const RETRY_AFTER_SECONDS = '1';
+
+export interface QuotaServiceOptions {
+  host: string;
+  /** 0: an ephemeral port, reported back. */
+  port: number;
+  store: QuotaSource;
+  /** When set, quota endpoints require `Authorization: Bearer <token>`. */
+  token?: string;
+  logger: Logger;
+  maxConcurrentScans?: number;
+  lookupTimeoutMs?: number;
+}
+
+export interface QuotaService {
+  port: number;
+  close(): Promise<void>;
+}
+
+type Format = 'text' | 'json';
+const ROUTES: Record<string, Format> = { '/quota': 'text', '/cgi-bin/quota.cgi': 'text', '/quota.json': 'json' };
+
+interface Answer {
+  status: number;
+  body: string;
+  format: Format;
+  headers?: Record<string, string>;
+  user?: string;
+  error?: string;
+}
+
+export async function startQuotaService(opts: QuotaServiceOptions): Promise<QuotaService> {
+  const maxScans = opts.maxConcurrentScans ?? DEFAULT_MAX_CONCURRENT_SCANS;
+  const timeoutMs = opts.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS;
+  const tokenDigest = opts.token ? digest(opts.token) : null;
+  let active = 0;
+
+  async function answer(req: IncomingMessage, lookupSignal: AbortSignal): Promise<Answer> {
+    const target = req.url ?? '';
+    if (target.length > MAX_URL_LENGTH) return plain(414, 'ERROR request URL too long');
+    const q = target.indexOf('?');
+    const pathname = q === -1 ? target : target.slice(0, q);
+    const query = q === -1 ? '' : target.slice(q + 1);
+    const format = ROUTES[pathname];
+    if (pathname === '/health' || format !== undefined) {
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        return { ...plain(405, 'ERROR method not allowed'), headers: { allow: 'GET, HEAD' } };
+      }
+    }
+    if (pathname === '/health') return { status: 200, body: JSON.stringify({ status: 'ok' }), format: 'json' };
+    if (format === undefined) return plain(404, 'ERROR no such endpoint');
+
+    if (tokenDigest !== null && !authorized(req.headers.authorization, tokenDigest)) {
+      return { ...fail(401, 'missing or wrong bearer token', format), headers: { 'www-authenticate': 'Bearer' } };
+    }
+    const user = userParameter(query);
+    if (typeof user !== 'string') return fail(400, user.error, format);
+    const bad = checkMailboxUser(user);
+    if (bad) return fail(400, bad, format);
+
+    if (active >= maxScans) {
+      return { ...fail(503, 'busy, try again', format), headers: { 'retry-after': RETRY_AFTER_SECONDS }, user };
+    }
+    active++;
+    const budget = AbortSignal.any([lookupSignal, AbortSignal.timeout(timeoutMs)]);
+    let state: QuotaState;
+    try {
+      state = await opts.store.lookup(user, budget);
+    } catch (err) {
+      const code = err instanceof SourceError ? err.code : 'INTERNAL';
+      const status = code === 'SOURCE_BAD_KEY' ? 400 : 503;
+      const reason = err instanceof SourceError ? `${code}: ${err.message}` : 'internal error';
+      if (!(err instanceof SourceError)) opts.logger.error({ err, user }, 'quota lookup threw');
+      return { ...fail(status, reason, format), user };
+    } finally {
+      active--;
+    }
+    return { ...render(user, state, format, opts.store.name), user };
+  }
+
+  const server = createServer((req, res) => {
+    const started = performance.now();
+    // GET bodies are meaningless here; drain so keep-alive works.
+    req.resume();
+    const lookup = new AbortController();
+    // A client that hangs up no longer needs the figure: stop a long scan.
+    res.on('close', () => lookup.abort());
+    answer(req, lookup.signal)
+      .catch((err: unknown): Answer => {
+        opts.logger.error({ err }, 'quota service handler failed');
+        return plain(500, 'ERROR internal error');
+      })
+      .then((a) => {
+        send(res, a);
+        const ms = Math.round((performance.now() - started) * 10) / 10;
+        const line = { user: a.user, status: a.status, ms, path: safePath(req.url), error: a.error };
+        if (a.status >= 500) opts.logger.warn(line, 'quota request');
+        else opts.logger.info(line, 'quota request');
+      })
+      .catch(() => undefined);
+  });
+  server.headersTimeout = HEADERS_TIMEOUT_MS;
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
+  // Malformed HTTP never reaches the handler; answer 400 if the socket still can, then drop it.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    opts.logger.info({ code: err.code }, 'bad HTTP request');
+    if (socket.writable && !socket.writableEnded) {
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    }
+    socket.destroy();
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  server.on('error', (err) => opts.logger.error({ err }, 'quota service socket error'));
+  const port = (server.address() as AddressInfo).port;
+  opts.logger.info({ host: opts.host, port, source: opts.store.name }, 'quota service listening');
+
+  return {
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Frontends keep connections alive; do not wait for them to go idle.
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function render(user: string, state: QuotaState, format: Format, source: string): Answer {
+  if (state.kind === 'unknown') {
+    if (format === 'text') return plain(404, `UNKNOWN ${user}`);
+    return json(404, { user, state: 'unknown', usage: null, limit: null, source });
+  }
+  const over =
+    state.overQuota ||
+    (state.limitBytes !== null && state.usageBytes >= state.limitBytes) ||
+    (state.limitMessages !== null && state.usageMessages !== null && state.usageMessages >= state.limitMessages);
+  if (format === 'text') {
+    // The seed prints 0 for "no quota"; existing frontends read it that way.
+    return plain(200, `${over ? 'OVERQUOTA' : 'OK'} ${user} ${state.usageBytes} ${state.limitBytes ?? 0}`);
+  }
+  return json(200, {
+    user,
+    state: over ? 'overquota' : 'ok',
+    usage: { bytes: state.usageBytes, messages: state.usageMessages },
+    limit: { bytes: state.limitBytes, messages: state.limitMessages },
+    source,
+  });
+}
+
+/* The `u` parameter, form-decoded, or why it cannot be used. Never echoes the raw value. */
+function userParameter(query: string): string | { error: string } {
+  let value: string | undefined;
+  for (const pair of query.split('&')) {
+    const eq = pair.indexOf('=');
+    const name = eq === -1 ? pair : pair.slice(0, eq);
+    if (name !== 'u') continue;
+    // Two u= parameters: a proxy and we might each pick a different one.
+    if (value !== undefined) return { error: 'more than one u parameter' };
+    value = eq === -1 ? '' : pair.slice(eq + 1);
+  }
+  if (value === undefined || value.length === 0) return { error: 'missing u parameter' };
+  try {
+    // decodeURIComponent rejects percent-encoded bytes that are not UTF-8 (URLSearchParams would
+    // silently turn them into U+FFFD).
+    return decodeURIComponent(value.replaceAll('+', ' '));
+  } catch {
+    return { error: 'u is not valid UTF-8 percent-encoding' };
+  }
+}
+
+function authorized(header: string | undefined, expected: Buffer): boolean {
+  if (!header) return false;
+  const m = /^Bearer[ ]+(\S+)\s*$/i.exec(header);
+  if (!m) return false;
+  // Hash first: timingSafeEqual needs equal lengths, and comparing digests hides the token's length.
+  return timingSafeEqual(digest(m[1]!), expected);
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s, 'utf8').digest();
+}
+
+function plain(status: number, line: string): Answer {
+  return { status, body: `${line}\n`, format: 'text' };
+}
+
+function json(status: number, doc: unknown): Answer {
+  return { status, body: JSON.stringify(doc), format: 'json' };
+}
+
+function fail(status: number, reason: string, format: Format): Answer {
+  const a = format === 'json' ? json(status, { error: reason }) : plain(status, `ERROR ${reason}`);
+  return { ...a, error: reason };
+}
+
+function send(res: ServerResponse, a: Answer): void {
+  if (res.headersSent || res.destroyed) return;
+  res.writeHead(a.status, {
+    'content-type': a.format === 'json' ? 'application/json; charset=utf-8' : 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(a.body),
+    'cache-control': 'no-store',
+    ...a.headers,
+  });
+  res.end(a.body);
+}
+
+/* The path for the log line, without the query (it holds the user, logged separately once vetted). */
+function safePath(url: string | undefined): string {
+  const target = url ?? '';
+  const q = target.indexOf('?');
+  return (q === -1 ? target : target.slice(0, q)).slice(0, 100);
+}

@@ -1,0 +1,243 @@
+/*
+ * Maildir++ mailboxes as a quota source: figures from `maildirsize`, recalculated by scanning
+ * the mailbox when Courier's rules say the file cannot be trusted (README.maildirquota).
+ *
+ * Limits: the maildirsize limits line first, then the limits file, then the default.
+ * A mailbox directory that does not exist is "unknown" (unlike mbox, Maildirs are created
+ * with the account, so a missing one means no such user on this store).
+ *
+ * This module must never follow a symlink out of the root, never block the event loop for
+ * long (async directory reads, yielding every SCAN_YIELD_EVERY entries), and never write
+ * anything unless `writeMaildirsize` is set: a frontend reading a mail store over NFS must
+ * not rewrite files it does not own. Parsing and scanning live in maildir-scan.ts.
+ */
+
+import { constants, type Stats } from 'node:fs';
+import { chmod, chown, lstat, open, realpath, rename, unlink, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import {
+  checkMailboxTemplate,
+  checkMailboxUser,
+  expandMailboxTemplate,
+  isStrictlyInside,
+  resolveInside,
+} from './mailbox-path.js';
+import { limitFromFile, type LimitsFile } from './limits.js';
+import {
+  DEFAULT_TRASH_FOLDERS,
+  parseMaildirsize,
+  recalculationReason,
+  scanMaildir,
+  type Maildirsize,
+} from './maildir-scan.js';
+import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
+
+export {
+  DEFAULT_TRASH_FOLDERS,
+  RECALC_FILE_SIZE,
+  RECALC_STALE_MS,
+  SCAN_MAX_ATTEMPTS,
+  SCAN_YIELD_EVERY,
+  parseMaildirsize,
+  recalculationReason,
+  scanMaildir,
+  sizeFromFileName,
+  type Maildirsize,
+  type MaildirScan,
+  type MaildirScanOptions,
+  type MaildirsizeFile,
+} from './maildir-scan.js';
+
+/* Enough for the limits line and any file under the recalculation threshold; larger is rescanned anyway. */
+const MAILDIRSIZE_READ_LIMIT = 64 * 1024;
+
+export interface MaildirStoreOptions {
+  /** Directory under which every mailbox lives, e.g. /var/vmail. */
+  root: string;
+  /** Mailbox path relative to root, e.g. '{user}/Maildir' or '{domain}/{local}/Maildir'. */
+  mailbox: string;
+  /** Bytes; null: unlimited. Used when neither maildirsize nor the limits file names a limit. */
+  defaultLimitBytes: number | null;
+  limits?: LimitsFile;
+  /** Folders left out of the count, with or without the leading dot. Default ['.Trash']. */
+  trashFolders?: string[];
+  /** Rewrite maildirsize after a recalculation. Default false (read-only). */
+  writeMaildirsize?: boolean;
+}
+
+interface CurrentFile {
+  parsed: Maildirsize;
+  stats: Stats;
+}
+
+export class MaildirStore implements QuotaSource {
+  readonly name: string;
+  private readonly root: string;
+  private readonly template: string;
+  private readonly defaultLimitBytes: number | null;
+  private readonly limits: LimitsFile | undefined;
+  private readonly trashFolders: string[];
+  private readonly writeMaildirsize: boolean;
+  /** The last failure to rewrite maildirsize (the answer was still given); for diagnostics. */
+  lastWriteError: Error | null = null;
+
+  constructor(options: MaildirStoreOptions) {
+    this.root = options.root;
+    this.template = options.mailbox;
+    const bad = checkMailboxTemplate(this.template);
+    if (bad) throw new Error(`maildir mailbox template "${this.template}": ${bad}`);
+    this.defaultLimitBytes = options.defaultLimitBytes;
+    this.limits = options.limits;
+    this.trashFolders = options.trashFolders ?? [...DEFAULT_TRASH_FOLDERS];
+    this.writeMaildirsize = options.writeMaildirsize ?? false;
+    this.name = `maildir:${options.root}`;
+  }
+
+  async lookup(key: string, signal: AbortSignal): Promise<QuotaState> {
+    throwIfAborted(signal);
+    const bad = checkMailboxUser(key);
+    if (bad) throw new SourceError('SOURCE_BAD_KEY', bad);
+    const relative = expandMailboxTemplate(this.template, key);
+    if (relative === null) return { kind: 'unknown' };
+
+    const dir = await this.locate(relative);
+    throwIfAborted(signal);
+    if (dir === null) return { kind: 'unknown' };
+
+    const current = await readMaildirsize(dir);
+    throwIfAborted(signal);
+    let usageBytes = current?.parsed.usageBytes ?? 0;
+    let usageMessages = current?.parsed.usageMessages ?? 0;
+    const reason = recalculationReason(
+      current && { parsed: current.parsed, size: current.stats.size, mtimeMs: current.stats.mtimeMs },
+      Date.now(),
+    );
+    if (reason !== null) {
+      let scan;
+      try {
+        scan = await scanMaildir(dir, { trashFolders: this.trashFolders, signal });
+      } catch (err) {
+        if (err instanceof SourceError) throw err;
+        throw ioError('cannot scan the Maildir', err);
+      }
+      usageBytes = scan.bytes;
+      usageMessages = scan.messages;
+      // Only a file that exists and names its limits is rewritten: creating one would freeze
+      // today's limits-file value into the mailbox, where it would outrank later edits.
+      if (this.writeMaildirsize && scan.stable && current?.parsed.limitsLine) {
+        await this.rewrite(dir, current, scan.bytes, scan.messages);
+      }
+    }
+
+    const own = current?.parsed;
+    const limit = own?.limitsLine
+      ? { bytes: own.limitBytes, messages: own.limitMessages }
+      : limitFromFile(this.limits, key, this.defaultLimitBytes);
+    const over =
+      (limit.bytes !== null && usageBytes >= limit.bytes) ||
+      (limit.messages !== null && usageMessages >= limit.messages);
+    return found(usageBytes, limit.bytes, {
+      usageMessages,
+      limitMessages: limit.messages,
+      overQuota: over,
+    });
+  }
+
+  async close(): Promise<void> {
+    // Holds no descriptors between lookups.
+  }
+
+  /* The real Maildir root for a key, or null when it does not exist inside the store root. */
+  private async locate(relative: string): Promise<string | null> {
+    try {
+      const realRoot = await realpath(this.root);
+      let dir = await resolveInside(this.root, relative);
+      if (dir === null || !(await isDirectory(dir))) return null;
+      // A path that names a Maildir++ subfolder (.Sent) counts against the whole mailbox.
+      if (await exists(path.join(dir, 'maildirfolder'))) {
+        const parent = path.dirname(dir);
+        if (!isStrictlyInside(realRoot, parent)) return null;
+        dir = parent;
+      }
+      return dir;
+    } catch (err) {
+      throw ioError(`cannot resolve the Maildir under ${this.root}`, err);
+    }
+  }
+
+  private async rewrite(dir: string, current: CurrentFile, bytes: number, messages: number): Promise<void> {
+    const tmpDir = path.join(dir, 'tmp');
+    const tmpFile = path.join(
+      tmpDir,
+      `${Math.floor(Date.now() / 1000)}.P${process.pid}R${randomBytes(6).toString('hex')}.overquota-maildirsize`,
+    );
+    try {
+      if (!(await isDirectory(tmpDir))) throw new Error('tmp/ is missing or not a directory');
+      // 'wx': O_EXCL, so an existing name (or a planted symlink) is never written through.
+      await writeFile(tmpFile, `${current.parsed.limitsLine}\n${bytes} ${messages}\n`, { flag: 'wx', mode: 0o600 });
+      // Keep the owner and mode the delivery agent gave the file, or it may no longer read it.
+      await chmod(tmpFile, current.stats.mode & 0o7777);
+      await chown(tmpFile, current.stats.uid, current.stats.gid).catch(() => undefined);
+      await rename(tmpFile, path.join(dir, 'maildirsize'));
+      this.lastWriteError = null;
+    } catch (err) {
+      // The answer stays valid without the rewrite; the next lookup recalculates again.
+      this.lastWriteError = err instanceof Error ? err : new Error(String(err));
+      await unlink(tmpFile).catch(() => undefined);
+    }
+  }
+}
+
+/* maildirsize read without following a symlink; null when missing (or a symlink: not trusted). */
+async function readMaildirsize(dir: string): Promise<CurrentFile | null> {
+  let handle;
+  try {
+    handle = await open(path.join(dir, 'maildirsize'), constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ELOOP') return null;
+    throw ioError('cannot open maildirsize', err);
+  }
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile()) return null;
+    const buf = Buffer.alloc(Math.min(stats.size, MAILDIRSIZE_READ_LIMIT));
+    const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
+    return { parsed: parseMaildirsize(buf.subarray(0, bytesRead).toString('latin1')), stats };
+  } catch (err) {
+    throw ioError('cannot read maildirsize', err);
+  } finally {
+    await handle.close();
+  }
+}
+
+async function isDirectory(p: string): Promise<boolean> {
+  try {
+    return (await lstat(p)).isDirectory();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    throw err;
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await lstat(p);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    throw err;
+  }
+}
+
+function throwIfAborted(signal: AbortSignal): void {
+  if (signal.aborted) throw new SourceError('SOURCE_TIMEOUT', 'maildir lookup aborted (latency budget spent)');
+}
+
+function ioError(what: string, cause: unknown): SourceError {
+  const code = (cause as NodeJS.ErrnoException | null)?.code ?? 'error';
+  return new SourceError('SOURCE_IO', `${what}: ${code}`, { cause });
+}

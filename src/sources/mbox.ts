@@ -1,0 +1,95 @@
+/*
+ * A local mbox spool (`/var/mail/<user>`) as a quota source: usage is the size of the one file,
+ * the limit comes from the limits file or the default (mbox records no quota of its own).
+ *
+ * Like the seed's quota.cgi, a missing mbox is an empty mailbox (the file is created at first
+ * delivery), so mbox never answers "unknown" for a well-formed key whose file could exist.
+ * It must never report the size of anything outside the root: keys go through the safety gate,
+ * the path through resolveInside(), and the final stat does not follow a symlink.
+ */
+
+import { lstat } from 'node:fs/promises';
+import { checkMailboxTemplate, checkMailboxUser, expandMailboxTemplate, resolveInside } from './mailbox-path.js';
+import { limitFromFile, type LimitsFile } from './limits.js';
+import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
+
+export interface MboxStoreOptions {
+  /** The spool directory, e.g. /var/mail. */
+  root: string;
+  /** Path of one mbox relative to root; placeholders {user} {local} {domain}. Default '{user}'. */
+  mailbox?: string;
+  /** Bytes; null: unlimited unless the limits file says otherwise. */
+  defaultLimitBytes: number | null;
+  limits?: LimitsFile;
+}
+
+export class MboxStore implements QuotaSource {
+  readonly name: string;
+  private readonly root: string;
+  private readonly template: string;
+  private readonly defaultLimitBytes: number | null;
+  private readonly limits: LimitsFile | undefined;
+
+  constructor(options: MboxStoreOptions) {
+    this.root = options.root;
+    this.template = options.mailbox ?? '{user}';
+    const bad = checkMailboxTemplate(this.template);
+    if (bad) throw new Error(`mbox mailbox template "${this.template}": ${bad}`);
+    this.defaultLimitBytes = options.defaultLimitBytes;
+    this.limits = options.limits;
+    this.name = `mbox:${options.root}`;
+  }
+
+  async lookup(key: string, signal: AbortSignal): Promise<QuotaState> {
+    throwIfAborted(signal);
+    const bad = checkMailboxUser(key);
+    if (bad) throw new SourceError('SOURCE_BAD_KEY', bad);
+    const relative = expandMailboxTemplate(this.template, key);
+    if (relative === null) return { kind: 'unknown' };
+
+    let file: string | null;
+    try {
+      file = await resolveInside(this.root, relative);
+    } catch (err) {
+      throw ioError(`cannot resolve the mbox under ${this.root}`, err);
+    }
+    throwIfAborted(signal);
+    // Outside the root (a symlink out, or a parent directory that leads elsewhere or is missing).
+    if (file === null) return { kind: 'unknown' };
+
+    let usageBytes: number;
+    try {
+      // lstat: if the name was swapped for a symlink since resolveInside(), do not follow it.
+      const st = await lstat(file);
+      if (st.isSymbolicLink()) return { kind: 'unknown' };
+      if (!st.isFile()) throw new SourceError('SOURCE_IO', `mbox for this user is not a regular file (check the mailbox template)`);
+      usageBytes = st.size;
+    } catch (err) {
+      if (err instanceof SourceError) throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') throw ioError('cannot stat the mbox', err);
+      usageBytes = 0;
+    }
+    throwIfAborted(signal);
+
+    // mbox has no cheap message count (it would mean reading the whole file), so a message
+    // limit from the limits file cannot be enforced here and is not reported.
+    const limit = limitFromFile(this.limits, key, this.defaultLimitBytes);
+    return found(usageBytes, limit.bytes, {
+      overQuota: limit.bytes !== null && usageBytes >= limit.bytes,
+    });
+  }
+
+  async close(): Promise<void> {
+    // Holds no descriptors between lookups.
+  }
+}
+
+function throwIfAborted(signal: AbortSignal): void {
+  if (signal.aborted) throw new SourceError('SOURCE_TIMEOUT', 'mbox lookup aborted (latency budget spent)');
+}
+
+function ioError(what: string, cause: unknown): SourceError {
+  const code = (cause as NodeJS.ErrnoException | null)?.code ?? 'error';
+  return new SourceError('SOURCE_IO', `${what}: ${code}`, { cause });
+}

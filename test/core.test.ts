@@ -1,0 +1,134 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseRecipient, type RecipientRules } from '../src/core/address.js';
+import { decide, replyFor, type ReplyTexts } from '../src/core/verdict.js';
+import { found } from '../src/sources/types.js';
+import { Router } from '../src/sources/router.js';
+import type { QuotaSource } from '../src/sources/types.js';
+
+const seed: RecipientRules = { delimiters: '+', lowercaseLocalPart: true, keyTemplate: '{local}' };
+
+test('the mailbox key is the local part, without <>, extension and case', () => {
+  const r = parseRecipient('<Alice+Lists@Example.COM>', seed)!;
+  assert.equal(r.key, 'alice');
+  assert.equal(r.domain, 'example.com');
+  assert.equal(r.address, 'alice@example.com');
+});
+
+test('the key template can name the whole address', () => {
+  assert.equal(parseRecipient('Bob@Example.com', { ...seed, keyTemplate: '{address}' })!.key, 'bob@example.com');
+  assert.equal(parseRecipient('bob@example.com', { ...seed, keyTemplate: '{domain}/{local}' })!.key, 'example.com/bob');
+});
+
+test('local-part case is kept when folding is off', () => {
+  assert.equal(parseRecipient('Alice@EXAMPLE.com', { ...seed, lowercaseLocalPart: false })!.key, 'Alice');
+});
+
+test('every character of recipient_delimiter starts an extension; the first one wins', () => {
+  const rules = { ...seed, delimiters: '+-' };
+  assert.equal(parseRecipient('a-b+c@x', rules)!.key, 'a');
+  assert.equal(parseRecipient('a+b-c@x', rules)!.key, 'a');
+  assert.equal(parseRecipient('a+b@x', { ...seed, delimiters: '' })!.key, 'a+b');
+});
+
+test('a local part starting with the delimiter is not emptied', () => {
+  assert.equal(parseRecipient('+tag@x', seed)!.key, '+tag');
+});
+
+test('the last @ separates the domain (quoted local parts may hold @)', () => {
+  const r = parseRecipient('"a@b"@example.com', { ...seed, keyTemplate: '{address}' })!;
+  assert.equal(r.domain, 'example.com');
+  assert.equal(r.local, '"a@b"');
+});
+
+test('UTF-8 and broken addresses never throw', () => {
+  assert.equal(parseRecipient('Jürgen@Exämple.DE', seed)!.key, 'jürgen');
+  assert.equal(parseRecipient('Jürgen@Exämple.DE', seed)!.domain, 'exämple.de');
+  assert.equal(parseRecipient('\uD800bad@x', seed)!.key, '\uFFFDbad');
+  for (const raw of ['', '<>', '@example.com', ' ', 'x'.repeat(10_000)]) assert.equal(parseRecipient(raw, seed), null, raw);
+});
+
+test('a trailing dot on the domain is the same domain', () => {
+  assert.equal(parseRecipient('a@Example.com.', seed)!.domain, 'example.com');
+});
+
+const MiB = 1024 * 1024;
+
+test('a mailbox under its limit is under quota', () => {
+  assert.equal(decide(found(10 * MiB, 200 * MiB), 0).kind, 'under_quota');
+});
+
+test('a mailbox at or over its limit is over quota', () => {
+  assert.equal(decide(found(200 * MiB, 200 * MiB), 0).kind, 'over_quota');
+  assert.equal(decide(found(201 * MiB, 200 * MiB), 0).kind, 'over_quota');
+});
+
+test('a message that does not fit in the room left is over quota', () => {
+  assert.equal(decide(found(190 * MiB, 200 * MiB), 11 * MiB).kind, 'over_quota');
+  assert.equal(decide(found(190 * MiB, 200 * MiB), 10 * MiB).kind, 'under_quota');
+});
+
+test('a message larger than the whole quota is too large, even in an empty mailbox', () => {
+  assert.equal(decide(found(0, 200 * MiB), 200 * MiB + 1).kind, 'too_large');
+});
+
+test('no limit means never full', () => {
+  assert.equal(decide(found(10 ** 12, null), 10 ** 9).kind, 'under_quota');
+});
+
+test('a message-count limit reached is over quota', () => {
+  assert.equal(decide(found(10, 1000, { usageMessages: 5, limitMessages: 5 }), 0).kind, 'over_quota');
+  assert.equal(decide(found(10, 1000, { usageMessages: 4, limitMessages: 5 }), 0).kind, 'under_quota');
+});
+
+test("the source's own OVERQUOTA is believed", () => {
+  assert.equal(decide(found(10, 1000, { overQuota: true }), 0).kind, 'over_quota');
+});
+
+test('an unknown mailbox has its own verdict', () => {
+  assert.equal(decide({ kind: 'unknown' }, 0).kind, 'unknown_mailbox');
+});
+
+const texts: ReplyTexts = {
+  under_quota: 'DUNNO',
+  over_quota: '452 4.2.2 Mailbox full ({percent}% of {limit}), try again later',
+  too_large: '552 5.2.3 Message is larger than the mailbox quota',
+  unknown: 'DUNNO',
+  on_error: 'DUNNO',
+};
+
+test('each verdict maps to its configured reply, with figures filled in', () => {
+  const state = found(1500, 1000);
+  assert.equal(replyFor(decide(state, 0), texts, false, state, 0), '452 4.2.2 Mailbox full (150% of 1000), try again later');
+  assert.equal(replyFor({ kind: 'too_large', reason: '' }, texts, false, state, 2000), texts.too_large);
+  assert.equal(replyFor({ kind: 'under_quota', reason: '' }, texts, false, state, 0), 'DUNNO');
+  assert.equal(replyFor({ kind: 'error', reason: '' }, { ...texts, on_error: '451 4.3.0 Try later' }, false, undefined, 0), '451 4.3.0 Try later');
+  assert.equal(replyFor({ kind: 'not_checked', reason: '' }, texts, false, undefined, 0), 'DUNNO');
+});
+
+test('dry-run turns a deferral into WARN, which Postfix logs and lets pass', () => {
+  const state = found(1500, 1000);
+  const reply = replyFor(decide(state, 0), texts, true, state, 0);
+  assert.match(reply, /^WARN /);
+  assert.match(reply, /Mailbox full/);
+  assert.equal(replyFor({ kind: 'under_quota', reason: '' }, texts, true, state, 0), 'DUNNO');
+});
+
+const source = (name: string): QuotaSource => ({ name, lookup: async () => ({ kind: 'unknown' }), close: async () => {} });
+
+test('with no domain table every domain goes to the default source', () => {
+  const fallback = source('default');
+  assert.equal(new Router(fallback, new Map()).route('anything.example'), fallback);
+});
+
+test('with a domain table only its domains are served, ".parent" entries cover subdomains', () => {
+  const a = source('a');
+  const b = source('b');
+  const router = new Router(source('default'), new Map([['example.com', a], ['.example.org', b]]));
+  assert.equal(router.route('example.com'), a);
+  assert.equal(router.route('mail.example.org'), b);
+  assert.equal(router.route('deep.mail.example.org'), b);
+  assert.equal(router.route('example.org'), null);
+  assert.equal(router.route('other.net'), null);
+  assert.equal(router.route('sub.example.com'), null);
+});

@@ -1,0 +1,142 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { HttpSource } from '../src/sources/http.js';
+import { QuotaCache } from '../src/cache/quota-cache.js';
+import { QuotaChecker } from '../src/core/checker.js';
+import { Router } from '../src/sources/router.js';
+import { SourceError, type QuotaSource } from '../src/sources/types.js';
+import { startBackend, cgiAnswer, type Answer } from './helpers/http-backend.js';
+
+const QUOTA = 200 * 1024 * 1024;
+const toClose: { close(): Promise<void> }[] = [];
+after(async () => {
+  for (const c of toClose) await c.close();
+});
+
+async function sourceFor(answer: Answer, opts: { token?: string; path?: string } = {}) {
+  const backend = await startBackend(answer);
+  const source = new HttpSource({ urlTemplate: backend.url(opts.path), token: opts.token, maxConnections: 4 });
+  toClose.push(source, backend);
+  return { backend, source };
+}
+
+function checkerFor(source: QuotaSource, budgetMs = 300) {
+  return new QuotaChecker(new Router(source, new Map()), new QuotaCache(1000, { under_quota: 30_000, over_quota: 10_000, unknown: 60_000 }), {
+    rules: { delimiters: '+', lowercaseLocalPart: true, keyTemplate: '{local}' },
+    replies: { under_quota: 'DUNNO', over_quota: '452 4.2.2 Mailbox full, try again later', too_large: '552 5.2.3 Too large', unknown: 'DUNNO', on_error: 'DUNNO' },
+    dryRun: false,
+    latencyBudgetMs: budgetMs,
+    sourceTimeoutMs: budgetMs,
+  });
+}
+
+const signal = () => new AbortController().signal;
+
+test("the seed quota.cgi's OK and OVERQUOTA answers are understood unchanged", async () => {
+  const { source } = await sourceFor(cgiAnswer({ alice: 1000, bob: QUOTA + 1 }, QUOTA));
+  assert.deepEqual(await source.lookup('alice', signal()), { kind: 'found', usageBytes: 1000, limitBytes: QUOTA, usageMessages: null, limitMessages: null, overQuota: false });
+  const bob = await source.lookup('bob', signal());
+  assert.equal(bob.kind === 'found' && bob.overQuota, true);
+});
+
+test('the full decision over a quota.cgi backend: full mailbox gets 452 4.2.2, room gets DUNNO', async () => {
+  const { source } = await sourceFor(cgiAnswer({ alice: 1000, bob: QUOTA + 1 }, QUOTA));
+  const checker = checkerFor(source);
+  assert.equal((await checker.check('<bob@example.com>', 0)).action, '452 4.2.2 Mailbox full, try again later');
+  assert.equal((await checker.check('<alice@example.com>', 0)).action, 'DUNNO');
+  assert.equal((await checker.check('<alice@example.com>', QUOTA)).action, '452 4.2.2 Mailbox full, try again later');
+});
+
+test('our quota service JSON is understood, with message counts', async () => {
+  const { source } = await sourceFor((_u, _q, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ user: 'a', state: 'ok', usage: { bytes: 10, messages: 2 }, limit: { bytes: 100, messages: 2 } }));
+  });
+  const state = await source.lookup('a', signal());
+  assert.deepEqual(state, { kind: 'found', usageBytes: 10, limitBytes: 100, usageMessages: 2, limitMessages: 2, overQuota: false });
+});
+
+test('404 UNKNOWN from our service is an unknown mailbox, a plain 404 page is an error', async () => {
+  const { source } = await sourceFor((url, _q, res) => {
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end(url.searchParams.get('u') === 'ghost' ? 'UNKNOWN ghost\n' : '<html>Not Found</html>');
+  });
+  assert.deepEqual(await source.lookup('ghost', signal()), { kind: 'unknown' });
+  await assert.rejects(source.lookup('x', signal()), (e: SourceError) => e.code === 'SOURCE_HTTP_STATUS');
+});
+
+test('garbage, HTTP errors and oversized answers become errors, never a verdict of room', async () => {
+  const answers: Record<string, Answer> = {
+    html: (_u, _q, res) => res.end('<html><body>Internal error</body></html>'),
+    status: (_u, _q, res) => {
+      res.writeHead(500);
+      res.end('boom');
+    },
+    json: (_u, _q, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"state":"ok","usage":{"bytes":-5}}');
+    },
+    huge: (_u, _q, res) => res.end('OK a 1 2 ' + 'x'.repeat(100_000)),
+  };
+  const codes: Record<string, string> = { html: 'SOURCE_BAD_ANSWER', status: 'SOURCE_HTTP_STATUS', json: 'SOURCE_BAD_ANSWER', huge: 'SOURCE_BAD_ANSWER' };
+  for (const [name, answer] of Object.entries(answers)) {
+    const { source } = await sourceFor(answer);
+    await assert.rejects(source.lookup('a', signal()), (e: SourceError) => e instanceof SourceError && e.code === codes[name], name);
+    const decision = await checkerFor(source).check('a@x', 0);
+    assert.equal(decision.verdict.kind, 'error', name);
+    assert.equal(decision.action, 'DUNNO', name);
+  }
+});
+
+test('a backend that never answers gets the on_error reply when the latency budget is spent', async () => {
+  const { source } = await sourceFor(() => {
+    /* never answers */
+  });
+  const decision = await checkerFor(source, 200).check('a@x', 0);
+  assert.equal(decision.verdict.kind, 'error');
+  assert.equal(decision.error?.code, 'SOURCE_TIMEOUT');
+  assert.equal(decision.action, 'DUNNO');
+});
+
+test('a backend that is down is an unreachable error', async () => {
+  const { source, backend } = await sourceFor(cgiAnswer({}, QUOTA));
+  await backend.close();
+  const decision = await checkerFor(source).check('a@x', 0);
+  assert.equal(decision.error?.code, 'SOURCE_UNREACHABLE');
+  assert.equal(decision.action, 'DUNNO');
+});
+
+test('concurrent lookups of one cold mailbox cost the backend one request, and the answer is cached', async () => {
+  const { source, backend } = await sourceFor((url, _q, res) => {
+    setTimeout(() => cgiAnswer({ alice: 5 }, QUOTA)(url, _q, res), 50);
+  });
+  const checker = checkerFor(source, 2000);
+  const decisions = await Promise.all(Array.from({ length: 50 }, () => checker.check('alice@example.com', 0)));
+  assert.equal(backend.requests.length, 1);
+  assert.deepEqual(new Set(decisions.map((d) => d.cache)), new Set(['miss', 'shared']));
+  assert.equal((await checker.check('Alice+x@example.com', 0)).cache, 'hit');
+  assert.equal(backend.requests.length, 1);
+});
+
+test('errors are not cached: the next lookup asks again', async () => {
+  let calls = 0;
+  const { source, backend } = await sourceFor((url, q, res) => {
+    calls++;
+    if (calls === 1) {
+      res.writeHead(503);
+      res.end('busy');
+    } else cgiAnswer({ a: 1 }, QUOTA)(url, q, res);
+  });
+  const checker = checkerFor(source);
+  assert.equal((await checker.check('a@x', 0)).verdict.kind, 'error');
+  assert.equal((await checker.check('a@x', 0)).verdict.kind, 'under_quota');
+  assert.equal(backend.requests.length, 2);
+});
+
+test('the mailbox key is URL-encoded and the bearer token is sent', async () => {
+  const { source, backend } = await sourceFor(cgiAnswer({}, QUOTA), { token: 's3cret' });
+  await source.lookup('a&c=d/é+x%', signal());
+  const seen = new URL(backend.requests[0]!.url, 'http://x');
+  assert.equal(seen.searchParams.get('u'), 'a&c=d/é+x%');
+  assert.equal(backend.requests[0]!.authorization, 'Bearer s3cret');
+});

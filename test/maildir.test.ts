@@ -1,0 +1,294 @@
+/*
+ * Maildir++ quota: maildirsize parsing, Courier's recalculation rules, the scan (folders, Trash,
+ * ,S= sizes, symlinks, changes mid-scan) and the MaildirStore answers built from them.
+ * These tests must never touch files outside their own temporary directory.
+ */
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  MaildirStore,
+  RECALC_STALE_MS,
+  parseMaildirsize,
+  recalculationReason,
+  scanMaildir,
+  sizeFromFileName,
+} from '../src/sources/maildir.js';
+import { LimitsFile } from '../src/sources/limits.js';
+import type { QuotaState } from '../src/sources/types.js';
+
+const live = () => new AbortController().signal;
+
+async function tempRoot(t: { after(fn: () => Promise<void>): void }): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'overquota-maildir-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function maildir(dir: string, ...folders: string[]): Promise<void> {
+  for (const f of ['', ...folders]) {
+    for (const sub of ['cur', 'new', 'tmp']) await mkdir(path.join(dir, f, sub), { recursive: true });
+    if (f) await writeFile(path.join(dir, f, 'maildirfolder'), '');
+  }
+}
+
+/** A message file of `bytes` bytes (a ,S= in `name` may claim another size, on purpose). */
+async function message(dir: string, name: string, bytes: number): Promise<void> {
+  await writeFile(path.join(dir, name), 'x'.repeat(bytes));
+}
+
+async function ago(file: string, ms: number): Promise<void> {
+  const when = new Date(Date.now() - ms);
+  await utimes(file, when, when);
+}
+
+function expectFound(state: QuotaState) {
+  assert.equal(state.kind, 'found');
+  return state as Extract<QuotaState, { kind: 'found' }>;
+}
+
+test('maildirsize limits and data lines are summed, Courier padding included', () => {
+  const p = parseMaildirsize('10000000S,1000C\n      1234 1\n   5000     2\n-1234 -1\n');
+  assert.deepEqual(p, {
+    limitsLine: '10000000S,1000C',
+    limitBytes: 10000000,
+    limitMessages: 1000,
+    usageBytes: 5000,
+    usageMessages: 2,
+    dataLines: 3,
+    corruption: null,
+  });
+  const countOnly = parseMaildirsize('500C\n10 1\n');
+  assert.equal(countOnly.limitBytes, null);
+  assert.equal(countOnly.limitMessages, 500);
+  const none = parseMaildirsize('\n10 1\n');
+  assert.equal(none.limitsLine, null);
+  assert.equal(none.corruption, null);
+});
+
+test('garbage in maildirsize and negative totals are reported as corruption', () => {
+  assert.match(parseMaildirsize('10M\n1 1\n').corruption!, /bad limits line/);
+  assert.equal(parseMaildirsize('10M\n1 1\n').limitsLine, null, 'a bad limits line is not kept');
+  assert.match(parseMaildirsize('100S\n1 1\nhello\n').corruption!, /line 3/);
+  assert.match(parseMaildirsize('100S\n10 1\n-50 -1\n').corruption!, /negative totals/);
+  assert.match(parseMaildirsize('100S\n10 1\n10 -3\n').corruption!, /negative/);
+});
+
+test('recalculation is needed when maildirsize is missing, large, corrupt, or over quota and untrustworthy', () => {
+  const now = Date.now();
+  const file = (text: string, size = text.length, ageMs = 0) => ({ parsed: parseMaildirsize(text), size, mtimeMs: now - ageMs });
+  assert.match(recalculationReason(null, now)!, /missing/);
+  assert.match(recalculationReason(file('100S\n1 1\n', 5120), now)!, />= 5120/);
+  assert.equal(recalculationReason(file('100S\n1 1\n', 5119), now), null);
+  assert.match(recalculationReason(file('100S\n10 1\n-20 -1\n'), now)!, /corrupt/);
+  assert.match(recalculationReason(file('100S\n60 1\n60 1\n'), now)!, /several data lines/);
+  assert.match(recalculationReason(file('100S\n150 3\n', undefined, RECALC_STALE_MS), now)!, /15 minutes/);
+  assert.match(recalculationReason(file('10C\n150 10\n', undefined, RECALC_STALE_MS + 1), now)!, /15 minutes/);
+  // Over quota, one line, fresh: trusted. Under quota with many lines: trusted.
+  assert.equal(recalculationReason(file('100S\n150 3\n', undefined, RECALC_STALE_MS - 60_000), now), null);
+  assert.equal(recalculationReason(file('1000S\n1 1\n1 1\n1 1\n'), now), null);
+});
+
+test('a size in the file name is read from ,S= up to the next , or :', () => {
+  assert.equal(sizeFromFileName('1700000000.M1P2.host,S=2048:2,S'), 2048);
+  assert.equal(sizeFromFileName('1700000000.M1P2.host,S=2048,W=2100:2,'), 2048);
+  assert.equal(sizeFromFileName('1700000000.M1P2.host,S=2048'), 2048);
+  assert.equal(sizeFromFileName('1700000000.M1P2.host:2,S'), null);
+  assert.equal(sizeFromFileName('x,S=12ab'), null);
+});
+
+test('a scan counts new and cur of the root and of every folder except Trash, ,S= before stat', async (t) => {
+  const dir = await tempRoot(t);
+  await maildir(dir, '.Sent', '.Trash', '.Work.Archive');
+  await message(path.join(dir, 'cur'), '1.a.host,S=1000:2,S', 10); // counted as 1000
+  await message(path.join(dir, 'new'), '2.b.host', 300); // no S=: stat says 300
+  await message(path.join(dir, '.Sent', 'cur'), '3.c.host,S=40:2,S', 40);
+  await message(path.join(dir, '.Work.Archive', 'new'), '4.d.host', 7);
+  await message(path.join(dir, '.Trash', 'cur'), '5.e.host,S=90000:2,T', 5);
+  await message(path.join(dir, 'tmp'), '6.f.host,S=80000', 5); // being delivered: not yet mail
+  await message(path.join(dir, 'cur'), '.hidden', 5);
+  await message(dir, 'outside-file', 123456);
+  await symlink(path.join(dir, 'outside-file'), path.join(dir, 'cur', '7.g.host')); // never followed
+  await symlink(path.join(dir, '.Sent'), path.join(dir, '.Linked')); // a linked folder is not a folder
+
+  const scan = await scanMaildir(dir);
+  assert.deepEqual(scan, { bytes: 1000 + 300 + 40 + 7, messages: 4, attempts: 1, stable: true });
+  const withTrash = await scanMaildir(dir, { trashFolders: [] });
+  assert.equal(withTrash.bytes, 1347 + 90000);
+  const noSent = await scanMaildir(dir, { trashFolders: ['Sent', '.Trash'] });
+  assert.equal(noSent.bytes, 1347 - 40, 'names without the leading dot work too');
+});
+
+test('a scan starts over when a directory changes meanwhile, and gives up after the bounded attempts', async (t) => {
+  const dir = await tempRoot(t);
+  await maildir(dir);
+  for (let i = 0; i < 5; i++) await message(path.join(dir, 'cur'), `${i}.x.host,S=10:2,S`, 1);
+  const cur = path.join(dir, 'cur');
+  // A delivery lands in cur/ right after the first attempt counted it.
+  const changed = await scanMaildir(dir, {
+    afterDirectory: async (d, attempt) => {
+      if (d === cur && attempt === 1) await message(cur, 'late.x.host,S=10:2,S', 1);
+    },
+  });
+  assert.deepEqual(changed, { bytes: 60, messages: 6, attempts: 2, stable: true });
+
+  let n = 0;
+  // Deliveries on every pass: the scan stops after maxAttempts and says the count is not stable.
+  const restless = await scanMaildir(dir, {
+    maxAttempts: 2,
+    afterDirectory: async (d) => {
+      if (d === cur) await message(path.join(dir, 'new'), `chaos-${n++}.x.host`, 1);
+    },
+  });
+  assert.equal(n, 2);
+  assert.equal(restless.attempts, 2);
+  assert.equal(restless.stable, false);
+});
+
+test('a trusted maildirsize is answered without scanning, with its own limits', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'alice', 'Maildir');
+  await maildir(dir);
+  await message(path.join(dir, 'cur'), '1.a.host', 999); // the file says otherwise; it is believed
+  await writeFile(path.join(dir, 'maildirsize'), '10000S,100C\n2000 3\n');
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: 1 });
+  const q = expectFound(await store.lookup('alice', live()));
+  assert.deepEqual([q.usageBytes, q.limitBytes, q.usageMessages, q.limitMessages, q.overQuota], [2000, 10000, 3, 100, false]);
+  assert.equal(store.name, `maildir:${root}`);
+});
+
+test('a fresh single-line maildirsize over quota is answered over quota', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'alice', 'Maildir');
+  await maildir(dir);
+  await writeFile(path.join(dir, 'maildirsize'), '1000S\n1500 2\n');
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  const q = expectFound(await store.lookup('alice', live()));
+  assert.deepEqual([q.usageBytes, q.limitBytes, q.overQuota], [1500, 1000, true]);
+});
+
+test('a missing maildirsize is recounted, limited by the limits file, and not created when read-only', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'example.com', 'bob', 'Maildir');
+  await maildir(dir);
+  await message(path.join(dir, 'cur'), '1.a.host,S=700:2,S', 1);
+  await writeFile(path.join(root, 'limits'), 'bob@example.com 1K 5\n');
+  const limits = new LimitsFile();
+  await limits.load(path.join(root, 'limits'));
+  const store = new MaildirStore({ root, mailbox: '{domain}/{local}/Maildir', defaultLimitBytes: 1, limits, writeMaildirsize: true });
+  const q = expectFound(await store.lookup('bob@example.com', live()));
+  assert.deepEqual([q.usageBytes, q.limitBytes, q.usageMessages, q.limitMessages, q.overQuota], [700, 1024, 1, 5, false]);
+  // Even with writing on, a file is never created: it would freeze the limit into the mailbox.
+  await assert.rejects(stat(path.join(dir, 'maildirsize')), { code: 'ENOENT' });
+  const other = new MaildirStore({ root, mailbox: '{domain}/{local}/Maildir', defaultLimitBytes: 500 });
+  const d = expectFound(await other.lookup('bob@example.com', live()));
+  assert.deepEqual([d.limitBytes, d.overQuota], [500, true], 'no limits file: the default');
+});
+
+test('a large maildirsize is recounted and rewritten through tmp/ only when writing is enabled', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'carol', 'Maildir');
+  await maildir(dir, '.Sent');
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  await message(path.join(dir, '.Sent', 'new'), '2.b.host,S=50', 1);
+  const big = '5000S,10C\n' + '       10    1\n'.repeat(400);
+  await writeFile(path.join(dir, 'maildirsize'), big, { mode: 0o640 });
+  const readOnly = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  const r = expectFound(await readOnly.lookup('carol', live()));
+  assert.deepEqual([r.usageBytes, r.usageMessages, r.limitBytes, r.limitMessages], [150, 2, 5000, 10]);
+  assert.equal(await readFile(path.join(dir, 'maildirsize'), 'utf8'), big, 'read-only leaves it alone');
+
+  const writer = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null, writeMaildirsize: true });
+  expectFound(await writer.lookup('carol', live()));
+  assert.equal(writer.lastWriteError, null);
+  assert.equal(await readFile(path.join(dir, 'maildirsize'), 'utf8'), '5000S,10C\n150 2\n');
+  assert.equal((await stat(path.join(dir, 'maildirsize'))).mode & 0o777, 0o640, 'mode kept');
+  assert.deepEqual(await readdir(path.join(dir, 'tmp')), [], 'no temporary file left behind');
+});
+
+test('a stale over-quota maildirsize is recounted and the mailbox found under quota', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'dave', 'Maildir');
+  await maildir(dir);
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  await writeFile(path.join(dir, 'maildirsize'), '1000S\n5000 20\n');
+  await ago(path.join(dir, 'maildirsize'), 20 * 60 * 1000);
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  const q = expectFound(await store.lookup('dave', live()));
+  assert.deepEqual([q.usageBytes, q.usageMessages, q.overQuota], [100, 1, false]);
+});
+
+test('an over-quota maildirsize with several data lines is recounted', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'erin', 'Maildir');
+  await maildir(dir);
+  await message(path.join(dir, 'new'), '1.a.host', 250);
+  await writeFile(path.join(dir, 'maildirsize'), '1000S\n600 1\n600 1\n');
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  const q = expectFound(await store.lookup('erin', live()));
+  assert.deepEqual([q.usageBytes, q.overQuota], [250, false]);
+});
+
+test('a maildirsize with negative sums is recounted', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'fay', 'Maildir');
+  await maildir(dir);
+  await message(path.join(dir, 'new'), '1.a.host,S=321', 1);
+  await writeFile(path.join(dir, 'maildirsize'), '1000S\n100 1\n-900 -4\n');
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  const q = expectFound(await store.lookup('fay', live()));
+  assert.deepEqual([q.usageBytes, q.usageMessages, q.limitBytes], [321, 1, 1000]);
+});
+
+test('a path naming a subfolder (maildirfolder present) counts the whole mailbox', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'gus', 'Maildir');
+  await maildir(dir, '.Sent');
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  await message(path.join(dir, '.Sent', 'cur'), '2.b.host,S=20:2,S', 1);
+  await writeFile(path.join(dir, 'maildirsize'), '1000S\n120 2\n');
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir/.Sent', defaultLimitBytes: null });
+  const q = expectFound(await store.lookup('gus', live()));
+  assert.deepEqual([q.usageBytes, q.limitBytes], [120, 1000]);
+});
+
+test('a mailbox that does not exist, or links outside the root, is unknown', async (t) => {
+  const root = await tempRoot(t);
+  const outside = await tempRoot(t);
+  await maildir(path.join(outside, 'Maildir'));
+  await writeFile(path.join(outside, 'Maildir', 'maildirsize'), '100S\n5000 1\n');
+  await mkdir(path.join(root, 'henry'));
+  await symlink(outside, path.join(root, 'henry', 'x'));
+  await symlink(outside, path.join(root, 'ivy'));
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  assert.deepEqual(await store.lookup('nobody', live()), { kind: 'unknown' });
+  assert.deepEqual(await store.lookup('ivy', live()), { kind: 'unknown' });
+  const domainStore = new MaildirStore({ root, mailbox: '{domain}/{local}/Maildir', defaultLimitBytes: null });
+  assert.deepEqual(await domainStore.lookup('henry', live()), { kind: 'unknown' }, 'no domain in the key');
+});
+
+test('invalid keys and aborted lookups are errors with codes', async (t) => {
+  const root = await tempRoot(t);
+  await maildir(path.join(root, 'jo', 'Maildir'));
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  await assert.rejects(store.lookup('../etc', live()), { name: 'SourceError', code: 'SOURCE_BAD_KEY' });
+  const aborted = new AbortController();
+  aborted.abort();
+  await assert.rejects(store.lookup('jo', aborted.signal), { code: 'SOURCE_TIMEOUT' });
+  assert.throws(() => new MaildirStore({ root, mailbox: 'Maildir', defaultLimitBytes: null }), /no \{user\}/);
+});
+
+test('a scan aborted midway stops with SOURCE_TIMEOUT', async (t) => {
+  const dir = await tempRoot(t);
+  await maildir(dir);
+  for (let i = 0; i < 50; i++) await message(path.join(dir, 'cur'), `${i}.x.host`, 1);
+  const ctl = new AbortController();
+  const scan = scanMaildir(dir, { signal: ctl.signal, yieldEvery: 1 });
+  await nextTurn();
+  ctl.abort();
+  await assert.rejects(scan, { code: 'SOURCE_TIMEOUT' });
+});
