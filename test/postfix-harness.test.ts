@@ -16,7 +16,8 @@ import { sendEnvelope, simpleMessage } from './helpers/smtp.js';
 
 const NODE_FOR_NOBODY = existsSync('/usr/bin/node') ? '/usr/bin/node' : process.execPath;
 const FULL_ACTION = 'action=452 4.2.2 Mailbox full, try again later\n\n';
-const skip = postfixUnavailable();
+const unavailable = postfixUnavailable();
+if (unavailable) throw new Error(`cannot run a private Postfix: ${unavailable}`);
 const masterPids: number[] = [];
 const instanceDirs: string[] = [];
 
@@ -96,7 +97,7 @@ function assertFullAndOk(result: Awaited<ReturnType<typeof sendEnvelope>>): void
   assert.equal(ok.code, 250, result.transcript);
 }
 
-describe('postfix harness: check_policy_service inet:', { skip }, () => {
+describe('postfix harness: check_policy_service inet:', () => {
   let policy: Awaited<ReturnType<typeof startPolicyServer>>;
   let pf: PostfixInstance;
 
@@ -149,7 +150,7 @@ describe('postfix harness: check_policy_service inet:', { skip }, () => {
   });
 });
 
-describe('postfix harness: spawn(8) stdio policy (check_policy_service unix:private/policy)', { skip }, () => {
+describe('postfix harness: spawn(8) stdio policy (check_policy_service unix:private/policy)', () => {
   let scriptDir: TempDir;
   let pf: PostfixInstance;
 
@@ -189,7 +190,7 @@ describe('postfix harness: spawn(8) stdio policy (check_policy_service unix:priv
   });
 });
 
-describe('postfix harness: cleanup', { skip }, () => {
+describe('postfix harness: cleanup', () => {
   it('stop() left no Postfix process and no instance directory', async () => {
     assert.equal(masterPids.length, 2);
     for (const pid of masterPids) {

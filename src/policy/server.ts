@@ -52,7 +52,8 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
         if (err) log.warn({ code: err.code, peer: socket.remoteAddress }, `policy client dropped without a reply: ${err.message}`);
         socket.destroy();
       },
-      end: () => socket.end(),
+      // Everything owed is written: close fully, without waiting for the client to close its side.
+      end: () => socket.end(() => socket.destroy()),
     });
     live.set(socket, conn);
     socket.on('data', (chunk: Buffer) => conn.receive(chunk));
@@ -82,11 +83,14 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
     addresses,
     connections: () => live.size,
     async close() {
-      await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      // server.close() would wait for every connection, and Postfix keeps idle ones for minutes:
+      // stop accepting, then end each connection once it owes nothing.
+      const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
       for (const conn of live.values()) conn.finish();
       const deadline = Date.now() + opts.shutdownGraceMs;
       while (live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       for (const socket of live.keys()) socket.destroy();
+      await closed;
     },
   };
 }

@@ -103,3 +103,22 @@ export function runToEnd(args: string[], env: Record<string, string> = {}): Prom
     proc.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+const DEV_ONLY = new Set(['typescript', 'tsx', 'esbuild', '@esbuild', '@types']);
+
+/**
+ * A copy of the built command that user nobody can run: Postfix spawn(8) refuses root, and the
+ * checkout may sit under a directory nobody cannot enter. Returns the path of the copied cli.js.
+ */
+export async function spawnableInstall(dir: string): Promise<string> {
+  const { cp, chmod } = await import('node:fs/promises');
+  const root = path.resolve(path.dirname(CLI), '..');
+  await cp(path.join(root, 'dist'), path.join(dir, 'dist'), { recursive: true });
+  await cp(path.join(root, 'package.json'), path.join(dir, 'package.json'));
+  await cp(path.join(root, 'node_modules'), path.join(dir, 'node_modules'), {
+    recursive: true,
+    filter: (src) => !DEV_ONLY.has(path.relative(path.join(root, 'node_modules'), src).split(path.sep)[0]!),
+  });
+  await chmod(dir, 0o755);
+  return path.join(dir, 'dist', 'cli.js');
+}

@@ -18,7 +18,7 @@ import { tempDir } from './tmp.js';
 export const POSTFIX_MASTER = '/usr/lib/postfix/sbin/master';
 
 /**
- * Why a private Postfix cannot run here (for `{ skip: postfixUnavailable() }`), or false.
+ * Why a private Postfix cannot run here, or false: a test file throws it, it never skips.
  * Install the packages with scripts/install-deps.sh.
  */
 export function postfixUnavailable(): string | false {

@@ -1,0 +1,564 @@
+/*
+ * Policy throughput and latency of `overquota frontend` against the ceiling, in one invocation.
+ *
+ * Starts, as child processes on free loopback ports:
+ *   - bench/fixed-server.ts: the minimal Node policy server (answers action=DUNNO to everything);
+ *   - overquota frontend, log.level info (one JSON log line per decision, stdout to a file);
+ *   - overquota frontend, log.level warn (decisions are not logged).
+ * Both frontends read a temporary mbox spool with mailboxes that have room, are full, or do not
+ * fit the message. Each target gets the same closed-loop load (bench/policy-load.ts, its own
+ * process): fixed, overquota info, overquota warn, ... and the fixed server once more at the end,
+ * so drift of the machine shows and averages out. Prints the table and the ratio overquota/fixed;
+ * --write puts them into BENCHMARKS.md between the bench:policy markers.
+ *
+ *   npm run bench                         # build, then this with --write
+ *   node --import tsx bench/policy.ts [--connections 50] [--warmup 2] [--duration 8] [--rounds 1]
+ *        [--write] [--cpu-prof DIR] [--keep] [--calibrate 2,5,10]
+ *
+ * --cpu-prof DIR runs the frontends under `node --cpu-prof` and leaves the .cpuprofile files in DIR
+ * (summarise them with bench/cpu-profile-summary.ts). --keep leaves the temporary directory (mail
+ * spool, frontend logs) in place and prints its path. --calibrate LIST adds runs of the fixed server
+ * burning that many microseconds of CPU per request (fixed-server.ts --work-us): what an extra
+ * microsecond of work per request costs in requests/s on this machine.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { LoadResult } from './policy-load.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = path.join(ROOT, 'dist', 'cli.js');
+const MARK_START = '<!-- bench:policy:start -->';
+const MARK_END = '<!-- bench:policy:end -->';
+const TARGET_RATIO = 0.8;
+/** More CPU than this (% of one core) used by other processes during a run makes it noisy. */
+const NOISY_OTHER_CPU = 20;
+const STORE_LIMIT = 1000;
+
+/** The mail spool: bytes already in each mbox (limit 1000); null: no file (an empty mailbox). */
+const MAILBOXES: Record<string, number | null> = {
+  alice: 0,
+  bob: 120,
+  carol: 700, // room, but a message of 300+ bytes does not fit
+  dave: 450,
+  erin: 1000, // full
+  frank: 4096, // over
+  ghost: null,
+};
+/** As Postfix hands them over: mixed case, an address extension, several domains. */
+const RECIPIENTS = [
+  'alice@example.com',
+  'Bob@Example.com',
+  'carol+lists@example.com',
+  'dave@example.org',
+  'erin@example.com',
+  'frank@example.com',
+  'ghost@example.com',
+  'alice+news@example.org',
+];
+
+interface Target {
+  label: string;
+  kind: 'fixed' | 'overquota';
+  listen: string;
+  pid: number;
+  proc: ChildProcess;
+  logFile?: string;
+}
+
+interface Run {
+  target: string;
+  result: LoadResult;
+}
+
+const children = new Set<ChildProcess>();
+let tmpDir: string | null = null;
+let keepTmp = false;
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      connections: { type: 'string', default: '50' },
+      warmup: { type: 'string', default: '2' },
+      duration: { type: 'string', default: '8' },
+      rounds: { type: 'string', default: '1' },
+      write: { type: 'boolean', default: false },
+      'cpu-prof': { type: 'string' },
+      keep: { type: 'boolean', default: false },
+      calibrate: { type: 'string', default: '' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) {
+    console.log('usage: node --import tsx bench/policy.ts [--connections 50] [--warmup 2] [--duration 8] [--rounds 1] [--write] [--cpu-prof DIR] [--keep] [--calibrate 2,5,10]');
+    return 0;
+  }
+  const connections = intArg('connections', values.connections, 1, 1000);
+  const warmup = numArg('warmup', values.warmup, 0.1, 30);
+  const duration = numArg('duration', values.duration, 0.5, 30);
+  const rounds = intArg('rounds', values.rounds, 1, 5);
+  keepTmp = values.keep;
+  const calibrate = values.calibrate
+    .split(',')
+    .filter((w) => w.trim() !== '')
+    .map((w) => numArg('calibrate', w.trim(), 0.1, 1000));
+  // Bounded: every run is warm-up + measure (+ ~1 s start-up and drain).
+  const runs = rounds * 3 + 1 + calibrate.length;
+  const estimate = runs * (warmup + duration + 1.5);
+  if (estimate > 300) throw new Error(`about ${Math.round(estimate)} s of load: lower --rounds, --warmup or --duration`);
+  if (!existsSync(CLI)) throw new Error(`${path.relative(process.cwd(), CLI)} is missing: run "npm run build" first (or "npm run bench")`);
+  const cpuProfDir = values['cpu-prof'] ? path.resolve(values['cpu-prof']) : null;
+  if (cpuProfDir) await mkdir(cpuProfDir, { recursive: true });
+
+  tmpDir = await mkdtemp(path.join(os.tmpdir(), 'overquota-bench-'));
+  const spool = path.join(tmpDir, 'mail');
+  await mkdir(spool);
+  for (const [user, bytes] of Object.entries(MAILBOXES)) {
+    if (bytes !== null) await writeFile(path.join(spool, user), Buffer.alloc(bytes, 'x'));
+  }
+
+  log(`starting servers (temp dir ${tmpDir})`);
+  const fixed = await startFixed();
+  const calibrated: Target[] = [];
+  for (const us of calibrate) calibrated.push(await startFixed(us));
+  const info = await startOverquota('overquota (log info)', 'info', spool, cpuProfDir);
+  const warn = await startOverquota('overquota (log warn)', 'warn', spool, cpuProfDir);
+
+  const order: Target[] = [];
+  for (let r = 0; r < rounds; r++) order.push(fixed, info, warn);
+  order.push(...calibrated, fixed);
+  const results: Run[] = [];
+  for (const [i, target] of order.entries()) {
+    log(`[${i + 1}/${order.length}] ${target.label}: ${connections} connections, ${warmup} s warm-up, ${duration} s measured`);
+    const result = await runLoadProcess(target, { connections, warmup, duration });
+    results.push({ target: target.label, result });
+    log(`    ${result.rps} req/s, p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, errors ${result.errors}; CPU server ${result.serverCpuPct}% client ${result.clientCpuPct}%`);
+  }
+
+  const decisionsLogged = info.logFile ? await countLines(info.logFile, '"msg":"decision"') : 0;
+  await stopAll();
+
+  const report = buildReport({ results, connections, warmup, duration, rounds, decisionsLogged, argv: process.argv.slice(2) });
+  console.log(`\n${report.text}`);
+  if (values.write) {
+    updateMarkdown(path.join(ROOT, 'BENCHMARKS.md'), report.markdown);
+    log('BENCHMARKS.md updated');
+  }
+  if (cpuProfDir) log(`CPU profiles in ${cpuProfDir} (summarise: node --import tsx bench/cpu-profile-summary.ts ${cpuProfDir}/*.cpuprofile)`);
+  const errors = results.reduce((n, r) => n + r.result.errors, 0);
+  if (errors > 0) {
+    log(`${errors} request(s) failed: the figures are not trustworthy`);
+    return 1;
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- processes
+
+function nodeArgsForTs(script: string): string[] {
+  return ['--import', 'tsx', path.join(ROOT, 'bench', script)];
+}
+
+function track(proc: ChildProcess): ChildProcess {
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
+  return proc;
+}
+
+async function startFixed(workUs = 0): Promise<Target> {
+  const args = [...nodeArgsForTs('fixed-server.ts'), ...(workUs > 0 ? ['--work-us', String(workUs)] : [])];
+  // stdin stays a pipe: the fixed server exits when it closes (if this process dies).
+  const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] }));
+  const ready = await firstJsonLine(proc, (l) => l.msg === 'fixed policy server ready', 15_000);
+  const label = workUs > 0 ? `fixed + ${workUs} µs/request` : 'fixed server';
+  return { label, kind: 'fixed', listen: String(ready.listen), pid: proc.pid!, proc };
+}
+
+async function startOverquota(label: string, level: string, spool: string, cpuProfDir: string | null): Promise<Target> {
+  const name = `overquota-${level}`;
+  const logFile = path.join(tmpDir!, `${name}.log`);
+  const errFile = path.join(tmpDir!, `${name}.stderr`);
+  const out = openSync(logFile, 'w');
+  const err = openSync(errFile, 'w');
+  const profile = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=${name}.${Date.now()}.cpuprofile`] : [];
+  // The ready line is logged at info, so it cannot tell when a warn-level frontend listens: give
+  // it a free port and wait until the port accepts.
+  const port = await freePort();
+  const listen = `inet:127.0.0.1:${port}`;
+  const args = [...profile, CLI, 'frontend', '--policy.listen', listen, '--store.path', spool, '--store.limit', String(STORE_LIMIT), '--log.level', level];
+  // stdout (the JSON log) goes to a file, as a real deployment's would go to a file or journal:
+  // writing one line per decision is part of the cost measured.
+  const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', out, err] }));
+  closeSync(out);
+  closeSync(err);
+  const deadline = Date.now() + 15_000;
+  while (!(await accepts(port))) {
+    if (proc.exitCode !== null || proc.signalCode !== null || Date.now() > deadline) {
+      const stderr = await readFile(errFile, 'utf8').catch(() => '');
+      const stdout = await readFile(logFile, 'utf8').catch(() => '');
+      throw new Error(`${label} did not start (exit ${proc.exitCode ?? proc.signalCode}): ${stderr.trim() || stdout.trim() || 'no output'}`);
+    }
+    await sleep(50);
+  }
+  return { label, kind: 'overquota', listen, pid: proc.pid!, proc, logFile };
+}
+
+/** Listen on 127.0.0.1:0, read the port the kernel chose, close: free unless someone races us. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect({ host: '127.0.0.1', port });
+    probe.once('connect', () => {
+      probe.end();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+function firstJsonLine(proc: ChildProcess, match: (l: Record<string, unknown>) => boolean, timeoutMs: number): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => reject(new Error(`no ready line within ${timeoutMs} ms: ${err || out}`)), timeoutMs);
+    proc.stderr!.setEncoding('utf8').on('data', (t: string) => (err += t));
+    proc.stdout!.setEncoding('utf8').on('data', (t: string) => {
+      out += t;
+      for (const line of out.split('\n')) {
+        if (!line.startsWith('{')) continue;
+        try {
+          const parsed = JSON.parse(line) as Record<string, unknown>;
+          if (match(parsed)) {
+            clearTimeout(timer);
+            resolve(parsed);
+            return;
+          }
+        } catch {
+          // an incomplete line: wait for the rest
+        }
+      }
+    });
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`exited with ${code} before it was ready: ${err || out}`));
+    });
+  });
+}
+
+/** The load generator in its own process (client and servers share the machine's cores). */
+async function runLoadProcess(target: Target, o: { connections: number; warmup: number; duration: number }): Promise<LoadResult> {
+  const args = [
+    ...nodeArgsForTs('policy-load.ts'),
+    '--connect',
+    target.listen,
+    '--connections',
+    String(o.connections),
+    '--warmup',
+    String(o.warmup),
+    '--duration',
+    String(o.duration),
+    '--recipients',
+    RECIPIENTS.join(','),
+    '--server-pid',
+    String(target.pid),
+    '--json',
+  ];
+  const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
+  let out = '';
+  let err = '';
+  proc.stdout!.setEncoding('utf8').on('data', (t: string) => (out += t));
+  proc.stderr!.setEncoding('utf8').on('data', (t: string) => (err += t));
+  const limitMs = (o.warmup + o.duration + 20) * 1000;
+  const timer = setTimeout(() => proc.kill('SIGKILL'), limitMs);
+  const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+  clearTimeout(timer);
+  if (code !== 0 && code !== 1) throw new Error(`load generator against ${target.label} failed (exit ${code}): ${err.trim()}`);
+  if (target.proc.exitCode !== null || target.proc.signalCode !== null) throw new Error(`${target.label} died during the run`);
+  return JSON.parse(out) as LoadResult;
+}
+
+async function stopChild(proc: ChildProcess, graceMs = 5000): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  proc.kill('SIGTERM');
+  const timer = setTimeout(() => proc.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function stopAll(): Promise<void> {
+  await Promise.all([...children].map((p) => stopChild(p)));
+}
+
+async function cleanup(): Promise<void> {
+  await stopAll();
+  if (tmpDir) {
+    if (keepTmp) log(`kept ${tmpDir}`);
+    else await rm(tmpDir, { recursive: true, force: true });
+    tmpDir = null;
+  }
+}
+
+/** Lines of a file containing `needle`, read in chunks (the info log is large). */
+async function countLines(file: string, needle: string): Promise<number> {
+  const fh = await open(file, 'r');
+  const buf = Buffer.alloc(1 << 20);
+  const pattern = Buffer.from(needle);
+  let n = 0;
+  let carry = Buffer.alloc(0);
+  try {
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      const data = Buffer.concat([carry, buf.subarray(0, bytesRead)]);
+      let at = 0;
+      for (let i = data.indexOf(pattern, at); i !== -1; i = data.indexOf(pattern, at)) {
+        n++;
+        at = i + pattern.length;
+      }
+      carry = Buffer.from(data.subarray(Math.max(at, data.length - pattern.length + 1)));
+    }
+  } finally {
+    await fh.close();
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------- report
+
+interface Summary {
+  label: string;
+  runs: number;
+  rps: number;
+  p50: number;
+  p99: number;
+  max: number;
+  errors: number;
+  serverCpu: number | null;
+  clientCpu: number;
+}
+
+function summarise(label: string, runs: LoadResult[]): Summary {
+  const mean = (f: (r: LoadResult) => number) => runs.reduce((a, r) => a + f(r), 0) / runs.length;
+  const cpu = runs.every((r) => r.serverCpuPct !== null) ? Math.round(mean((r) => r.serverCpuPct!)) : null;
+  return {
+    label,
+    runs: runs.length,
+    rps: Math.round(mean((r) => r.rps)),
+    p50: round3(mean((r) => r.p50Ms)),
+    p99: round3(mean((r) => r.p99Ms)),
+    max: Math.max(...runs.map((r) => r.maxMs)),
+    errors: runs.reduce((a, r) => a + r.errors, 0),
+    serverCpu: cpu,
+    clientCpu: Math.round(mean((r) => r.clientCpuPct)),
+  };
+}
+
+function buildReport(o: {
+  results: Run[];
+  connections: number;
+  warmup: number;
+  duration: number;
+  rounds: number;
+  decisionsLogged: number;
+  argv: string[];
+}): { text: string; markdown: string } {
+  const labels = [...new Set(o.results.map((r) => r.target))];
+  const summaries = labels.map((l) =>
+    summarise(
+      l,
+      o.results.filter((r) => r.target === l).map((r) => r.result),
+    ),
+  );
+  const fixed = summaries.find((s) => s.label === 'fixed server')!;
+  const ratio = (s: Summary) => (fixed.rps > 0 ? s.rps / fixed.rps : 0);
+  const verdict = (s: Summary) => (s === fixed ? '(ceiling)' : `${ratio(s).toFixed(2)} ${ratio(s) >= TARGET_RATIO ? 'meets' : 'MISSES'} ≥ ${TARGET_RATIO}`);
+
+  const summaryRows = summaries.map((s) => [
+    s.label,
+    String(s.runs),
+    fmtInt(s.rps),
+    s.p50.toFixed(2),
+    s.p99.toFixed(2),
+    s.max.toFixed(1),
+    String(s.errors),
+    s.serverCpu === null ? '?' : `${s.serverCpu}%`,
+    `${s.clientCpu}%`,
+    verdict(s),
+  ]);
+  const summaryHead = ['target', 'runs', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'server CPU', 'client CPU', 'ratio vs fixed'];
+  const runRows = o.results.map((r, i) => [
+    String(i + 1),
+    r.target,
+    fmtInt(r.result.rps),
+    r.result.p50Ms.toFixed(2),
+    r.result.p99Ms.toFixed(2),
+    r.result.maxMs.toFixed(1),
+    String(r.result.errors),
+    r.result.serverCpuPct === null ? '?' : `${r.result.serverCpuPct}%`,
+    `${r.result.clientCpuPct}%`,
+    r.result.machineIdlePct === null ? '?' : `${r.result.machineIdlePct}%`,
+    otherCpu(r.result) === null ? '?' : `${otherCpu(r.result)}%`,
+  ]);
+  const runHead = ['#', 'target', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'server CPU', 'client CPU', 'machine idle', 'other CPU'];
+  const noisy = o.results.flatMap((r, i) => ((otherCpu(r.result) ?? 0) > NOISY_OTHER_CPU ? [`#${i + 1}`] : []));
+  const noise = noisy.length
+    ? `WARNING: other processes used more than ${NOISY_OTHER_CPU}% of a core during run(s) ${noisy.join(', ')}: the figures are noisy; run again on a quiet machine.`
+    : `No other process used more than ${NOISY_OTHER_CPU}% of a core during any run.`;
+
+  const oqRun = o.results.find((r) => r.target.startsWith('overquota'));
+  const actions = oqRun ? actionShares(oqRun.result.actions) : '';
+  const machine = machineDescription();
+  const via = process.env.npm_lifecycle_event === 'bench' ? ' (run by `npm run bench`, which builds first)' : '';
+  const command = `node --import tsx bench/policy.ts ${o.argv.join(' ')}`.trim();
+  const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+
+  const text = [
+    table(summaryHead, summaryRows, false),
+    '',
+    'Runs, in the order they ran:',
+    table(runHead, runRows, false),
+    '',
+    noise,
+    `overquota answers (first overquota run): ${actions}`,
+    `decision lines in the info log: ${fmtInt(o.decisionsLogged)} (whole run, warm-up included)`,
+    `machine: ${machine}`,
+  ].join('\n');
+
+  const markdown = [
+    MARK_START,
+    `Last run: ${date}, ${machine}.`,
+    '',
+    `Command: \`${command}\`${via}. ${o.connections} persistent connections, ${o.warmup} s warm-up then ${o.duration} s measured per run, ${o.rounds} round(s); the fixed server runs first and last and its figures are the mean of those runs (so are overquota's over its rounds).`,
+    '',
+    table(summaryHead, summaryRows, true),
+    '',
+    'Every run, in order (server, client and other CPU in % of one core; machine idle in % of all cores; other = busy cores minus server and client, i.e. other processes and kernel work not charged to either):',
+    '',
+    table(runHead, runRows, true),
+    '',
+    noise,
+    '',
+    `overquota's answers in its first run: ${actions}. Decision lines written by the info frontend: ${fmtInt(o.decisionsLogged)} (warm-up included).`,
+    MARK_END,
+  ].join('\n');
+  return { text, markdown };
+}
+
+/** CPU used by neither the server nor the load generator, in % of one core (noise), or null. */
+function otherCpu(r: LoadResult): number | null {
+  if (r.machineIdlePct === null || r.serverCpuPct === null) return null;
+  const busy = ((100 - r.machineIdlePct) * os.availableParallelism()) / 100;
+  return Math.round(busy * 100 - r.serverCpuPct - r.clientCpuPct);
+}
+
+function actionShares(actions: Record<string, number>): string {
+  const total = Object.values(actions).reduce((a, b) => a + b, 0) || 1;
+  return Object.entries(actions)
+    .sort((a, b) => b[1] - a[1])
+    .map(([a, n]) => `${Math.round((n * 100) / total)}% \`${a}\``)
+    .join(', ');
+}
+
+function machineDescription(): string {
+  let model = os.cpus()[0]?.model ?? 'unknown CPU';
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m) model = m[1]!.trim();
+  } catch {
+    // not Linux: os.cpus() it is
+  }
+  return `${os.availableParallelism()} CPU (nproc), ${model}, Node ${process.version}, ${os.type()} ${os.release()}`;
+}
+
+function table(head: string[], rows: string[][], markdown: boolean): string {
+  const numeric = (i: number) => rows.every((r) => /^[\d,.%?]+$/.test(r[i] ?? ''));
+  if (markdown) {
+    const sep = head.map((_, i) => (numeric(i) ? '---:' : '---'));
+    return [head, sep, ...rows].map((r) => `| ${r.join(' | ')} |`).join('\n');
+  }
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]) => r.map((c, i) => (numeric(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
+
+function updateMarkdown(file: string, section: string): void {
+  const text = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n';
+  const start = text.indexOf(MARK_START);
+  const end = text.indexOf(MARK_END);
+  const next =
+    start !== -1 && end > start
+      ? text.slice(0, start) + section + text.slice(end + MARK_END.length)
+      : `${text.trimEnd()}\n\n## Policy requests per second\n\n${section}\n`;
+  writeFileSync(file, next);
+}
+
+// ---------------------------------------------------------------- small things
+
+function log(text: string): void {
+  process.stderr.write(`bench: ${text}\n`);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function round3(n: number): number {
+  return Math.round(n * 1000) / 1000;
+}
+
+function fmtInt(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+function numArg(name: string, text: string, min: number, max: number): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n < min || n > max) throw new Error(`--${name} ${text}: expected a number from ${min} to ${max}`);
+  return n;
+}
+
+function intArg(name: string, text: string, min: number, max: number): number {
+  const n = numArg(name, text, min, max);
+  if (!Number.isInteger(n)) throw new Error(`--${name} ${text}: expected a whole number`);
+  return n;
+}
+
+let stopping = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: stopping the servers`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+// Last resort if something throws past main(): no server may outlive the bench.
+process.once('exit', () => {
+  for (const p of children) p.kill('SIGKILL');
+  if (tmpDir && !keepTmp) rmSync(tmpDir, { recursive: true, force: true });
+});
+
+main()
+  .catch((err: unknown) => {
+    log(`failed: ${(err as Error).message}`);
+    return 1;
+  })
+  .then(async (code) => {
+    await cleanup();
+    process.exitCode = code;
+  });
