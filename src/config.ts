@@ -86,14 +86,20 @@ convict.addFormat({
   },
 });
 
-export interface DomainSource {
+export interface Backend {
+  /** Recipient domains this backend holds; ".example.com" also matches its subdomains. */
+  domains: string[];
   type: 'local' | 'http';
   url?: string;
   token?: string;
 }
 
+/*
+ * A list, not an object keyed by domain: convict splits setting paths at dots, so a domain name
+ * cannot be a key.
+ */
 convict.addFormat({
-  name: 'domain-table',
+  name: 'backend-table',
   coerce(v: string) {
     try {
       return JSON.parse(v);
@@ -102,16 +108,23 @@ convict.addFormat({
     }
   },
   validate(v: unknown) {
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-      throw new Error('must be a JSON object of domain -> {"type":"http","url":"http://backend:10035/quota?u={key}"} or {"type":"local"}');
+    if (!Array.isArray(v)) {
+      throw new Error('must be a JSON list such as [{"domains":["example.com"],"type":"http","url":"http://mx1:10035/quota?u={key}"}]');
     }
-    for (const [domain, src] of Object.entries(v)) {
-      if (domain !== domain.toLowerCase() || !/^\.?[^\s@/]+$/.test(domain)) throw new Error(`has the domain "${domain}": use lower case, no @ or spaces (".example.com" also matches subdomains)`);
-      const s = src as Partial<DomainSource> | null;
-      if (typeof s !== 'object' || s === null) throw new Error(`has a source for ${domain} that is not an object`);
-      if (s.type !== 'http' && s.type !== 'local') throw new Error(`has the source type "${String(s.type)}" for ${domain}: use "http" or "local"`);
-      if (s.type === 'http') checkUrlTemplate(String(s.url ?? ''), `${domain}.url`);
-    }
+    const seen = new Set<string>();
+    v.forEach((entry: Partial<Backend> | null, i) => {
+      if (typeof entry !== 'object' || entry === null) throw new Error(`has entry ${i}, which is not an object`);
+      if (!Array.isArray(entry.domains) || entry.domains.length === 0) throw new Error(`has entry ${i} without a "domains" list`);
+      for (const domain of entry.domains) {
+        if (typeof domain !== 'string' || domain !== domain.toLowerCase() || !/^\.?[^\s@/]+$/.test(domain)) {
+          throw new Error(`has the domain ${JSON.stringify(domain)} in entry ${i}: use lower case, no @ or spaces (".example.com" also matches subdomains)`);
+        }
+        if (seen.has(domain)) throw new Error(`names the domain ${domain} twice`);
+        seen.add(domain);
+      }
+      if (entry.type !== 'http' && entry.type !== 'local') throw new Error(`has the type ${JSON.stringify(entry.type)} in entry ${i}: use "http" or "local"`);
+      if (entry.type === 'http') checkUrlTemplate(String(entry.url ?? ''), `entry ${i} url`);
+    });
   },
 });
 
@@ -162,10 +175,10 @@ const schema = {
     timeout: { doc: 'Give up on one source lookup after this long (the latency budget also bounds it).', format: 'duration', default: '1500ms' },
     max_connections: { doc: 'Most concurrent HTTP connections to one backend.', format: 'nat', default: 16 },
   },
-  domains: {
-    doc: 'Served domains and their sources, as JSON: {"example.com":{"type":"http","url":"http://mx1:10035/quota?u={key}"}}. Empty: every domain uses the default source. A domain not listed gets DUNNO.',
-    format: 'domain-table',
-    default: {},
+  backends: {
+    doc: 'Served domains and their quota sources, as a JSON list: [{"domains":["example.com"],"type":"http","url":"http://mx1:10035/quota?u={key}"}]. Empty: every domain uses the default source. A domain not listed gets DUNNO.',
+    format: 'backend-table',
+    default: [],
   },
   store: {
     type: { doc: 'Local mail store format: mbox (one file per user) or maildir (Maildir++ with maildirsize).', format: ['mbox', 'maildir'], default: 'mbox' },
@@ -223,7 +236,7 @@ export interface Settings {
   policy: { listen: string[]; socket_mode: string; idle_timeout: number; max_line_length: number; max_attributes: number; max_request_size: number; check_end_of_message: boolean };
   recipient: { delimiter: string; lowercase_local_part: boolean; mailbox_key: string };
   source: { type: 'local' | 'http'; url: string; token: string; timeout: number; max_connections: number };
-  domains: Record<string, DomainSource>;
+  backends: Backend[];
   store: { type: 'mbox' | 'maildir'; path: string; mailbox: string; limit: number; limits_file: string; trash_folders: string[] };
   cache: { max_entries: number; ttl: { under_quota: number; over_quota: number; unknown: number } };
   replies: { under_quota: string; over_quota: string; too_large: string; unknown: string; on_error: string };

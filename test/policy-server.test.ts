@@ -207,3 +207,20 @@ test('spawn mode can log to a file', async () => {
   const lines = (await fs.readFile(logFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   assert.ok(lines.some((l) => l.msg === 'decision' && l.verdict === 'over_quota'));
 });
+
+test('each served domain is asked at its own backend; a domain not served gets DUNNO without a lookup', async () => {
+  const one = await startBackend(cgiAnswer({ full: 5000 }, 1000));
+  const two = await startBackend(cgiAnswer({}, 1000));
+  cleanups.push(() => one.close(), () => two.close());
+  const backends = JSON.stringify([
+    { domains: ['one.example'], type: 'http', url: one.url() },
+    { domains: ['.two.example'], type: 'http', url: two.url() },
+  ]);
+  const fe = await frontend(['--policy.listen', 'inet:127.0.0.1:0'], { OVERQUOTA_BACKENDS: backends });
+  const c = await client(fe.listeners[0]!);
+  assert.equal(await c.ask(rcpt('full@one.example')), '452 4.2.2 Mailbox full, try again later');
+  assert.equal(await c.ask(rcpt('full@mx.two.example')), 'DUNNO');
+  assert.equal(await c.ask(rcpt('full@elsewhere.example')), 'DUNNO');
+  assert.equal(one.requests.length, 1);
+  assert.equal(two.requests.length, 1);
+});

@@ -51,8 +51,9 @@ export async function buildRouter(settings: Settings): Promise<Router> {
   };
   const fallback = await make(settings.source.type, settings.source.url, settings.source.token);
   const table = new Map<string, QuotaSource>();
-  for (const [domain, d] of Object.entries(settings.domains)) {
-    table.set(domain, await make(d.type, d.url ?? '', d.token ?? settings.source.token));
+  for (const backend of settings.backends) {
+    const source = await make(backend.type, backend.url ?? '', backend.token ?? settings.source.token);
+    for (const domain of backend.domains) table.set(domain, source);
   }
   return new Router(fallback, table);
 }

@@ -1,0 +1,146 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import os from 'node:os';
+import { runToEnd } from './helpers/overquota.js';
+
+let dir: string;
+before(async () => {
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'oq-cli-'));
+  await fs.mkdir(path.join(dir, 'mail'));
+  await fs.writeFile(path.join(dir, 'mail', 'full'), Buffer.alloc(5000));
+  await fs.writeFile(path.join(dir, 'mail', 'room'), Buffer.alloc(100));
+});
+after(() => fs.rm(dir, { recursive: true, force: true }));
+
+/** Runs with a clean environment: no OVERQUOTA_* from the caller leaks in. */
+const clean = (env: Record<string, string> = {}) => {
+  const base: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('OVERQUOTA_') && v !== undefined) base[k] = v;
+  return { ...base, ...env };
+};
+const config = async (args: string[] = [], env: Record<string, string> = {}) => {
+  const r = await runToEnd(['config', ...args], clean(env));
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as Record<string, any>;
+};
+
+test('with no configuration at all the embedded defaults are the seed setup', async () => {
+  const s = await config();
+  assert.deepEqual(s.policy.listen, ['inet:127.0.0.1:10033']);
+  assert.equal(s.source.type, 'local');
+  assert.equal(s.store.type, 'mbox');
+  assert.equal(s.store.path, '/var/mail');
+  assert.equal(s.store.limit, 200 * 1024 * 1024);
+  assert.equal(s.quota_service.listen, '127.0.0.1:10035');
+  assert.equal(s.replies.under_quota, 'DUNNO');
+  assert.equal(s.replies.over_quota, '452 4.2.2 Mailbox full, try again later');
+  assert.equal(s.replies.on_error, 'DUNNO');
+});
+
+test('flags override env, env overrides the file, the file overrides the defaults', async () => {
+  const file = path.join(dir, 'c.json');
+  await fs.writeFile(file, JSON.stringify({ log: { level: 'warn' }, store: { path: '/from/file', limit: '1G' }, latency_budget: '5s' }));
+  const s = await config(['--config', file, '--latency_budget', '700ms'], { OVERQUOTA_STORE_PATH: '/from/env', OVERQUOTA_LATENCY_BUDGET: '3s' });
+  assert.equal(s.log.level, 'warn');
+  assert.equal(s.store.limit, 1024 ** 3);
+  assert.equal(s.store.path, '/from/env');
+  assert.equal(s.latency_budget, 700);
+  const viaEnv = await config([], { OVERQUOTA_CONFIG: file });
+  assert.equal(viaEnv.store.path, '/from/file');
+});
+
+test('a table of backends can come from the environment as JSON', async () => {
+  const s = await config([], { OVERQUOTA_BACKENDS: '[{"domains":["example.com",".example.org"],"type":"http","url":"http://10.0.0.5:10035/quota?u={key}"}]' });
+  assert.deepEqual(s.backends[0].domains, ['example.com', '.example.org']);
+  assert.equal(s.backends[0].url, 'http://10.0.0.5:10035/quota?u={key}');
+});
+
+test('secrets are redacted when the configuration is printed', async () => {
+  const r = await runToEnd(['config', '--source.token', 'hunter2', '--quota_service.token', 'hunter3'], clean());
+  assert.doesNotMatch(r.stdout, /hunter/);
+  assert.equal((JSON.parse(r.stdout) as any).source.token, '[redacted]');
+});
+
+test('an invalid setting stops start-up, naming the setting, the value and what is allowed', async () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [['--replies.over_quota', '452'], {}, /replies\.over_quota: .*all-numeric action as OK.*value was "452"/],
+    [[], { OVERQUOTA_REPLIES_OVER_QUOTA: '452 5.2.2 Mailbox full' }, /replies\.over_quota: .*does not match 452/],
+    [['--policy.listen', 'tcp:1.2.3.4:5'], {}, /policy\.listen: must be inet:HOST:PORT/],
+    [['--latency_budget', 'soon'], {}, /latency_budget: must be a duration.*value was "soon"/],
+    [['--store.type', 'mh'], {}, /store\.type: must be one of the possible values: \["mbox","maildir"\]/],
+    [['--recipient.mailbox_key', 'user'], {}, /recipient\.mailbox_key: must use at least one of \{local\}/],
+    [[], { OVERQUOTA_BACKENDS: '[{"domains":["Example.com"],"type":"http","url":"http://x/?u={key}"}]' }, /backends: .*lower case/],
+    [[], { OVERQUOTA_BACKENDS: '[{"domains":["example.com"],"type":"http","url":"http://x/quota"}]' }, /backends: .*must contain \{key\}/],
+  ];
+  for (const [args, env, why] of cases) {
+    const r = await runToEnd(['frontend', ...args], clean(env));
+    assert.equal(r.code, 78, `${args.join(' ')} ${JSON.stringify(env)}: ${r.stderr}`);
+    assert.match(r.stderr, why);
+  }
+});
+
+test('an unknown key in the config file is refused', async () => {
+  const file = path.join(dir, 'typo.json');
+  await fs.writeFile(file, JSON.stringify({ replys: { over_quota: 'x' } }));
+  const r = await runToEnd(['config', '--config', file], clean());
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /replys/);
+});
+
+test('an unknown flag is a usage error, not silently ignored', async () => {
+  const r = await runToEnd(['frontend', '--policy.lisen', 'inet:127.0.0.1:1'], clean());
+  assert.equal(r.code, 64);
+  assert.match(r.stderr, /unknown option --policy\.lisen/);
+});
+
+test('--version prints the package version; --help lists commands and, per command, every setting', async () => {
+  const pkg = JSON.parse(await fs.readFile(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  assert.equal((await runToEnd(['--version'], clean())).stdout.trim(), pkg.version);
+  const help = await runToEnd(['--help'], clean());
+  for (const cmd of ['frontend', 'quota-service', 'check', 'config']) assert.match(help.stdout, new RegExp(`^  ${cmd} `, 'm'));
+  for (const cmd of ['frontend', 'quota-service', 'check']) {
+    const h = await runToEnd([cmd, '--help'], clean());
+    assert.equal(h.code, 0);
+    assert.match(h.stdout, /--replies\.over_quota {2}OVERQUOTA_REPLIES_OVER_QUOTA/);
+    assert.match(h.stdout, /--policy\.listen {2}OVERQUOTA_POLICY_LISTEN/);
+  }
+});
+
+const store = () => ['--store.path', path.join(dir, 'mail'), '--store.limit', '1000'];
+
+test('check prints verdict, usage, limit, source and the exact reply Postfix would give', async () => {
+  const r = await runToEnd(['check', 'Full+x@Example.com', ...store()], clean());
+  assert.equal(r.code, 1);
+  assert.match(r.stdout, /^verdict +over_quota/m);
+  assert.match(r.stdout, /^usage +5000 bytes \(500%\)/m);
+  assert.match(r.stdout, /^limit +1000 bytes/m);
+  assert.match(r.stdout, /^source +mbox:/m);
+  assert.match(r.stdout, /^policy reply +action=452 4\.2\.2 Mailbox full, try again later$/m);
+  assert.match(r.stdout, /^Postfix says +452 4\.2\.2 <full@example\.com>: Recipient address rejected: Mailbox full, try again later$/m);
+});
+
+test('check with --size uses the message size, and exits 0 when the mail would pass', async () => {
+  const fits = await runToEnd(['check', 'room@example.com', '--size', '800', ...store()], clean());
+  assert.equal(fits.code, 0);
+  assert.match(fits.stdout, /^verdict +under_quota/m);
+  const big = await runToEnd(['check', 'room@example.com', '--size', '5000', '--json', ...store()], clean());
+  assert.equal(big.code, 1);
+  const j = JSON.parse(big.stdout) as Record<string, unknown>;
+  assert.equal(j.verdict, 'too_large');
+  assert.equal(j.reply, '552 5.2.3 Message is larger than the mailbox quota');
+});
+
+test('check reports a source failure with its code and exits 2', async () => {
+  const r = await runToEnd(['check', 'a@example.com', '--source.type', 'http', '--source.url', 'http://127.0.0.1:9/quota?u={key}'], clean());
+  assert.equal(r.code, 2);
+  assert.match(r.stdout, /^error +SOURCE_UNREACHABLE/m);
+  assert.match(r.stdout, /^policy reply +action=DUNNO$/m);
+});
+
+test('check without an address is a usage error', async () => {
+  const r = await runToEnd(['check'], clean());
+  assert.equal(r.code, 64);
+  assert.match(r.stderr, /check needs an ADDRESS/);
+});
