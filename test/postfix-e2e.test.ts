@@ -12,6 +12,7 @@ import { sendEnvelope, simpleMessage, type EnvelopeResult } from './helpers/smtp
 import { tempDir, type TempDir } from './helpers/tmp.js';
 import { startFrontend, startQuotaServiceProcess, spawnableInstall, type Running } from './helpers/overquota.js';
 import { startBackend, type Backend } from './helpers/http-backend.js';
+import { mainCfSnippet, masterCfSnippet, masterCfCompanionMain } from './helpers/snippets.js';
 
 const unavailable = postfixUnavailable();
 if (unavailable) throw new Error(`cannot run a private Postfix: ${unavailable}`);
@@ -49,6 +50,13 @@ function assertScenario(r: EnvelopeResult) {
   assert.equal(r.rcpt[1]!.code, 250, r.transcript);
 }
 
+/** postfix/main.cf's restriction list exactly as operators paste it, pointed at this frontend's port. */
+function restrictionsFor(fe: { listeners: string[] }): string {
+  const snippet = mainCfSnippet('smtpd_recipient_restrictions');
+  assert.match(snippet, /inet:127\.0\.0\.1:10033/);
+  return snippet.replace('inet:127.0.0.1:10033', fe.listeners[0]!);
+}
+
 describe('Postfix check_policy_service inet: -> frontend -> quota service over HTTP', () => {
   let quota: Running & { baseUrl: string };
   let frontend: Running & { listeners: string[] };
@@ -65,11 +73,7 @@ describe('Postfix check_policy_service inet: -> frontend -> quota service over H
       '--cache.ttl.under_quota', '0',
       '--cache.ttl.over_quota', '0',
     ]);
-    const port = frontend.listeners[0]!.split(':').pop();
-    pf = await startPostfix({
-      // The snippet from postfix/main.cf, as operators would paste it.
-      smtpdRecipientRestrictions: `reject_unauth_destination, check_policy_service { inet:127.0.0.1:${port}, timeout=10s, default_action=DUNNO }, permit`,
-    });
+    pf = await startPostfix({ smtpdRecipientRestrictions: restrictionsFor(frontend) });
   });
   after(async () => {
     await pf?.stop();
@@ -128,7 +132,7 @@ describe('Postfix check_policy_service inet: -> frontend -> quota service over H
     // A second frontend, pointed at a backend that accepts the request and never answers.
     const second = await startFrontend(['--policy.listen', 'inet:127.0.0.1:0', '--source.type', 'http', '--source.url', hung.url(), '--latency_budget', '1s']);
     try {
-      await pf.postconf('-e', `smtpd_recipient_restrictions = reject_unauth_destination, check_policy_service { inet:127.0.0.1:${second.listeners[0]!.split(':').pop()}, timeout=10s, default_action=DUNNO }, permit`);
+      await pf.postconf('-e', `smtpd_recipient_restrictions = ${restrictionsFor(second)}`);
       await pf.reload();
       const r = await envelope(pf, ['full@example.com']);
       assert.equal(r.rcpt[0]!.code, 250, r.transcript);
@@ -157,10 +161,16 @@ describe('Postfix spawn(8) service running `overquota frontend --stdio`', () => 
     const config = path.join(tmp.path, 'frontend.json');
     await fs.writeFile(config, JSON.stringify({ source: { type: 'http', url: `${quota.baseUrl}/quota?u={key}` }, log: { file: logFile }, cache: { ttl: { over_quota: '0s' } } }));
     await fs.chmod(config, 0o644);
+    // postfix/master.cf and its main.cf companion lines, with this machine's paths.
+    const companion = masterCfCompanionMain();
+    const service = masterCfSnippet()
+      .replace('/usr/bin/node', NODE_FOR_NOBODY)
+      .replace('/opt/overquota/dist/cli.js', cli)
+      .replace('/etc/overquota/frontend.json', config);
     pf = await startPostfix({
-      smtpdRecipientRestrictions: 'reject_unauth_destination, check_policy_service unix:private/overquota, permit',
-      extraMain: { overquota_time_limit: '3600' },
-      extraMaster: [`overquota unix - n n - 0 spawn user=nobody argv=${NODE_FOR_NOBODY} ${cli} frontend --stdio --config ${config}`],
+      smtpdRecipientRestrictions: companion.get('smtpd_recipient_restrictions')!,
+      extraMain: { overquota_time_limit: companion.get('overquota_time_limit')! },
+      extraMaster: [service],
     });
   });
   after(async () => {
