@@ -144,3 +144,18 @@ test('check without an address is a usage error', async () => {
   assert.equal(r.code, 64);
   assert.match(r.stderr, /check needs an ADDRESS/);
 });
+
+test('the README configuration reference names every setting with its env var and default', async () => {
+  const { describeSettings } = await import('../src/config.js');
+  const readme = await fs.readFile(new URL('../README.md', import.meta.url), 'utf8');
+  for (const s of describeSettings()) {
+    assert.ok(readme.includes(`| \`${s.path}\` | \`${s.env}\` | \`${JSON.stringify(s.default)}\` |`), `README lacks ${s.path}`);
+  }
+});
+
+test('.ci/run runs exactly the README test command', async () => {
+  const ci = await fs.readFile(new URL('../.ci/run', import.meta.url), 'utf8');
+  const readme = await fs.readFile(new URL('../README.md', import.meta.url), 'utf8');
+  assert.match(readme, /^npm test +#/m);
+  assert.match(ci, /^npm test$/m);
+});
