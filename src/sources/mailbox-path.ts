@@ -10,6 +10,7 @@
  * It never opens or creates files; it only looks (realpath, lstat).
  */
 
+import { SourceError } from './types.js';
 import { lstat, realpath } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -191,4 +192,14 @@ export async function resolveInside(root: string, relative: string): Promise<str
   }
   if (realParent !== realRoot && !isStrictlyInside(realRoot, realParent)) return null;
   return path.join(realParent, path.basename(lexical));
+}
+
+/**
+ * The mailbox path of a key under the store root, after the key passed checkMailboxUser
+ * (else SOURCE_BAD_KEY); null when the template cannot be filled for this key.
+ */
+export function mailboxPathFor(template: string, key: string): string | null {
+  const bad = checkMailboxUser(key);
+  if (bad) throw new SourceError('SOURCE_BAD_KEY', bad);
+  return expandMailboxTemplate(template, key);
 }

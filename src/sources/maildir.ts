@@ -18,9 +18,8 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import {
   checkMailboxTemplate,
-  checkMailboxUser,
-  expandMailboxTemplate,
   isStrictlyInside,
+  mailboxPathFor,
   resolveInside,
 } from './mailbox-path.js';
 import { limitFromFile, type LimitsFile } from './limits.js';
@@ -32,6 +31,7 @@ import {
   type Maildirsize,
 } from './maildir-scan.js';
 import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
+import { ioError, throwIfAborted } from './store-errors.js';
 
 export {
   DEFAULT_TRASH_FOLDERS,
@@ -95,18 +95,16 @@ export class MaildirStore implements QuotaSource {
   }
 
   async lookup(key: string, signal: AbortSignal): Promise<QuotaState> {
-    throwIfAborted(signal);
-    const bad = checkMailboxUser(key);
-    if (bad) throw new SourceError('SOURCE_BAD_KEY', bad);
-    const relative = expandMailboxTemplate(this.template, key);
+    throwIfAborted(signal, 'maildir lookup');
+    const relative = mailboxPathFor(this.template, key);
     if (relative === null) return { kind: 'unknown' };
 
     const dir = await this.locate(relative);
-    throwIfAborted(signal);
+    throwIfAborted(signal, 'maildir lookup');
     if (dir === null) return { kind: 'unknown' };
 
     const current = await readMaildirsize(dir);
-    throwIfAborted(signal);
+    throwIfAborted(signal, 'maildir lookup');
     let usageBytes = current?.parsed.usageBytes ?? 0;
     let usageMessages = current?.parsed.usageMessages ?? 0;
     const reason = recalculationReason(
@@ -233,11 +231,4 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-function throwIfAborted(signal: AbortSignal): void {
-  if (signal.aborted) throw new SourceError('SOURCE_TIMEOUT', 'maildir lookup aborted (latency budget spent)');
-}
 
-function ioError(what: string, cause: unknown): SourceError {
-  const code = (cause as NodeJS.ErrnoException | null)?.code ?? 'error';
-  return new SourceError('SOURCE_IO', `${what}: ${code}`, { cause });
-}

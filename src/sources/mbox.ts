@@ -9,9 +9,10 @@
  */
 
 import { lstat } from 'node:fs/promises';
-import { checkMailboxTemplate, checkMailboxUser, expandMailboxTemplate, resolveInside } from './mailbox-path.js';
+import { checkMailboxTemplate, mailboxPathFor, resolveInside } from './mailbox-path.js';
 import { limitFromFile, type LimitsFile } from './limits.js';
 import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
+import { ioError, throwIfAborted } from './store-errors.js';
 
 export interface MboxStoreOptions {
   /** The spool directory, e.g. /var/mail. */
@@ -41,10 +42,8 @@ export class MboxStore implements QuotaSource {
   }
 
   async lookup(key: string, signal: AbortSignal): Promise<QuotaState> {
-    throwIfAborted(signal);
-    const bad = checkMailboxUser(key);
-    if (bad) throw new SourceError('SOURCE_BAD_KEY', bad);
-    const relative = expandMailboxTemplate(this.template, key);
+    throwIfAborted(signal, 'mbox lookup');
+    const relative = mailboxPathFor(this.template, key);
     if (relative === null) return { kind: 'unknown' };
 
     let file: string | null;
@@ -53,7 +52,7 @@ export class MboxStore implements QuotaSource {
     } catch (err) {
       throw ioError(`cannot resolve the mbox under ${this.root}`, err);
     }
-    throwIfAborted(signal);
+    throwIfAborted(signal, 'mbox lookup');
     // Outside the root (a symlink out, or a parent directory that leads elsewhere or is missing).
     if (file === null) return { kind: 'unknown' };
 
@@ -70,7 +69,7 @@ export class MboxStore implements QuotaSource {
       if (code !== 'ENOENT') throw ioError('cannot stat the mbox', err);
       usageBytes = 0;
     }
-    throwIfAborted(signal);
+    throwIfAborted(signal, 'mbox lookup');
 
     // mbox has no cheap message count (it would mean reading the whole file), so a message
     // limit from the limits file cannot be enforced here and is not reported.
@@ -85,11 +84,4 @@ export class MboxStore implements QuotaSource {
   }
 }
 
-function throwIfAborted(signal: AbortSignal): void {
-  if (signal.aborted) throw new SourceError('SOURCE_TIMEOUT', 'mbox lookup aborted (latency budget spent)');
-}
 
-function ioError(what: string, cause: unknown): SourceError {
-  const code = (cause as NodeJS.ErrnoException | null)?.code ?? 'error';
-  return new SourceError('SOURCE_IO', `${what}: ${code}`, { cause });
-}
