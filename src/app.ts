@@ -1,10 +1,14 @@
 /*
- * Settings -> a ready decision core (router, cache, checker). Shared by the frontend and `check`,
- * so the check command answers exactly as the running service would.
+ * Settings -> a ready decision core (router, cache tiers, checker). Shared by the frontend and the
+ * check and invalidate commands, so they answer exactly as the running service would.
  */
+import type { Logger } from 'pino';
 import type { Settings } from './config.js';
 import { QuotaCache } from './cache/quota-cache.js';
+import { connectRedis, type RedisConnection } from './cache/redis-client.js';
+import { RedisTier } from './cache/redis-tier.js';
 import { QuotaChecker } from './core/checker.js';
+import { parseRecipient, type Recipient, type RecipientRules } from './core/address.js';
 import { buildRouter } from './sources/factory.js';
 import type { Router } from './sources/router.js';
 
@@ -12,18 +16,45 @@ export interface DecisionCore {
   checker: QuotaChecker;
   cache: QuotaCache;
   router: Router;
+  rules: RecipientRules;
+  /** Drops ADDRESS's mailbox from every tier of every frontend; null when it is no address we serve. */
+  invalidate(address: string): Promise<{ recipient: Recipient; published: boolean } | null>;
+  /** Resolves once Redis is connected (true), or after timeoutMs or without Redis (false). */
+  redisReady(timeoutMs: number): Promise<boolean>;
   close(): Promise<void>;
 }
 
-export async function buildDecisionCore(settings: Settings): Promise<DecisionCore> {
+export async function buildDecisionCore(settings: Settings, logger: Logger, opts: { subscribe: boolean }): Promise<DecisionCore> {
   const router = await buildRouter(settings);
-  const cache = new QuotaCache(settings.cache.max_entries, settings.cache.ttl);
+  const connections: RedisConnection[] = [];
+  let redis: RedisTier | undefined;
+  if (settings.redis.url) {
+    const conn = connectRedis(settings.redis, logger, 'overquota');
+    connections.push(conn);
+    redis = new RedisTier(conn, settings.redis.prefix, logger);
+  }
+  const cache = new QuotaCache({
+    maxEntries: settings.cache.max_entries,
+    ttl: settings.cache.ttl,
+    memoryTtlMs: redis ? settings.cache.memory_ttl : Number.MAX_SAFE_INTEGER,
+    redis,
+  });
+  const sourceNames = router.sources().map((s) => s.name);
+  if (redis && opts.subscribe) {
+    const subscriber = connectRedis(settings.redis, logger.child({ role: 'invalidation' }), 'overquota-sub');
+    connections.push(subscriber);
+    redis.subscribe(subscriber, (key) => {
+      logger.info({ mailbox: key }, 'invalidation received');
+      void cache.forget(key, sourceNames);
+    });
+  }
+  const rules: RecipientRules = {
+    delimiters: settings.recipient.delimiter,
+    lowercaseLocalPart: settings.recipient.lowercase_local_part,
+    keyTemplate: settings.recipient.mailbox_key,
+  };
   const checker = new QuotaChecker(router, cache, {
-    rules: {
-      delimiters: settings.recipient.delimiter,
-      lowercaseLocalPart: settings.recipient.lowercase_local_part,
-      keyTemplate: settings.recipient.mailbox_key,
-    },
+    rules,
     replies: settings.replies,
     dryRun: settings.dry_run,
     latencyBudgetMs: settings.latency_budget,
@@ -33,8 +64,28 @@ export async function buildDecisionCore(settings: Settings): Promise<DecisionCor
     checker,
     cache,
     router,
-    close: async () => {
+    rules,
+    async invalidate(address) {
+      const recipient = parseRecipient(address, rules);
+      if (!recipient) return null;
+      const published = await cache.invalidate(recipient.key, sourceNames);
+      return { recipient, published };
+    },
+    async redisReady(timeoutMs) {
+      const conn = connections[0];
+      if (!conn) return false;
+      if (conn.status === 'ready') return true;
+      return new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), timeoutMs);
+        conn.once('ready', () => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+      });
+    },
+    async close() {
       await Promise.all(router.sources().map((s) => s.close()));
+      for (const c of connections) c.disconnect();
     },
   };
 }

@@ -12,6 +12,7 @@ import { COMMANDS, commandHelp, mainHelp } from './commands/help.js';
 import { runFrontend } from './commands/frontend.js';
 import { runQuotaService } from './commands/quota-service.js';
 import { runCheck } from './commands/check.js';
+import { runInvalidate } from './commands/invalidate.js';
 
 const EX_USAGE = 64;
 const EX_CONFIG = 78;
@@ -44,7 +45,7 @@ async function main(argv: string[]): Promise<number> {
       console.log(commandHelp(command));
       return 0;
     }
-    if (command !== 'check' && rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
+    if (command !== 'check' && command !== 'invalidate' && rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
     const file = args.flags.get('config');
     const settings = loadSettings({ file: typeof file === 'string' ? file : undefined, args: args.settingArgs });
     switch (command) {
@@ -56,6 +57,8 @@ async function main(argv: string[]): Promise<number> {
         const size = args.flags.get('size');
         return await runCheck(settings, rest[0], typeof size === 'string' ? size : undefined, args.flags.has('json'));
       }
+      case 'invalidate':
+        return await runInvalidate(settings, rest[0]);
       case 'config':
         console.log(JSON.stringify(redactedSettings(settings), null, 2));
         return 0;

@@ -64,6 +64,21 @@ convict.addFormat({
   },
 });
 convict.addFormat({
+  name: 'ratio',
+  coerce: (v: string) => (/^\s*[\d.]+\s*$/.test(v) ? Number(v) : v),
+  validate(v: unknown) {
+    if (typeof v !== 'number' || !(v >= 0 && v <= 1)) throw new Error('must be a number from 0 to 1');
+  },
+});
+convict.addFormat({
+  name: 'optional-listener',
+  validate(v: unknown) {
+    if (v === '') return;
+    const parsed = parseListenAddress(String(v));
+    if (typeof parsed === 'string' || parsed.kind !== 'inet') throw new Error(`must be empty or HOST:PORT`);
+  },
+});
+convict.addFormat({
   name: 'reply',
   validate(v: unknown) {
     const problem = replyProblem(String(v));
@@ -190,11 +205,27 @@ const schema = {
   },
   cache: {
     max_entries: { doc: 'Most mailboxes kept in the process-local cache.', format: 'nat', default: 100_000 },
+    memory_ttl: { doc: 'With Redis on: longest time the process-local tier reuses an answer before asking Redis again (keeps invalidation and other frontends\' findings visible).', format: 'duration', default: '2s' },
     ttl: {
-      under_quota: { doc: 'How long an under-quota answer is reused.', format: 'duration', default: '30s' },
+      under_quota: { doc: 'How long an under-quota answer is reused (shortened near the limit, see near_limit_ratio).', format: 'duration', default: '30s' },
       over_quota: { doc: 'How long an over-quota answer is reused (short: freed space should be seen soon).', format: 'duration', default: '10s' },
       unknown: { doc: 'How long an unknown-mailbox answer is reused.', format: 'duration', default: '60s' },
+      near_limit: { doc: 'Shortest reuse of an under-quota answer: for a mailbox almost full.', format: 'duration', default: '2s' },
+      near_limit_ratio: { doc: 'Headroom below which the under-quota TTL shrinks in proportion to the room left, down to near_limit (0.1: the last 10% of the quota).', format: 'ratio', default: 0.1 },
     },
+  },
+  redis: {
+    url: { doc: 'Turns the shared Redis tier on. redis://[user:password@]host:port[/db], rediss:// for TLS, or a unix socket path. For sentinel and cluster: comma-separated addresses. Empty: process-local cache only.', format: String, default: '' },
+    mode: { doc: 'standalone, sentinel (url lists the sentinels) or cluster (url lists some cluster nodes).', format: ['standalone', 'sentinel', 'cluster'], default: 'standalone' },
+    sentinel_master: { doc: 'Master name the sentinels monitor.', format: String, default: 'mymaster' },
+    username: { doc: 'ACL user (overrides the URL).', format: String, default: '' },
+    password: { doc: 'Password (overrides the URL).', format: String, default: '', sensitive: true },
+    tls_ca: { doc: 'CA certificate file for rediss:// (empty: the system CAs).', format: String, default: '' },
+    prefix: { doc: 'Prefix of every key and channel, so several sites can share one Redis.', format: String, default: 'overquota:' },
+    command_timeout: { doc: 'Give up on one Redis command after this long and go on without Redis.', format: 'duration', default: '250ms' },
+  },
+  admin: {
+    listen: { doc: 'Admin HTTP listener of the frontend (POST /invalidate?address=ADDRESS, GET /health), HOST:PORT. Empty: off.', format: 'optional-listener', default: '' },
   },
   replies: {
     under_quota: { doc: 'Reply for a mailbox with room. Never OK: OK skips the later restrictions.', format: 'reply', default: 'DUNNO' },
@@ -238,7 +269,9 @@ export interface Settings {
   source: { type: 'local' | 'http'; url: string; token: string; timeout: number; max_connections: number };
   backends: Backend[];
   store: { type: 'mbox' | 'maildir'; path: string; mailbox: string; limit: number; limits_file: string; trash_folders: string[] };
-  cache: { max_entries: number; ttl: { under_quota: number; over_quota: number; unknown: number } };
+  cache: { max_entries: number; memory_ttl: number; ttl: { under_quota: number; over_quota: number; unknown: number; near_limit: number; near_limit_ratio: number } };
+  redis: { url: string; mode: 'standalone' | 'sentinel' | 'cluster'; sentinel_master: string; username: string; password: string; tls_ca: string; prefix: string; command_timeout: number };
+  admin: { listen: string };
   replies: { under_quota: string; over_quota: string; too_large: string; unknown: string; on_error: string };
   dry_run: boolean;
   latency_budget: number;

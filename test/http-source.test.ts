@@ -21,7 +21,7 @@ async function sourceFor(answer: Answer, opts: { token?: string; path?: string }
 }
 
 function checkerFor(source: QuotaSource, budgetMs = 300) {
-  return new QuotaChecker(new Router(source, new Map()), new QuotaCache(1000, { under_quota: 30_000, over_quota: 10_000, unknown: 60_000 }), {
+  return new QuotaChecker(new Router(source, new Map()), new QuotaCache({ maxEntries: 1000, memoryTtlMs: 60_000, ttl: { under_quota: 30_000, over_quota: 10_000, unknown: 60_000, near_limit: 2000, near_limit_ratio: 0.1 } }), {
     rules: { delimiters: '+', lowercaseLocalPart: true, keyTemplate: '{local}' },
     replies: { under_quota: 'DUNNO', over_quota: '452 4.2.2 Mailbox full, try again later', too_large: '552 5.2.3 Too large', unknown: 'DUNNO', on_error: 'DUNNO' },
     dryRun: false,

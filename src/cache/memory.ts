@@ -44,12 +44,6 @@ export class MemoryCache<T> {
     return this.entries.delete(key);
   }
 
-  deleteWhere(match: (key: string) => boolean): number {
-    let n = 0;
-    for (const key of this.entries.keys()) if (match(key) && this.entries.delete(key)) n++;
-    return n;
-  }
-
   clear(): void {
     this.entries.clear();
   }

@@ -1,50 +1,110 @@
 /*
- * The cache in front of every quota source: memory tier, then single-flight to the source.
+ * The cache in front of every quota source: memory -> Redis -> single-flight -> source.
  *
- * This is the seam for the shared Redis tier (memory -> Redis -> single-flight -> source). Entries
- * are keyed by source name and mailbox key, so one local part on two backends never collides.
- * It must never cache an error, and never wait on a source longer than the timeout it is given.
+ * - memory: per process, bounded LRU; with Redis on, entries live at most cache.memory_ttl so
+ *   another frontend's newer finding or an invalidation is seen soon.
+ * - Redis (optional): shared by every frontend, TTL per state (ttl.ts).
+ * - single-flight: concurrent lookups of one mailbox in this process share one promise; across
+ *   frontends a short Redis lock lets one ask the source while the others wait for its answer.
+ * Entries are keyed by source name and mailbox key, so one local part on two backends never
+ * collides. It never caches an error, and never waits on a source longer than the timeout given;
+ * Redis failing only costs the shared tier, never an answer.
  */
 import type { QuotaSource, QuotaState } from '../sources/types.js';
 import { SourceError } from '../sources/types.js';
 import { MemoryCache } from './memory.js';
 import { SingleFlight } from './single-flight.js';
 import { ttlFor, type TtlPolicy } from './ttl.js';
+import type { RedisTier } from './redis-tier.js';
 
-export type CacheOutcome = 'hit' | 'miss' | 'shared';
+/** hit: memory; redis: the shared tier; shared: another lookup's answer (here or on another frontend); miss: asked the source. */
+export type CacheOutcome = 'hit' | 'redis' | 'shared' | 'miss';
 
 export interface CachedLookup {
   state: QuotaState;
   cache: CacheOutcome;
 }
 
+export interface QuotaCacheOptions {
+  maxEntries: number;
+  ttl: TtlPolicy;
+  /** Longest life of a memory entry while a Redis tier is present. */
+  memoryTtlMs: number;
+  redis?: RedisTier;
+}
+
+/** Extra life of the cluster lock beyond the source timeout, so it never expires mid-lookup. */
+const LOCK_MARGIN_MS = 100;
+
 export class QuotaCache {
   private readonly memory: MemoryCache<QuotaState>;
-  private readonly flights = new SingleFlight<QuotaState>();
+  private readonly flights = new SingleFlight<CachedLookup>();
+  private readonly redis: RedisTier | undefined;
 
-  constructor(
-    maxEntries: number,
-    private readonly ttl: TtlPolicy,
-  ) {
-    this.memory = new MemoryCache(maxEntries);
+  constructor(private readonly opts: QuotaCacheOptions) {
+    this.memory = new MemoryCache(opts.maxEntries);
+    this.redis = opts.redis;
   }
 
   async lookup(source: QuotaSource, key: string, timeoutMs: number): Promise<CachedLookup> {
-    const cacheKey = `${source.name}\0${key}`;
-    const cached = this.memory.get(cacheKey);
+    const id = cacheId(source.name, key);
+    const cached = this.memory.get(id);
     if (cached) return { state: cached, cache: 'hit' };
-    const { promise, shared } = this.flights.run(cacheKey, async () => {
-      const state = await lookupWithTimeout(source, key, timeoutMs);
-      this.memory.set(cacheKey, state, ttlFor(state, this.ttl));
-      return state;
-    });
-    return { state: await promise, cache: shared ? 'shared' : 'miss' };
+    const { promise, shared } = this.flights.run(id, () => this.fill(source, key, id, timeoutMs));
+    const result = await promise;
+    return shared ? { state: result.state, cache: 'shared' } : result;
   }
 
-  /** Forgets a mailbox on every source (the key alone is known to an operator). */
-  invalidate(key: string): void {
-    this.memory.deleteWhere((cacheKey) => cacheKey.endsWith(`\0${key}`));
+  private async fill(source: QuotaSource, key: string, id: string, timeoutMs: number): Promise<CachedLookup> {
+    const redis = this.redis;
+    if (!redis) {
+      const state = await lookupWithTimeout(source, key, timeoutMs);
+      this.memory.set(id, state, ttlFor(state, this.opts.ttl));
+      return { state, cache: 'miss' };
+    }
+    const stored = await redis.get(id);
+    if (stored) {
+      this.remember(id, stored);
+      return { state: stored, cache: 'redis' };
+    }
+    const deadline = Date.now() + timeoutMs;
+    const lock = await redis.tryLock(id, timeoutMs + LOCK_MARGIN_MS);
+    if (lock === false) {
+      const theirs = await redis.waitFor(id, deadline);
+      if (theirs) {
+        this.remember(id, theirs);
+        return { state: theirs, cache: 'shared' };
+      }
+    }
+    try {
+      const state = await lookupWithTimeout(source, key, Math.max(1, deadline - Date.now()));
+      this.remember(id, state);
+      await redis.set(id, state, ttlFor(state, this.opts.ttl), source.name);
+      return { state, cache: 'miss' };
+    } finally {
+      if (lock) void redis.unlock(id, lock);
+    }
   }
+
+  private remember(id: string, state: QuotaState): void {
+    this.memory.set(id, state, Math.min(ttlFor(state, this.opts.ttl), this.opts.memoryTtlMs));
+  }
+
+  /** Forgets a mailbox here and in Redis, for each of the given sources. */
+  async forget(key: string, sourceNames: string[]): Promise<void> {
+    for (const name of sourceNames) this.memory.delete(cacheId(name, key));
+    await this.redis?.forget(sourceNames.map((name) => cacheId(name, key)));
+  }
+
+  /** forget(), then tell every other frontend to forget too. Returns whether the message went out. */
+  async invalidate(key: string, sourceNames: string[]): Promise<boolean> {
+    await this.forget(key, sourceNames);
+    return (await this.redis?.publishInvalidation(key)) ?? false;
+  }
+}
+
+export function cacheId(sourceName: string, key: string): string {
+  return `${sourceName}|${key}`;
 }
 
 /** Aborts the source at the timeout and does not wait for a source that ignores its signal. */

@@ -6,18 +6,23 @@ import type { Settings } from '../config.js';
 import { buildDecisionCore } from '../app.js';
 import { postfixWouldSay } from '../core/replies.js';
 import { UsageError } from './args.js';
+import { createLogger } from '../log.js';
+
+/** check asks Redis like the frontend does, once connected; it gives Redis this long. */
+const REDIS_WAIT_MS = 1000;
 
 export async function runCheck(settings: Settings, address: string | undefined, sizeText: string | undefined, json: boolean): Promise<number> {
   if (!address) throw new UsageError('check needs an ADDRESS, e.g. overquota check alice@example.com');
   const size = sizeText === undefined ? 0 : Number(sizeText);
   if (!Number.isSafeInteger(size) || size < 0) throw new UsageError(`--size must be a number of bytes, not "${sizeText}"`);
-  const core = await buildDecisionCore(settings);
+  const core = await buildDecisionCore(settings, createLogger({ level: 'silent', file: '', stdoutIsProtocol: false }), { subscribe: false });
+  await core.redisReady(REDIS_WAIT_MS);
   try {
     const d = await core.checker.check(address, size);
     const state = d.state?.kind === 'found' ? d.state : null;
     const postfix = postfixWouldSay(d.action, d.recipient?.address ?? address);
     if (json) {
-      console.log(JSON.stringify({ recipient: address, mailbox: d.recipient?.key ?? null, size, verdict: d.verdict.kind, reason: d.verdict.reason, usage: state?.usageBytes ?? null, limit: state?.limitBytes ?? null, source: d.source, error: d.error, ms: d.ms, reply: d.action, postfix }));
+      console.log(JSON.stringify({ recipient: address, mailbox: d.recipient?.key ?? null, size, verdict: d.verdict.kind, reason: d.verdict.reason, usage: state?.usageBytes ?? null, limit: state?.limitBytes ?? null, source: d.source, cache: d.cache, error: d.error, ms: d.ms, reply: d.action, postfix }));
     } else {
       const percent = state?.limitBytes ? ` (${Math.floor((state.usageBytes * 100) / state.limitBytes)}%)` : '';
       const rows: [string, string][] = [
@@ -27,7 +32,7 @@ export async function runCheck(settings: Settings, address: string | undefined, 
         ['verdict', `${d.verdict.kind} (${d.verdict.reason})`],
         ['usage', state ? `${state.usageBytes} bytes${percent}${state.usageMessages !== null ? `, ${state.usageMessages} messages` : ''}` : '-'],
         ['limit', state ? (state.limitBytes === null ? 'unlimited' : `${state.limitBytes} bytes`) : '-'],
-        ['source', d.source ? `${d.source} (${d.ms} ms)` : '-'],
+        ['source', d.source ? `${d.source} (cache ${d.cache ?? '-'}, ${d.ms} ms)` : '-'],
         ['policy reply', `action=${d.action}`],
         ['Postfix says', postfix],
       ];

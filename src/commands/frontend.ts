@@ -8,14 +8,21 @@ import { makePolicyHandler } from '../policy/answer.js';
 import { servePolicyStdio, startPolicyServer } from '../policy/server.js';
 import { parseListenAddress, type ListenAddress } from '../listen.js';
 import { keepRunningOnBugs, onStopSignal } from './process.js';
+import { startAdminServer } from '../admin/server.js';
+import type { DecisionCore } from '../app.js';
+import type { Logger } from 'pino';
 
 /** Extra time after the latency budget for in-flight answers at shutdown. */
 const SHUTDOWN_GRACE_MS = 1000;
+const REDIS_STARTUP_WAIT_MS = 1000;
 
 export async function runFrontend(settings: Settings, stdio: boolean): Promise<number> {
   const logger = createLogger({ level: settings.log.level, file: settings.log.file, stdoutIsProtocol: stdio });
   keepRunningOnBugs(logger);
-  const core = await buildDecisionCore(settings);
+  const core = await buildDecisionCore(settings, logger, { subscribe: true });
+  // Not required to answer (Redis is optional at every moment), but a frontend that starts
+  // with Redis reachable should use it from its first request.
+  await core.redisReady(REDIS_STARTUP_WAIT_MS);
   const handle = makePolicyHandler(core.checker, { checkEndOfMessage: settings.policy.check_end_of_message, onError: settings.replies.on_error }, logger);
   const limits = {
     maxLineLength: settings.policy.max_line_length,
@@ -41,11 +48,22 @@ export async function runFrontend(settings: Settings, stdio: boolean): Promise<n
     logger,
     shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
   });
+  const admin = await startAdminIfWanted(settings, core, logger);
   await new Promise<void>((resolve) => onStopSignal(resolve));
   logger.info('stopping: no new connections, answering what is in flight');
+  await admin?.close();
   await server.close();
   await core.close();
   logger.info('stopped');
   logger.flush();
   return 0;
+}
+
+async function startAdminIfWanted(settings: Settings, core: DecisionCore, logger: Logger) {
+  if (!settings.admin.listen) return null;
+  const where = parseListenAddress(settings.admin.listen);
+  if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`admin.listen: ${String(where)}`);
+  const admin = await startAdminServer({ host: where.host, port: where.port, core, redisOn: settings.redis.url !== '', logger });
+  logger.info({ listen: admin.address }, 'admin endpoint ready');
+  return admin;
 }

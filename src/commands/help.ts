@@ -16,6 +16,10 @@ export const COMMANDS: Record<string, { usage: string; summary: string }> = {
     usage: 'overquota check ADDRESS [--size BYTES] [--json] [--config FILE] [--SETTING VALUE ...]',
     summary: 'Ask one address through the same path as the frontend and print verdict, usage, limit, source and the reply Postfix would give. Exit 0: accepted, 1: deferred or rejected, 2: error reply.',
   },
+  invalidate: {
+    usage: 'overquota invalidate ADDRESS [--config FILE] [--SETTING VALUE ...]',
+    summary: "Make every frontend forget ADDRESS's cached quota state now (Redis: delete and publish; else the admin endpoint).",
+  },
   config: {
     usage: 'overquota config [--config FILE] [--SETTING VALUE ...]',
     summary: 'Print the effective configuration as JSON, secrets redacted.',
