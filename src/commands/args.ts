@@ -17,6 +17,8 @@ export class UsageError extends Error {}
 export function parseArgs(words: string[], own: { boolean: string[]; valued: string[] }): ParsedArgs {
   const settings = new Set(describeSettings().map((s) => s.path));
   const out: ParsedArgs = { positional: [], flags: new Map(), settingArgs: [] };
+  /** A setting given twice: the last one wins, as in most commands (lists are comma-separated). */
+  const given = new Map<string, string>();
   for (let i = 0; i < words.length; i++) {
     const word = words[i]!;
     if (!word.startsWith('--') || word === '--') {
@@ -35,8 +37,9 @@ export function parseArgs(words: string[], own: { boolean: string[]; valued: str
     };
     if (own.boolean.includes(name)) out.flags.set(name, true);
     else if (own.valued.includes(name)) out.flags.set(name, takeValue());
-    else if (settings.has(name)) out.settingArgs.push(`--${name}`, takeValue());
+    else if (settings.has(name)) given.set(name, takeValue());
     else throw new UsageError(`unknown option --${name} (settings are --path.of.setting VALUE; see --help)`);
   }
+  for (const [name, value] of given) out.settingArgs.push(`--${name}`, value);
   return out;
 }
