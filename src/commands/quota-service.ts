@@ -7,6 +7,8 @@ import { parseListenAddress } from '../listen.js';
 import { buildLocalStore } from '../sources/factory.js';
 import { startQuotaService } from '../quota-service/server.js';
 import { keepRunningOnBugs, onStopSignal } from './process.js';
+import { connectRedis } from '../cache/redis-client.js';
+import { RedisTier } from '../cache/redis-tier.js';
 
 export async function runQuotaService(settings: Settings): Promise<number> {
   const logger = createLogger({ level: settings.log.level, file: settings.log.file, stdoutIsProtocol: false });
@@ -14,6 +16,8 @@ export async function runQuotaService(settings: Settings): Promise<number> {
   const where = parseListenAddress(settings.quota_service.listen);
   if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`quota_service.listen: ${String(where)}`);
   const store = await buildLocalStore(settings.store, { writeMaildirsize: true });
+  const redis = settings.redis.url ? connectRedis(settings.redis, logger, 'overquota-quota-service') : null;
+  const tier = redis ? new RedisTier(redis, settings.redis.prefix, logger) : null;
   const service = await startQuotaService({
     host: where.host,
     port: where.port,
@@ -21,11 +25,13 @@ export async function runQuotaService(settings: Settings): Promise<number> {
     token: settings.quota_service.token || undefined,
     logger,
     maxConcurrentScans: settings.quota_service.max_concurrent_scans,
+    publishInvalidation: tier ? (user) => tier.publishInvalidation(user) : undefined,
   });
   logger.info({ listen: `${where.host}:${service.port}`, store: store.name }, 'quota service ready');
   await new Promise<void>((resolve) => onStopSignal(resolve));
   await service.close();
   await store.close();
+  redis?.disconnect();
   logger.flush();
   return 0;
 }

@@ -6,6 +6,7 @@
  *                                                        404 "UNKNOWN <user>\n"
  *   GET /quota.json?u=USER   the same as {"user","state","usage","limit","source"}
  *   GET /health              200 {"status":"ok"} (no token: it tells nothing about mailboxes)
+ *   POST /invalidate?u=USER  tell every frontend to forget USER's cached state (needs redis.url)
  *
  * It must never crash on any input, never answer OK for a lookup that failed (503 instead: the
  * frontend then applies its on_error policy), never echo an invalid user back, and never run
@@ -40,6 +41,8 @@ export interface QuotaServiceOptions {
   logger: Logger;
   maxConcurrentScans?: number;
   lookupTimeoutMs?: number;
+  /** Publishes "forget USER" to the frontends' shared cache; absent without Redis. */
+  publishInvalidation?: (user: string) => Promise<boolean>;
 }
 
 export interface QuotaService {
@@ -78,6 +81,7 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
       }
     }
     if (pathname === '/health') return { status: 200, body: JSON.stringify({ status: 'ok' }), format: 'json' };
+    if (pathname === '/invalidate') return invalidate(req, query);
     if (format === undefined) return plain(404, 'ERROR no such endpoint');
 
     if (tokenDigest !== null && !authorized(req.headers.authorization, tokenDigest)) {
@@ -106,6 +110,20 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
       active--;
     }
     return { ...render(user, state, format, opts.store.name), user };
+  }
+
+  async function invalidate(req: IncomingMessage, query: string): Promise<Answer> {
+    if (req.method !== 'POST') return { ...plain(405, 'ERROR use POST'), headers: { allow: 'POST' } };
+    if (!opts.publishInvalidation) return plain(404, 'ERROR no shared cache to invalidate (set redis.url)');
+    if (tokenDigest !== null && !authorized(req.headers.authorization, tokenDigest)) {
+      return { ...fail(401, 'missing or wrong bearer token', 'text'), headers: { 'www-authenticate': 'Bearer' } };
+    }
+    const user = userParameter(query);
+    if (typeof user !== 'string') return fail(400, user.error, 'text');
+    const bad = checkMailboxUser(user);
+    if (bad) return fail(400, bad, 'text');
+    const published = await opts.publishInvalidation(user);
+    return published ? { ...plain(200, `INVALIDATED ${user}`), user } : { ...fail(503, 'redis unavailable', 'text'), user };
   }
 
   const server = createServer((req, res) => {
