@@ -3,10 +3,12 @@
 // ioredis; and that nothing is left running afterwards.
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { Redis, Cluster } from 'ioredis';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Redis, Cluster, type RedisOptions } from 'ioredis';
 import {
   startRedis,
   startRedisCluster,
@@ -15,6 +17,7 @@ import {
   liveRedisPids,
   type RedisServer,
 } from './helpers/redis.js';
+import { tempDir } from './helpers/tmp.js';
 
 const unavailable = redisUnavailable();
 if (unavailable) throw new Error(`cannot run a private Redis: ${unavailable}`);
@@ -30,11 +33,25 @@ function remember(s: RedisServer): RedisServer {
 }
 
 /** ioredis client that fails fast instead of retrying forever (tests must not hang). */
-function client(url: string, extra: ConstructorParameters<typeof Redis>[1] = {}): Redis {
-  return new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, ...extra });
+function client(url: string, extra: RedisOptions = {}): Redis {
+  const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, ...extra });
+  r.on('error', () => {}); // failures are asserted on the commands; keep the log quiet
+  return r;
 }
 
-async function roundTrip(r: Redis, key: string, value: string): Promise<void> {
+/** A client without credentials; no ready check (its INFO would fail with NOAUTH and close). */
+function anonymous(port: number): Redis {
+  return client(`redis://127.0.0.1:${port}`, { enableReadyCheck: false });
+}
+
+/** The error a connection attempt fails with (ioredis rejects connect() with a generic one). */
+async function connectError(r: Redis): Promise<Error> {
+  const err = new Promise<Error>((resolve) => r.once('error', resolve));
+  await r.connect().catch(() => {});
+  return err;
+}
+
+async function roundTrip(r: Redis | Cluster, key: string, value: string): Promise<void> {
   assert.equal(await r.set(key, value), 'OK');
   assert.equal(await r.get(key), value);
 }
@@ -94,7 +111,7 @@ describe('startRedis', () => {
   it('password: the url carries it; without it the server answers NOAUTH', async () => {
     const srv = remember(await startRedis({ password: 'p@ss word:/x' }));
     const r = client(srv.url);
-    const anon = client(`redis://127.0.0.1:${srv.port}`);
+    const anon = anonymous(srv.port);
     try {
       assert.equal(srv.password, 'p@ss word:/x');
       await r.connect();
@@ -112,7 +129,7 @@ describe('startRedis', () => {
   it('ACL user: url/cli authenticate as it; the default user is off', async () => {
     const srv = remember(await startRedis({ aclUser: { name: 'overquota', password: 's3cret pw' } }));
     const r = client(srv.url);
-    const anon = client(`redis://127.0.0.1:${srv.port}`);
+    const anon = anonymous(srv.port);
     const wrong = client(`redis://overquota:nope@127.0.0.1:${srv.port}`);
     try {
       assert.match(srv.url, /^redis:\/\/overquota:s3cret%20pw@127\.0\.0\.1:\d+$/);
@@ -122,7 +139,7 @@ describe('startRedis', () => {
       assert.equal(await srv.cli('ACL', 'WHOAMI'), 'overquota');
       await anon.connect();
       await assert.rejects(anon.get('acl:k'), /NOAUTH/);
-      await assert.rejects(wrong.connect(), /WRONGPASS/);
+      assert.match((await connectError(wrong)).message, /WRONGPASS/);
     } finally {
       r.disconnect();
       anon.disconnect();
@@ -141,7 +158,7 @@ describe('startRedis', () => {
       await r.connect();
       await roundTrip(r, 'tls:k', 'v5');
       assert.equal(await srv.cli('GET', 'tls:k'), 'v5');
-      await assert.rejects(noCa.connect(), /self[- ]signed|unable to (get|verify)/i);
+      assert.match((await connectError(noCa)).message, /self[- ]signed|unable to (get|verify)/i);
     } finally {
       r.disconnect();
       noCa.disconnect();
@@ -153,6 +170,8 @@ describe('startRedis', () => {
     const srv = remember(await startRedis());
     // A client that keeps reconnecting, but fails commands while the server is down.
     const r = new Redis(srv.url, { maxRetriesPerRequest: 0, retryStrategy: () => 50 });
+    const errors: Error[] = [];
+    r.on('error', (e: Error) => errors.push(e));
     try {
       await roundTrip(r, 'crash:k', 'before');
       const { port, pid: oldPid } = srv;
@@ -160,6 +179,9 @@ describe('startRedis', () => {
       assert.equal(alive(oldPid), false);
       assert.equal(existsSync(srv.dir), true, 'kill() keeps the directory');
       await assert.rejects(r.get('crash:k'));
+      const seen = Date.now() + 2000;
+      while (errors.length === 0 && Date.now() < seen) await new Promise((res) => setTimeout(res, 20));
+      assert.match(errors[0]?.message ?? '(no error event)', /ECONNREFUSED/);
       await assert.rejects(srv.cli('PING'), /Connection refused/);
 
       await srv.restart();
@@ -213,7 +235,8 @@ describe('startRedisCluster', () => {
     try {
       assert.equal(cl.nodes.length, 3);
       assert.equal(cl.url, cl.nodes.map((n) => `redis://127.0.0.1:${n.port}`).join(','));
-      const keys = Array.from({ length: 30 }, (_, i) => `quota:user${i}@example.com`);
+      // (Keys differing in one character only can share a third of the slot space by chance.)
+      const keys = Array.from({ length: 30 }, (_, i) => `k${i}`);
       for (const k of keys) await roundTrip(c, k, `v-${k}`);
       // The keys really are spread over all three masters.
       const sizes = await Promise.all(c.nodes('master').map((n) => n.dbsize()));
@@ -252,11 +275,70 @@ describe('startRedisSentinel', () => {
       await roundTrip(r, 'sentinel:k', 'v6');
       const role = (await r.call('ROLE')) as unknown[];
       assert.equal(role[0], 'master');
-      assert.equal((r.options as { port?: number }).port ?? s.masterPort, s.masterPort);
+      assert.deepEqual(await r.config('GET', 'port'), ['port', String(s.masterPort)]);
     } finally {
       r.disconnect();
       await s.stop();
     }
+  });
+});
+
+describe('cleanup when the test process dies', () => {
+  const helperUrl = new URL('./helpers/redis.ts', import.meta.url).href;
+
+  /**
+   * Run a child Node (with tsx) that starts a server and a cluster-less plain Redis, prints
+   * {pid, port, dir}, then `mode`: 'exit' = process.exit() without stop(), 'hang' = wait to be
+   * SIGKILLed by us.
+   */
+  async function orphan(mode: 'exit' | 'hang'): Promise<{ pid: number; port: number; dir: string }> {
+    const tmp = await tempDir('overquota-rh-');
+    try {
+      const script = join(tmp.path, 'child.mts');
+      await writeFile(
+        script,
+        `import { startRedis } from ${JSON.stringify(helperUrl)};\n` +
+          `const s = await startRedis();\n` +
+          `process.stdout.write(JSON.stringify({ pid: s.pid, port: s.port, dir: s.dir }) + '\\n');\n` +
+          (mode === 'exit' ? `process.exit(0);\n` : `setInterval(() => {}, 1000);\n`),
+      );
+      const child = spawn(process.execPath, ['--import', 'tsx', script], {
+        cwd: fileURLToPath(new URL('..', import.meta.url)),
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      child.stdout.setEncoding('utf8');
+      const info = await new Promise<{ pid: number; port: number; dir: string }>((resolve, reject) => {
+        child.stdout.on('data', (d: string) => {
+          out += d;
+          if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]!) as { pid: number; port: number; dir: string });
+        });
+        child.once('exit', (code) => (out.includes('\n') ? undefined : reject(new Error(`child exited ${code}: ${out}`))));
+      });
+      used.ports.add(info.port);
+      used.pids.add(info.pid);
+      assert.equal(alive(info.pid), true);
+      if (mode === 'hang') child.kill('SIGKILL');
+      await new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+      // The kernel delivers the death signal at once; give the reaper (PID 1) a moment.
+      const by = Date.now() + 2000;
+      while (alive(info.pid) && Date.now() < by) await new Promise((r) => setTimeout(r, 20));
+      return info;
+    } finally {
+      await tmp.cleanup();
+    }
+  }
+
+  it('process exit without stop(): the exit hook kills the server and removes its dir', async () => {
+    const info = await orphan('exit');
+    assert.equal(alive(info.pid), false, `redis-server ${info.pid} survived its test process`);
+    assert.equal(existsSync(info.dir), false);
+  });
+
+  it('test process SIGKILLed: the server dies with it (parent-death signal); only its dir stays', async () => {
+    const info = await orphan('hang');
+    assert.equal(alive(info.pid), false, `redis-server ${info.pid} survived its SIGKILLed test process (is /usr/bin/setpriv there?)`);
+    await rm(info.dir, { recursive: true, force: true });
   });
 });
 
@@ -266,7 +348,8 @@ after(async () => {
   for (const pid of used.pids) assert.equal(alive(pid), false, `redis-server pid ${pid} still alive`);
   const ps = await pgrepRedis();
   for (const port of used.ports) {
-    const line = ps.split('\n').find((l) => l.includes(`:${port}`) || new RegExp(`\\b${port}\\b`).test(l));
+    // Titles look like `/usr/bin/redis-server 127.0.0.1:PORT [cluster]` (after the pid).
+    const line = ps.split('\n').find((l) => new RegExp(`:${port}(?!\\d)`).test(l.replace(/^\d+\s+/, '')));
     assert.equal(line, undefined, `a redis-server on port ${port} is still running: ${line}`);
   }
   for (const sock of used.sockets) assert.equal(ps.includes(sock), false, `a redis-server on ${sock} is still running`);
