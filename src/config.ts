@@ -170,13 +170,18 @@ const schema = {
     file: { doc: 'Write logs to this file instead of stdout. In --stdio (spawn) mode stdout is the policy channel: without a file nothing is logged.', format: String, default: '' },
   },
   policy: {
-    listen: { doc: 'Policy delegation listeners: inet:HOST:PORT, inet:[IPV6]:PORT, unix:/PATH; comma-separated in env and flags.', format: 'listeners', default: ['inet:127.0.0.1:10033'] },
+    listen: { doc: 'Policy delegation listeners: inet:HOST:PORT, inet:[IPV6]:PORT, unix:/PATH; comma-separated in env and flags. Empty: no policy service (a milter-only frontend).', format: 'listeners', default: ['inet:127.0.0.1:10033'] },
     socket_mode: { doc: 'File mode of unix-domain policy sockets (Postfix smtpd runs as the postfix user).', format: 'octal-mode', default: '0666' },
     idle_timeout: { doc: 'Close a policy connection idle this long. Keep it above smtpd_policy_service_max_idle (300s): Postfix must close first.', format: 'duration', default: '330s' },
     max_line_length: { doc: 'Longest attribute line, in bytes; a longer one drops the connection without a reply.', format: 'nat', default: 4096 },
     max_attributes: { doc: 'Most attributes in one request (Postfix 3.x sends about 40).', format: 'nat', default: 100 },
     max_request_size: { doc: 'Most bytes in one request.', format: 'nat', default: 65536 },
     check_end_of_message: { doc: 'Also check at END-OF-MESSAGE (real size known) when the request names a recipient, i.e. when the message has exactly one recipient.', format: Boolean, default: false },
+  },
+  milter: {
+    listen: { doc: 'Milter listeners for Sendmail (INPUT_MAIL_FILTER) and Postfix (smtpd_milters): inet:HOST:PORT, inet:PORT@HOST (Sendmail spelling), unix:/PATH; comma-separated. Empty: no milter.', format: 'listeners', default: [] },
+    socket_mode: { doc: 'File mode of unix-domain milter sockets.', format: 'octal-mode', default: '0666' },
+    idle_timeout: { doc: 'Close a milter connection idle this long (MTAs keep one per SMTP session and time out their own side first).', format: 'duration', default: '1h' },
   },
   recipient: {
     delimiter: { doc: 'Characters that start an address extension, as Postfix recipient_delimiter (user+tag@ -> user@). Empty: none.', format: String, default: '+' },
@@ -265,6 +270,7 @@ export type Config = convict.Config<any>;
 export interface Settings {
   log: { level: string; file: string };
   policy: { listen: string[]; socket_mode: string; idle_timeout: number; max_line_length: number; max_attributes: number; max_request_size: number; check_end_of_message: boolean };
+  milter: { listen: string[]; socket_mode: string; idle_timeout: number };
   recipient: { delimiter: string; lowercase_local_part: boolean; mailbox_key: string };
   source: { type: 'local' | 'http'; url: string; token: string; timeout: number; max_connections: number };
   backends: Backend[];

@@ -9,6 +9,8 @@ import { servePolicyStdio, startPolicyServer } from '../policy/server.js';
 import { parseListenAddress, type ListenAddress } from '../listen.js';
 import { keepRunningOnBugs, onStopSignal } from './process.js';
 import { startAdminServer } from '../admin/server.js';
+import { startMilterServer } from '../milter/server.js';
+import { makeMilterDecider } from '../milter/decide.js';
 import type { DecisionCore } from '../app.js';
 import type { Logger } from 'pino';
 
@@ -39,7 +41,10 @@ export async function runFrontend(settings: Settings, stdio: boolean): Promise<n
     return 0;
   }
 
-  const server = await startPolicyServer({
+  if (settings.policy.listen.length === 0 && settings.milter.listen.length === 0) {
+    throw new Error('nothing to listen on: policy.listen and milter.listen are both empty');
+  }
+  const policy = settings.policy.listen.length === 0 ? null : await startPolicyServer({
     listeners: settings.policy.listen.map((l) => parseListenAddress(l) as ListenAddress),
     socketMode: parseInt(settings.policy.socket_mode, 8),
     idleTimeoutMs: settings.policy.idle_timeout,
@@ -48,11 +53,19 @@ export async function runFrontend(settings: Settings, stdio: boolean): Promise<n
     logger,
     shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
   });
+  const milter = settings.milter.listen.length === 0 ? null : await startMilterServer({
+    listeners: settings.milter.listen.map((l) => parseListenAddress(l) as ListenAddress),
+    socketMode: parseInt(settings.milter.socket_mode, 8),
+    idleTimeoutMs: settings.milter.idle_timeout,
+    decide: makeMilterDecider(core.checker, settings.replies.on_error, logger),
+    logger,
+    shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
+  });
   const admin = await startAdminIfWanted(settings, core, logger);
   await new Promise<void>((resolve) => onStopSignal(resolve));
   logger.info('stopping: no new connections, answering what is in flight');
   await admin?.close();
-  await server.close();
+  await Promise.all([policy?.close(), milter?.close()]);
   await core.close();
   logger.info('stopped');
   logger.flush();

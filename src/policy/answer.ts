@@ -7,7 +7,8 @@
  */
 import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
-import type { QuotaChecker, Decision } from '../core/checker.js';
+import type { QuotaChecker } from '../core/checker.js';
+import { logDecision } from '../core/decision-log.js';
 
 export interface PolicyAnswerOptions {
   checkEndOfMessage: boolean;
@@ -35,35 +36,23 @@ export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptio
       const recipient = wantsCheck(request, opts);
       if (recipient === null) return 'DUNNO';
       const decision = await checker.check(recipient, requestSize(request));
-      logDecision(logger, request, decision);
+      logDecision(
+        logger,
+        {
+          face: 'policy',
+          queue_id: request.get('queue_id'),
+          client_address: request.get('client_address'),
+          sender: request.get('sender'),
+          recipient: request.get('recipient'),
+          state: request.get('protocol_state'),
+          size: requestSize(request),
+        },
+        decision,
+      );
       return decision.action;
     } catch (err) {
       logger.error({ err }, 'internal error while answering a policy request; sent the on_error reply');
       return opts.onError;
     }
   };
-}
-
-function logDecision(logger: Logger, request: PolicyRequest, d: Decision): void {
-  const line = {
-    queue_id: request.get('queue_id') || undefined,
-    client_address: request.get('client_address'),
-    sender: request.get('sender'),
-    recipient: request.get('recipient'),
-    state: request.get('protocol_state'),
-    size: requestSize(request),
-    mailbox: d.recipient?.key,
-    verdict: d.verdict.kind,
-    reason: d.verdict.reason,
-    source: d.source ?? undefined,
-    cache: d.cache ?? undefined,
-    usage: d.state?.kind === 'found' ? d.state.usageBytes : undefined,
-    limit: d.state?.kind === 'found' ? d.state.limitBytes : undefined,
-    error: d.error?.code,
-    ms: d.ms,
-    action: d.action,
-  };
-  if (d.verdict.kind === 'error') logger.warn(line, 'decision');
-  else if (d.verdict.kind === 'not_checked') logger.debug(line, 'decision');
-  else logger.info(line, 'decision');
 }

@@ -7,12 +7,12 @@
  * In spawn mode stderr is the SMTP client's channel too: nothing here writes to it.
  */
 import net from 'node:net';
-import fs from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { Readable, Writable } from 'node:stream';
 import type { PolicyLimits } from './codec.js';
 import { PolicyConnection, type PolicyHandler } from './connection.js';
 import type { ListenAddress } from '../listen.js';
+import { listen } from '../sockets.js';
 
 export interface PolicyServerOptions {
   listeners: ListenAddress[];
@@ -93,45 +93,6 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
       await closed;
     },
   };
-}
-
-async function listen(server: net.Server, where: ListenAddress, mode: number): Promise<string> {
-  if (where.kind === 'unix') await removeStaleSocket(where.path);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    const done = () => {
-      server.off('error', reject);
-      resolve();
-    };
-    if (where.kind === 'unix') server.listen(where.path, done);
-    else server.listen(where.port, where.host, done);
-  });
-  if (where.kind === 'unix') {
-    await fs.chmod(where.path, mode);
-    return `unix:${where.path}`;
-  }
-  const bound = server.address() as net.AddressInfo;
-  return bound.family === 'IPv6' ? `inet:[${bound.address}]:${bound.port}` : `inet:${bound.address}:${bound.port}`;
-}
-
-/**
- * A socket file left by a previous run blocks listen() with EADDRINUSE. Remove it only when it is
- * a socket nobody answers on: never a regular file, never a live server's socket.
- */
-async function removeStaleSocket(path: string): Promise<void> {
-  const st = await fs.lstat(path).catch(() => null);
-  if (!st) return;
-  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket: refusing to replace it`);
-  const alive = await new Promise<boolean>((resolve) => {
-    const probe = net.connect(path);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (alive) throw new Error(`${path} is in use by a running server`);
-  await fs.unlink(path);
 }
 
 /**

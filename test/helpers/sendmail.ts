@@ -1,0 +1,437 @@
+// Test helper: run a private, throw-away Sendmail 8.17 daemon on a free loopback port, with one
+// input milter (inet, on a port the test chooses) and every recipient at example.com delivered to a
+// sink mailer that records the local part and throws the message away. No DNS, no syslog, nothing
+// under /etc/mail. See shared/references/test-env.md ("Sendmail, private instance").
+//
+// Sendmail is never installed (sendmail-bin conflicts with postfix): scripts/sendmail-unpack.sh
+// unpacks the Debian packages into a cache directory outside the repository, once per machine.
+//
+// Layout of an instance DIR: test.mc / test.cf (the configuration), etc/ (hosts, service.switch,
+// helpfile), queue/ (mode 0700), deliver.sh (the sink mailer), delivered (one local part a line),
+// traffic.log (sendmail -X: every SMTP line), debug.log (stdout/stderr of sendmail -d99.100).
+//
+// The host name here has no dot, and Sendmail would then sleep 60 s before reading its config, so
+// it runs in private UTS + mount namespaces (unshare) with the host name mta.example.com and a
+// private /etc/hosts bind-mounted over the real one. It runs under a small perl supervisor (see
+// SUPERVISOR) that reaps every Sendmail process and removes DIR on stop(), and also when the test
+// process dies without stop(), even by SIGKILL. Needs root.
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { chmod, mkdir, readFile, writeFile, rm } from 'node:fs/promises';
+import { openSync, closeSync, existsSync, readFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort } from './ports.js';
+import { tempDir } from './tmp.js';
+
+/** The unpack script; run by startSendmail() when the cached tree is missing. */
+export const SENDMAIL_UNPACK_SCRIPT = fileURLToPath(new URL('../../scripts/sendmail-unpack.sh', import.meta.url));
+
+/**
+ * Where the unpacked Sendmail lives (the tree is CACHE/root): $OVERQUOTA_SENDMAIL_CACHE, else
+ * ${XDG_CACHE_HOME:-~/.cache}/overquota/sendmail — the same default as scripts/sendmail-unpack.sh.
+ */
+export function sendmailCacheDir(): string {
+  const explicit = process.env.OVERQUOTA_SENDMAIL_CACHE;
+  if (explicit) return explicit;
+  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'overquota', 'sendmail');
+}
+
+const treePaths = (root: string): { daemon: string; m4: string; cfDir: string } => ({
+  daemon: join(root, 'usr/libexec/sendmail/sendmail'),
+  m4: join(root, 'usr/bin/m4'),
+  cfDir: join(root, 'usr/share/sendmail/cf'),
+});
+
+const PERL = '/usr/bin/perl';
+const UNSHARE_CANDIDATES = ['/usr/bin/unshare', '/bin/unshare'];
+const unsharePath = (): string | undefined => UNSHARE_CANDIDATES.find((p) => existsSync(p));
+
+/** Host name inside the instance's UTS namespace: it must contain a dot (see the header). */
+const HOSTNAME = 'mta.example.com';
+/** Bounds, in ms. */
+const READY_TIMEOUT_MS = 10_000;
+const STOP_GRACE_MS = 5_000; // Sendmail takes ~1.5 s to exit after SIGTERM
+const KILL_GRACE_MS = 2_000;
+
+/**
+ * Why a private Sendmail cannot run here, or false: a test file throws it, it never skips.
+ * A missing unpacked tree is not a reason (startSendmail() unpacks it) unless it cannot be fetched.
+ */
+export function sendmailUnavailable(): string | false {
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    return 'needs root to run a private Sendmail (it binds as root, enters namespaces, mounts /etc/hosts)';
+  }
+  if (!unsharePath()) return 'unshare not found (Debian package util-linux): Sendmail needs a private UTS namespace here';
+  if (!existsSync(PERL)) return `${PERL} missing (Debian package perl-base): it supervises the Sendmail process`;
+  const { daemon } = treePaths(join(sendmailCacheDir(), 'root'));
+  if (!existsSync(daemon) && !existsSync('/usr/bin/apt-get')) {
+    return `unpacked Sendmail missing (${daemon}) and no apt-get to fetch it: see ${SENDMAIL_UNPACK_SCRIPT}`;
+  }
+  return false;
+}
+
+let ensured: Promise<string> | undefined;
+
+/** Run scripts/sendmail-unpack.sh once per process; resolves to the unpacked tree (CACHE/root). */
+export function ensureSendmailTree(): Promise<string> {
+  ensured ??= new Promise<string>((resolve, reject) => {
+    const cache = sendmailCacheDir();
+    execFile('bash', [SENDMAIL_UNPACK_SCRIPT, cache], { timeout: 330_000, encoding: 'utf8' }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`ensureSendmailTree: ${SENDMAIL_UNPACK_SCRIPT} failed: ${(stderr || stdout || err.message).trim()}`));
+      else resolve(join(cache, 'root'));
+    });
+  });
+  ensured.catch(() => (ensured = undefined));
+  return ensured;
+}
+
+export interface StartSendmailOptions {
+  /** The milter listens on inet 127.0.0.1:milterPort (it need not be up yet). */
+  milterPort: number;
+  /** The F= of INPUT_MAIL_FILTER: 'T' tempfails, 'R' rejects when the milter is unavailable; '' passes mail. Default 'T'. */
+  milterFlags?: string;
+  /** The T= of INPUT_MAIL_FILTER (C connect, S send, R read, E end-of-message timeouts). Default 'C:5s;S:10s;R:10s;E:30s'. */
+  milterTimeouts?: string;
+}
+
+export interface SendmailInstance {
+  /** 127.0.0.1 port the daemon listens on. */
+  smtpPort: number;
+  /** The instance directory (removed by stop()). */
+  dir: string;
+  /** pid of the sendmail daemon (it leads its own process group and session). */
+  pid: number;
+  /** The -X traffic log: every SMTP line of every session, prefixed by the session's pid ('' if none yet). */
+  traffic(): Promise<string>;
+  /**
+   * Local parts the sink mailer was called with, in order. Delivery is interactive (done before the
+   * 250 after DATA), so a delivery is listed as soon as sendEnvelope() returns.
+   */
+  delivered(): Promise<string[]>;
+  /** SIGTERM (then SIGKILL), wait until every Sendmail process is reaped, remove DIR. Idempotent. */
+  stop(): Promise<void>;
+}
+
+interface Live {
+  supervisor: ChildProcess;
+  dir: string;
+}
+const live = new Set<Live>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Belt and braces: the supervisors also get a signal from the kernel when we die (PDEATHSIG).
+  process.on('exit', () => {
+    for (const l of live) signal(l.supervisor, 'SIGUSR1');
+  });
+}
+
+function signal(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    child.kill(sig);
+  } catch {
+    /* already gone */
+  }
+}
+
+function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve(true);
+    const onExit = (): void => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    const timer = setTimeout(() => {
+      child.off('exit', onExit);
+      resolve(false);
+    }, ms);
+    child.once('exit', onExit);
+  });
+}
+
+/**
+ * Supervisor for one instance, as in postfix.ts: a child subreaper (orphaned Sendmail children are
+ * reaped at once) that gets SIGUSR1 when the test process dies (PR_SET_PDEATHSIG), starts the
+ * daemon in a new session, passes SIGTERM/SIGINT/SIGHUP to it, and once it is gone SIGKILLs its
+ * process group and every process still reparented to the supervisor (a Sendmail child that
+ * called setsid() is outside the group), reaps them all, and removes DIR if the test process is gone.
+ * argv: DIR, command...
+ */
+const SUPERVISOR = String.raw`
+use strict; use warnings; use POSIX ();
+my ($dir, @cmd) = @ARGV;
+my $parent = getppid();
+my $main = 0;
+my $quit = 0;
+my $orphaned = 0;
+$SIG{$_} = sub { $quit = 1; kill 'TERM', $main if $main > 0 } for qw(TERM INT HUP);
+$SIG{USR1} = sub { $orphaned = $quit = 1; kill 'TERM', $main if $main > 0 };
+my $nr = { x86_64 => 157, aarch64 => 167, i686 => 172, armv7l => 172 }->{ (POSIX::uname())[4] };
+$nr //= eval { require 'syscall.ph'; &SYS_prctl() };
+if (defined $nr) {
+  syscall($nr, 36, 1, 0, 0, 0);                 # PR_SET_CHILD_SUBREAPER
+  syscall($nr, 1, POSIX::SIGUSR1(), 0, 0, 0);   # PR_SET_PDEATHSIG
+}
+$orphaned = $quit = 1 if getppid() != $parent;
+sub kill_children {
+  opendir(my $d, '/proc') or return;
+  for my $p (grep { /^\d+$/ } readdir $d) {
+    open(my $f, '<', "/proc/$p/stat") or next;
+    my $st = <$f> // next;
+    kill 'KILL', $p if $st =~ /\)\s+\S+\s+(\d+)/ && $1 == $$;
+  }
+}
+$main = fork() // die "overquota sendmail supervisor: fork: $!\n";
+if ($main == 0) {
+  POSIX::setsid();
+  exec { $cmd[0] } @cmd or POSIX::_exit(127);
+}
+kill 'TERM', $main if $quit;
+my $status = 0;
+my $main_done = 0;
+for (;;) {
+  my $w = waitpid(-1, 0);
+  if ($w > 0) {
+    if ($w == $main) { $status = $?; $main_done = 1; kill 'KILL', -$main; }
+    kill_children() if $main_done;
+    next;
+  }
+  last if $!{ECHILD};
+}
+system('/bin/rm', '-rf', '--', $dir) if $orphaned || getppid() != $parent;
+exit($status & 127 ? 128 + ($status & 127) : $status >> 8);
+`;
+
+/** Placeholder for DIR in the .mc, replaced in the generated .cf (so m4 never sees the path). */
+const DIR_TOKEN = '@@OVERQUOTA_DIR@@';
+
+/** The .mc, with DIR_TOKEN for the instance directory. LOCAL_RULE_0 needs a TAB between LHS and RHS. */
+function testMc(smtpPort: number, milterSpec: string): string {
+  const D = DIR_TOKEN;
+  return `divert(-1)
+# Generated by test/helpers/sendmail.ts; ${D} stands for the instance directory.
+divert(0)dnl
+OSTYPE(\`linux')dnl
+define(\`MAIL_SETTINGS_DIR', \`${D}/etc/')dnl
+undefine(\`ALIAS_FILE')dnl
+define(\`QUEUE_DIR', \`${D}/queue')dnl
+define(\`STATUS_FILE', \`${D}/etc/statistics')dnl
+define(\`HELP_FILE', \`${D}/etc/helpfile')dnl
+define(\`confPID_FILE', \`${D}/sendmail.pid')dnl
+define(\`confSERVICE_SWITCH_FILE', \`${D}/etc/service.switch')dnl
+define(\`confDOMAIN_NAME', \`${HOSTNAME}')dnl
+define(\`confDONT_PROBE_INTERFACES', \`True')dnl
+define(\`confBIND_OPTS', \`-DNSRCH -DEFNAMES')dnl
+define(\`confTO_IDENT', \`0')dnl
+define(\`confCHECK_ALIASES', \`False')dnl
+define(\`confQUEUE_LA', \`99')dnl
+define(\`confREFUSE_LA', \`99')dnl
+define(\`confDELAY_LA', \`0')dnl
+define(\`confMIN_FREE_BLOCKS', \`0')dnl
+dnl Deliver before answering the end of DATA, so delivered() is current when the client is done.
+define(\`confDELIVERY_MODE', \`interactive')dnl
+FEATURE(\`nocanonify')dnl
+FEATURE(\`accept_unresolvable_domains')dnl
+FEATURE(\`accept_unqualified_senders')dnl
+FEATURE(\`no_default_msa')dnl
+DAEMON_OPTIONS(\`Port=${smtpPort}, Addr=127.0.0.1, Name=MTA')dnl
+INPUT_MAIL_FILTER(\`quota', \`${milterSpec}')dnl
+LOCAL_DOMAIN(\`example.com')dnl
+MAILER(\`local')dnl
+MAILER(\`smtp')dnl
+MAILER_DEFINITIONS
+Msink,	P=${D}/deliver.sh, F=lsDFMSn, S=EnvFromL/HdrFromL, R=EnvToL/HdrToL, T=DNS/RFC822/X-Unix, A=deliver.sh $u
+LOCAL_RULE_0
+R$+ < @ example.com . >	$#sink $: $1
+R$+ < @ example.com >	$#sink $: $1
+`;
+}
+
+function run(cmd: string, args: string[], timeoutMs = 20000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: timeoutMs, encoding: 'utf8', maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+      resolve({ code, stdout, stderr: err && !stderr ? String(err.message) : stderr });
+    });
+  });
+}
+
+/** Connect and read the first reply line; true on a 220 greeting. */
+function probeGreeting(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    let buf = '';
+    let settled = false;
+    const sock: Socket = connect({ host: '127.0.0.1', port });
+    const finish = (ok: boolean): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (ok) sock.end('QUIT\r\n');
+      else sock.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => finish(false), 2000);
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => {
+      buf += d;
+      if (buf.includes('\n')) finish(/^220[ -]/.test(buf));
+    });
+    sock.on('error', () => finish(false));
+    sock.on('close', () => finish(false));
+  });
+}
+
+const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const tail = (text: string, lines = 40): string => text.split('\n').slice(-lines).join('\n');
+
+class PortInUse extends Error {}
+
+/** Start a private Sendmail for one test. Requires root; unpacks Sendmail into the cache if needed. */
+export async function startSendmail(opts: StartSendmailOptions): Promise<SendmailInstance> {
+  const why = sendmailUnavailable();
+  if (why) throw new Error(`startSendmail: ${why}`);
+  const root = await ensureSendmailTree();
+  let lastError: unknown;
+  // The free port can be taken between freePort() and Sendmail's bind() (Sendmail would then retry
+  // for about a minute): start over on another port.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await startOnce(root, opts);
+    } catch (err) {
+      lastError = err;
+      if (!(err instanceof PortInUse)) throw err;
+    }
+  }
+  throw lastError;
+}
+
+async function startOnce(root: string, opts: StartSendmailOptions): Promise<SendmailInstance> {
+  const flags = opts.milterFlags ?? 'T';
+  const timeouts = opts.milterTimeouts ?? 'C:5s;S:10s;R:10s;E:30s';
+  if (!/^[A-Za-z]*$/.test(flags)) throw new Error(`startSendmail: bad milterFlags ${JSON.stringify(flags)}`);
+  if (!/^[A-Za-z0-9:;]*$/.test(timeouts)) throw new Error(`startSendmail: bad milterTimeouts ${JSON.stringify(timeouts)}`);
+  if (!Number.isInteger(opts.milterPort) || opts.milterPort < 1 || opts.milterPort > 65535) {
+    throw new Error(`startSendmail: bad milterPort ${String(opts.milterPort)}`);
+  }
+  const milterSpec = [`S=inet:${opts.milterPort}@127.0.0.1`, ...(flags ? [`F=${flags}`] : []), ...(timeouts ? [`T=${timeouts}`] : [])].join(', ');
+  const { daemon, m4, cfDir } = treePaths(root);
+
+  const tmp = await tempDir('overquota-sendmail-');
+  const dir = tmp.path;
+  let supervisor: ChildProcess | undefined;
+  try {
+    // Sendmail option values end at a space or comma.
+    if (!/^[A-Za-z0-9/._-]+$/.test(dir)) throw new Error(`startSendmail: unusable instance directory ${dir} (set TMPDIR to a plain path)`);
+    const smtpPort = await freePort();
+    await mkdir(join(dir, 'etc'), { mode: 0o755 });
+    await mkdir(join(dir, 'queue'), { mode: 0o700 });
+    await writeFile(join(dir, 'etc/hosts'), `127.0.0.1\t${HOSTNAME} mta localhost\n::1\tlocalhost ip6-localhost ip6-loopback\n`, { mode: 0o644 });
+    await writeFile(join(dir, 'etc/service.switch'), 'hosts\tfiles\naliases\tfiles\n', { mode: 0o644 });
+    await writeFile(join(dir, 'etc/helpfile'), '', { mode: 0o644 });
+    await writeFile(join(dir, 'delivered'), '', { mode: 0o644 });
+    // The sink mailer: read the message (Sendmail writes it to our stdin), record the local part.
+    await writeFile(join(dir, 'deliver.sh'), `#!/bin/sh\ncat >/dev/null\nprintf '%s\\n' "$1" >>'${dir}/delivered'\n`, { mode: 0o755 });
+    await chmod(join(dir, 'deliver.sh'), 0o755);
+
+    const mc = testMc(smtpPort, milterSpec);
+    await writeFile(join(dir, 'test.mc'), mc);
+    const built = await run(m4, [`-D_CF_DIR_=${cfDir}/`, join(cfDir, 'm4/cf.m4'), join(dir, 'test.mc')]);
+    if (built.code !== 0 || built.stderr.trim()) {
+      throw new Error(`startSendmail: m4 failed (exit ${built.code})\n--- stderr ---\n${built.stderr}\n--- test.mc ---\n${mc}`);
+    }
+    const cf = built.stdout.split(DIR_TOKEN).join(dir);
+    if (!cf.includes(`O QueueDirectory=${dir}/queue`) || !cf.includes(`Msink,`)) {
+      throw new Error(`startSendmail: m4 output lacks the expected options; see ${join(dir, 'test.cf')}`);
+    }
+    await writeFile(join(dir, 'test.cf'), cf, { mode: 0o644 });
+
+    const debugPath = join(dir, 'debug.log');
+    const trafficPath = join(dir, 'traffic.log');
+    const script =
+      `hostname ${HOSTNAME} && mount --bind '${dir}/etc/hosts' /etc/hosts && ` +
+      `exec '${daemon}' -d99.100 -bd -C '${dir}/test.cf' -X '${trafficPath}'`;
+    const cmd = [unsharePath() ?? 'unshare', '--uts', '--mount', '--propagation', 'private', '/bin/sh', '-c', script];
+    const outFd = openSync(debugPath, 'a');
+    try {
+      supervisor = spawn(PERL, ['-e', SUPERVISOR, dir, ...cmd], { stdio: ['ignore', outFd, outFd] });
+    } finally {
+      closeSync(outFd);
+    }
+    supervisor.unref(); // a forgotten stop() must not keep the test process alive
+    const sup = supervisor;
+    const spawnError = new Promise<Error>((resolve) => sup.once('error', resolve));
+    if (sup.pid === undefined) throw await spawnError;
+    const entry: Live = { supervisor: sup, dir };
+    live.add(entry);
+    installExitHook();
+
+    const readText = (p: string): Promise<string> => readFile(p, 'utf8').catch(() => '');
+    const describe = async (): Promise<string> =>
+      `--- debug.log (last lines) ---\n${tail(await readText(debugPath))}\n--- traffic.log (last lines) ---\n${tail(await readText(trafficPath))}`;
+
+    const readyBy = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      if (sup.exitCode !== null || sup.signalCode !== null) {
+        throw new Error(`startSendmail: sendmail exited (${sup.exitCode ?? sup.signalCode}) during startup\n${await describe()}`);
+      }
+      if (await probeGreeting(smtpPort)) break;
+      if (/Address already in use/.test(readFileSync(debugPath, 'utf8'))) {
+        throw new PortInUse(`startSendmail: 127.0.0.1:${smtpPort} already in use`);
+      }
+      if (Date.now() > readyBy) {
+        throw new Error(`startSendmail: no 220 greeting on 127.0.0.1:${smtpPort} within ${READY_TIMEOUT_MS} ms\n${await describe()}`);
+      }
+      await delay(25);
+    }
+    const pid = Number.parseInt((await readText(join(dir, 'sendmail.pid'))).split('\n')[0] ?? '', 10);
+
+    let stopping: Promise<void> | undefined;
+    const stop = (): Promise<void> =>
+      (stopping ??= (async () => {
+        signal(sup, 'SIGTERM'); // the supervisor passes it on and reaps everything
+        let done = await waitExit(sup, STOP_GRACE_MS);
+        if (!done) {
+          if (pid > 1) {
+            try {
+              process.kill(-pid, 'SIGKILL');
+            } catch {
+              /* group empty */
+            }
+          }
+          signal(sup, 'SIGKILL');
+          done = await waitExit(sup, KILL_GRACE_MS);
+        }
+        live.delete(entry);
+        await tmp.cleanup();
+        if (!done) throw new Error(`startSendmail: instance ${dir} did not stop within ${STOP_GRACE_MS + KILL_GRACE_MS} ms`);
+      })());
+
+    return {
+      smtpPort,
+      dir,
+      pid,
+      traffic: () => readText(trafficPath),
+      async delivered() {
+        return (await readText(join(dir, 'delivered'))).split('\n').filter((l) => l !== '');
+      },
+      stop,
+    };
+  } catch (err) {
+    if (supervisor) {
+      const sup = supervisor;
+      signal(sup, 'SIGTERM');
+      if (!(await waitExit(sup, STOP_GRACE_MS))) {
+        signal(sup, 'SIGKILL');
+        await waitExit(sup, KILL_GRACE_MS);
+      }
+      for (const l of live) if (l.supervisor === sup) live.delete(l);
+    }
+    await rm(dir, { recursive: true, force: true }).catch(() => {});
+    throw err;
+  }
+}
