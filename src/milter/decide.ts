@@ -9,11 +9,12 @@ import type { RcptDecider } from './session.js';
 
 export function makeMilterDecider(checker: QuotaChecker, onError: string, logger: Logger): RcptDecider {
   return async (recipient, ctx) => {
+    const bare = (a: string | undefined) => a?.replace(/^<(.*)>$/, '$1');
     try {
       const decision = await checker.check(recipient, ctx.size);
       logDecision(
         logger,
-        { face: 'milter', queue_id: ctx.queueId, client_address: ctx.client?.address, sender: ctx.sender, recipient, state: 'RCPT', size: ctx.size },
+        { face: 'milter', queue_id: ctx.queueId, client_address: ctx.client?.address, sender: bare(ctx.sender), recipient: bare(recipient), state: 'RCPT', size: ctx.size },
         decision,
       );
       return decision.action;
