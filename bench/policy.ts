@@ -24,7 +24,7 @@
  * The machine may be shared: before each run it waits up to 10 s for the machine to be idle, and a
  * run during which other processes used more than 20% of a core is run again (--retries times).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -455,12 +455,13 @@ function buildReport(o: {
     noise,
     `overquota answers (first overquota run): ${actions}`,
     `decision lines in the info log: ${fmtInt(o.decisionsLogged)} (whole run, warm-up included)`,
+    `code: overquota ${codeVersion()}`,
     `machine: ${machine}`,
   ].join('\n');
 
   const markdown = [
     MARK_START,
-    `Last run: ${date}, ${machine}.`,
+    `Last run: ${date}, overquota ${codeVersion()}, ${machine}.`,
     '',
     `Command: \`${command}\`${via}. ${o.connections} persistent connections, ${o.warmup} s warm-up then ${o.duration} s measured per run, ${o.rounds} round(s); the fixed server runs first and last and its figures are the mean of those runs (so are overquota's over its rounds).`,
     '',
@@ -518,6 +519,18 @@ function actionShares(actions: Record<string, number>): string {
     .sort((a, b) => b[1] - a[1])
     .map(([a, n]) => `${Math.round((n * 100) / total)}% \`${a}\``)
     .join(', ');
+}
+
+/** The commit the frontend was built from, and whether src/ had uncommitted changes. */
+function codeVersion(): string {
+  try {
+    const git = (...args: string[]) => execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const commit = git('rev-parse', '--short', 'HEAD');
+    const dirty = git('status', '--porcelain', '--', 'src') !== '';
+    return `at commit ${commit}${dirty ? ' with uncommitted changes in src/' : ''}`;
+  } catch {
+    return '(commit unknown)';
+  }
 }
 
 function machineDescription(): string {

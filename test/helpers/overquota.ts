@@ -78,11 +78,11 @@ export function runOverquota(args: string[], env: Record<string, string> = {}): 
   };
 }
 
-/** Starts `overquota frontend` and waits until it listens; returns its bound listener addresses. */
-export async function startFrontend(args: string[], env: Record<string, string> = {}): Promise<Running & { listeners: string[] }> {
+/** Starts `overquota frontend` and waits until it listens; `listeners` are its bound policy addresses. */
+export async function startFrontend(args: string[], env: Record<string, string> = {}): Promise<Running & { listeners: string[]; milterListeners: string[] }> {
   const fe = runOverquota(['frontend', '--log.level', 'debug', ...args], env);
-  const ready = await fe.waitForLog((l) => l.msg === 'policy service ready');
-  return Object.assign(fe, { listeners: ready.listeners as string[] });
+  const ready = await fe.waitForLog((l) => l.msg === 'frontend ready');
+  return Object.assign(fe, { listeners: ready.policy as string[], milterListeners: ready.milter as string[] });
 }
 
 /** Starts `overquota quota-service` on an ephemeral port and returns its base URL. */

@@ -90,7 +90,10 @@ export function ensureSendmailTree(): Promise<string> {
 export interface StartSendmailOptions {
   /** The milter listens on inet 127.0.0.1:milterPort (it need not be up yet). */
   milterPort: number;
-  /** The F= of INPUT_MAIL_FILTER: 'T' tempfails, 'R' rejects when the milter is unavailable; '' passes mail. Default 'T'. */
+  /**
+   * The F= of INPUT_MAIL_FILTER: 'T' tempfails, 'R' rejects when the milter is unavailable, '' lets
+   * mail pass. Default 'T'. (With 'R' and the milter down at connect, Sendmail greets 554.)
+   */
   milterFlags?: string;
   /** The T= of INPUT_MAIL_FILTER (C connect, S send, R read, E end-of-message timeouts). Default 'C:5s;S:10s;R:10s;E:30s'. */
   milterTimeouts?: string;
@@ -261,7 +264,10 @@ function run(cmd: string, args: string[], timeoutMs = 20000): Promise<{ code: nu
   });
 }
 
-/** Connect and read the first reply line; true on a 220 greeting. */
+/**
+ * Connect and read the first reply line; true once the daemon answers at all. Not only 220:
+ * with F=R and the milter down, Sendmail greets `554 ... not accepting messages`.
+ */
 function probeGreeting(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     let buf = '';
@@ -279,7 +285,7 @@ function probeGreeting(port: number): Promise<boolean> {
     sock.setEncoding('utf8');
     sock.on('data', (d: string) => {
       buf += d;
-      if (buf.includes('\n')) finish(/^220[ -]/.test(buf));
+      if (buf.includes('\n')) finish(/^\d{3}[ -]/.test(buf));
     });
     sock.on('error', () => finish(false));
     sock.on('close', () => finish(false));
@@ -384,7 +390,7 @@ async function startOnce(root: string, opts: StartSendmailOptions): Promise<Send
         throw new PortInUse(`startSendmail: 127.0.0.1:${smtpPort} already in use`);
       }
       if (Date.now() > readyBy) {
-        throw new Error(`startSendmail: no 220 greeting on 127.0.0.1:${smtpPort} within ${READY_TIMEOUT_MS} ms\n${await describe()}`);
+        throw new Error(`startSendmail: no SMTP greeting on 127.0.0.1:${smtpPort} within ${READY_TIMEOUT_MS} ms\n${await describe()}`);
       }
       await delay(25);
     }
