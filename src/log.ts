@@ -3,7 +3,15 @@
  *
  * In spawn (--stdio) mode stdout carries the policy protocol and stderr goes to the SMTP client's
  * smtpd: logs then go to log.file or nowhere. Never log to stderr from a face.
+ *
+ * Lines are batched: every line of one turn of the event loop goes out in one write. At a decision
+ * line per request this halves the cost of logging (sonic-boom measured the whole pending buffer
+ * on every line). A stalled reader (a full pipe) must not stall mail: past MAX_BUFFERED_BYTES lines
+ * are dropped, counted, and the count logged once the reader is back.
  */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 
 export interface LogOptions {
@@ -13,9 +21,56 @@ export interface LogOptions {
   stdoutIsProtocol: boolean;
 }
 
+const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+
+export class BatchedDestination {
+  private lines: string[] = [];
+  private scheduled = false;
+  private dropped = 0;
+
+  constructor(private readonly out: Writable) {
+    out.on('error', () => {
+      /* a closed log pipe must not take the service down */
+    });
+  }
+
+  write(line: string): boolean {
+    this.lines.push(line);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+    return true;
+  }
+
+  /** Hands everything pending to the stream now (at exit: the stream writes it before the process ends). */
+  flush(): void {
+    this.scheduled = false;
+    if (this.lines.length === 0) return;
+    const batch = this.lines.join('');
+    this.lines = [];
+    if (this.out.writableLength > MAX_BUFFERED_BYTES) {
+      this.dropped += batch.split('\n').length - 1;
+      return;
+    }
+    if (this.dropped > 0) {
+      this.out.write(`${JSON.stringify({ level: 40, time: Date.now(), pid: process.pid, dropped: this.dropped, msg: 'log lines dropped: the log reader was too slow' })}\n`);
+      this.dropped = 0;
+    }
+    this.out.write(batch);
+  }
+
+  flushSync(): void {
+    this.flush();
+  }
+}
+
 export function createLogger(opts: LogOptions): Logger {
-  const base = { level: opts.level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
-  if (opts.file) return pino(base, pino.destination({ dest: opts.file, mkdir: true, sync: false }));
+  const base = { level: opts.level, base: { pid: process.pid } };
+  if (opts.file) {
+    fs.mkdirSync(path.dirname(opts.file), { recursive: true });
+    return pino(base, new BatchedDestination(fs.createWriteStream(opts.file, { flags: 'a' })));
+  }
   if (opts.stdoutIsProtocol) return pino({ ...base, level: 'silent' });
-  return pino(base, pino.destination({ dest: 1, sync: false }));
+  return pino(base, new BatchedDestination(process.stdout));
 }

@@ -29,16 +29,17 @@ test('full, over and unknown mailboxes get their own TTLs', () => {
   assert.equal(ttlFor({ kind: 'unknown' }, policy), 60_000);
 });
 
-test('the memory tier never holds more than max_entries and forgets the least recently used', () => {
+test('the memory tier never holds more than max_entries and forgets the oldest entry first', () => {
   let now = 0;
   const cache = new MemoryCache<number>(2, () => now);
   cache.set('a', 1, 1000);
   cache.set('b', 2, 1000);
-  assert.equal(cache.get('a'), 1);
+  cache.set('a', 1, 1000);
   cache.set('c', 3, 1000);
   assert.equal(cache.size, 2);
-  assert.equal(cache.get('b'), undefined);
+  assert.equal(cache.get('b'), undefined, 'b was the oldest insertion');
   assert.equal(cache.get('a'), 1);
+  assert.equal(cache.get('c'), 3);
   now = 1000;
   assert.equal(cache.get('a'), undefined, 'expired at its TTL');
 });

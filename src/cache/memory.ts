@@ -1,8 +1,9 @@
 /*
- * Process-local cache tier: a bounded LRU with a TTL per entry.
+ * Process-local cache tier: bounded, a TTL per entry, the oldest insertion evicted first.
  *
- * Map keeps insertion order, so re-inserting on a hit moves an entry to the young end and the
- * oldest entry is always first: eviction is O(1). It must never grow past maxEntries.
+ * Map keeps insertion order, so the oldest entry is always first: eviction is O(1). A hit does not
+ * move its entry (that would cost a delete and an insert on the hottest path, and entries live for
+ * seconds anyway). It must never grow past maxEntries.
  */
 
 export interface CacheEntry<T> {
@@ -25,8 +26,6 @@ export class MemoryCache<T> {
       this.entries.delete(key);
       return undefined;
     }
-    this.entries.delete(key);
-    this.entries.set(key, entry);
     return entry.value;
   }
 

@@ -46,6 +46,11 @@ export class QuotaCache {
     this.redis = opts.redis;
   }
 
+  /** The memory tier alone, synchronously: the hot path of a warm cache. */
+  peek(source: QuotaSource, key: string): QuotaState | undefined {
+    return this.memory.get(cacheId(source.name, key));
+  }
+
   async lookup(source: QuotaSource, key: string, timeoutMs: number): Promise<CachedLookup> {
     const id = cacheId(source.name, key);
     const cached = this.memory.get(id);

@@ -29,6 +29,28 @@ export interface Recipient {
 /** Longest address we look at: RFC 5321 paths are at most 256 octets. */
 export const MAX_ADDRESS_LENGTH = 512;
 
+/**
+ * parseRecipient for a hot path: the same recipients come again and again (one per RCPT), and the
+ * result depends only on the text and the rules. Bounded: cleared when full.
+ */
+export class RecipientParser {
+  private readonly seen = new Map<string, Recipient | null>();
+  constructor(
+    private readonly rules: RecipientRules,
+    private readonly maxEntries = 10_000,
+  ) {}
+
+  parse(raw: string): Recipient | null {
+    let r = this.seen.get(raw);
+    if (r === undefined) {
+      r = parseRecipient(raw, this.rules);
+      if (this.seen.size >= this.maxEntries) this.seen.clear();
+      this.seen.set(raw, r);
+    }
+    return r;
+  }
+}
+
 export function parseRecipient(raw: string, rules: RecipientRules): Recipient | null {
   let addr = raw.trim();
   if (addr.startsWith('<') && addr.endsWith('>')) addr = addr.slice(1, -1).trim();

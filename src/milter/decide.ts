@@ -14,7 +14,7 @@ export function makeMilterDecider(checker: QuotaChecker, onError: string, logger
       const decision = await checker.check(recipient, ctx.size);
       logDecision(
         logger,
-        { face: 'milter', queue_id: ctx.queueId, client_address: ctx.client?.address, sender: bare(ctx.sender), recipient: bare(recipient), state: 'RCPT', size: ctx.size },
+        () => ({ face: 'milter', queue_id: ctx.queueId, client_address: ctx.client?.address, sender: bare(ctx.sender), recipient: bare(recipient), state: 'RCPT', size: ctx.size }),
         decision,
       );
       return decision.action;

@@ -7,7 +7,7 @@
  */
 import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
-import type { QuotaChecker } from '../core/checker.js';
+import type { QuotaChecker, Decision } from '../core/checker.js';
 import { logDecision } from '../core/decision-log.js';
 
 export interface PolicyAnswerOptions {
@@ -18,7 +18,8 @@ export interface PolicyAnswerOptions {
 /** Postfix sends size=0 (or nothing) when the client gave no SIZE=. */
 export function requestSize(request: PolicyRequest): number {
   const size = request.get('size');
-  return size !== undefined && /^\d{1,15}$/.test(size) ? Number(size) : 0;
+  if (size === undefined || size === '' || size === '0') return 0;
+  return /^\d{1,15}$/.test(size) ? Number(size) : 0;
 }
 
 export function wantsCheck(request: PolicyRequest, opts: PolicyAnswerOptions): string | null {
@@ -31,28 +32,36 @@ export function wantsCheck(request: PolicyRequest, opts: PolicyAnswerOptions): s
 }
 
 export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptions, logger: Logger) {
-  return async (request: PolicyRequest): Promise<string> => {
+  const answer = (request: PolicyRequest, decision: Decision): string => {
+    logDecision(
+      logger,
+      () => ({
+        face: 'policy',
+        queue_id: request.get('queue_id'),
+        client_address: request.get('client_address'),
+        sender: request.get('sender'),
+        recipient: request.get('recipient'),
+        state: request.get('protocol_state'),
+        size: requestSize(request),
+      }),
+      decision,
+    );
+    return decision.action;
+  };
+  const failed = (err: unknown): string => {
+    logger.error({ err }, 'internal error while answering a policy request; sent the on_error reply');
+    return opts.onError;
+  };
+  /** A string at once for a cache hit, a promise otherwise. */
+  return (request: PolicyRequest): string | Promise<string> => {
     try {
       const recipient = wantsCheck(request, opts);
       if (recipient === null) return 'DUNNO';
-      const decision = await checker.check(recipient, requestSize(request));
-      logDecision(
-        logger,
-        {
-          face: 'policy',
-          queue_id: request.get('queue_id'),
-          client_address: request.get('client_address'),
-          sender: request.get('sender'),
-          recipient: request.get('recipient'),
-          state: request.get('protocol_state'),
-          size: requestSize(request),
-        },
-        decision,
-      );
-      return decision.action;
+      const decision = checker.check(recipient, requestSize(request));
+      if (decision instanceof Promise) return decision.then((d) => answer(request, d), failed);
+      return answer(request, decision);
     } catch (err) {
-      logger.error({ err }, 'internal error while answering a policy request; sent the on_error reply');
-      return opts.onError;
+      return failed(err);
     }
   };
 }

@@ -17,8 +17,39 @@ export interface PolicyLimits {
   maxRequestSize: number;
 }
 
-/** Attributes in arrival order; a repeated name keeps its last value; unknown names are kept and ignored by readers. */
-export type PolicyRequest = Map<string, string>;
+/**
+ * One request's attributes. Decoded once as a whole (one string), read by name on demand: a
+ * request carries ~40 attributes and a decision reads about six. A repeated name keeps its first
+ * value (the protocol allows first or last; indexOf is several times faster than lastIndexOf in V8);
+ * unknown names are carried and ignored.
+ */
+export class PolicyRequest {
+  /** The attribute lines, each ended by "\n" (CR removed), as decoded: one flat string. */
+  constructor(private readonly text: string) {}
+
+  get(name: string): string | undefined {
+    let start: number;
+    if (this.text.startsWith(name) && this.text.charCodeAt(name.length) === 0x3d) {
+      start = name.length + 1;
+    } else {
+      const at = this.text.indexOf(`\n${name}=`);
+      if (at === -1) return undefined;
+      start = at + name.length + 2;
+    }
+    return this.text.slice(start, this.text.indexOf('\n', start));
+  }
+
+  /** Every attribute line as [name, value], in arrival order (repeats included). */
+  entries(): [string, string][] {
+    return this.text
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => {
+        const eq = l.indexOf('=');
+        return [l.slice(0, eq), l.slice(eq + 1)];
+      });
+  }
+}
 
 export type PolicyProtocolErrorCode = 'LINE_TOO_LONG' | 'TOO_MANY_ATTRIBUTES' | 'REQUEST_TOO_LARGE' | 'MALFORMED_LINE';
 
@@ -37,17 +68,19 @@ const CR = 0x0d;
 const EQUALS = 0x3d;
 
 export class PolicyDecoder {
-  /** Bytes of a line that has not ended yet (copied, so a large read is not retained). */
-  private partial: Buffer | null = null;
-  private current: PolicyRequest = new Map();
-  private requestBytes = 0;
+  /** Bytes of the current request so far (copied, so a large read is not retained). */
+  private pending: Buffer | null = null;
+  /** Bytes of `pending` already checked: whole lines. */
+  private scanned = 0;
+  private attributes = 0;
+  private sawCr = false;
   private failed: PolicyProtocolError | null = null;
 
   constructor(private readonly limits: PolicyLimits) {}
 
   /** True while a request has started and not ended: a reply will be owed for it. */
   get midRequest(): boolean {
-    return this.requestBytes > 0 || this.partial !== null;
+    return this.pending !== null;
   }
 
   push(chunk: Uint8Array): PolicyRequest[] {
@@ -61,59 +94,55 @@ export class PolicyDecoder {
   }
 
   private decode(chunk: Uint8Array): PolicyRequest[] {
-    const data = this.partial ? Buffer.concat([this.partial, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    this.partial = null;
+    const { maxLineLength, maxAttributes, maxRequestSize } = this.limits;
+    const data = this.pending ? Buffer.concat([this.pending, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     const done: PolicyRequest[] = [];
-    let start = 0;
-    for (let nl = data.indexOf(LF, start); nl !== -1; nl = data.indexOf(LF, start)) {
-      const end = nl > start && data[nl - 1] === CR ? nl - 1 : nl;
-      this.account(nl + 1 - start, end - start);
-      if (end === start) {
-        done.push(this.current);
-        this.current = new Map();
-        this.requestBytes = 0;
+    let requestStart = 0;
+    let pos = this.scanned;
+    for (let nl = data.indexOf(LF, pos); nl !== -1; nl = data.indexOf(LF, pos)) {
+      let end = nl;
+      if (end > pos && data[end - 1] === CR) {
+        end--;
+        this.sawCr = true;
+      }
+      if (end - pos > maxLineLength) throw new PolicyProtocolError('LINE_TOO_LONG', `line longer than ${maxLineLength} bytes`);
+      if (nl + 1 - requestStart > maxRequestSize) throw new PolicyProtocolError('REQUEST_TOO_LARGE', `request larger than ${maxRequestSize} bytes`);
+      if (end === pos) {
+        const lines = data.toString('utf8', requestStart, pos);
+        done.push(new PolicyRequest(this.sawCr ? lines.replaceAll('\r\n', '\n') : lines));
+        requestStart = nl + 1;
+        this.attributes = 0;
+        this.sawCr = false;
       } else {
-        this.attribute(data, start, end);
+        const eq = data.indexOf(EQUALS, pos);
+        if (eq === -1 || eq >= end || eq === pos) {
+          const shown = data.toString('utf8', pos, Math.min(end, pos + 60));
+          throw new PolicyProtocolError('MALFORMED_LINE', `line is not name=value: ${JSON.stringify(shown)}`);
+        }
+        if (++this.attributes > maxAttributes) {
+          throw new PolicyProtocolError('TOO_MANY_ATTRIBUTES', `more than ${maxAttributes} attributes in one request`);
+        }
       }
-      start = nl + 1;
+      pos = nl + 1;
     }
-    const rest = data.length - start;
-    if (rest > 0) {
-      if (rest > this.limits.maxLineLength + 1) {
-        throw new PolicyProtocolError('LINE_TOO_LONG', `line longer than ${this.limits.maxLineLength} bytes`);
-      }
-      if (this.requestBytes + rest > this.limits.maxRequestSize) {
-        throw new PolicyProtocolError('REQUEST_TOO_LARGE', `request larger than ${this.limits.maxRequestSize} bytes`);
-      }
-      this.partial = Buffer.from(data.subarray(start));
-    }
+    if (data.length - pos > maxLineLength + 1) throw new PolicyProtocolError('LINE_TOO_LONG', `line longer than ${maxLineLength} bytes`);
+    if (data.length - requestStart > maxRequestSize) throw new PolicyProtocolError('REQUEST_TOO_LARGE', `request larger than ${maxRequestSize} bytes`);
+    this.pending = requestStart < data.length ? Buffer.from(data.subarray(requestStart)) : null;
+    this.scanned = pos - requestStart;
     return done;
-  }
-
-  private account(withNewline: number, lineLength: number): void {
-    if (lineLength > this.limits.maxLineLength) {
-      throw new PolicyProtocolError('LINE_TOO_LONG', `line longer than ${this.limits.maxLineLength} bytes`);
-    }
-    this.requestBytes += withNewline;
-    if (this.requestBytes > this.limits.maxRequestSize) {
-      throw new PolicyProtocolError('REQUEST_TOO_LARGE', `request larger than ${this.limits.maxRequestSize} bytes`);
-    }
-  }
-
-  private attribute(data: Buffer, start: number, end: number): void {
-    const eq = data.indexOf(EQUALS, start);
-    if (eq === -1 || eq >= end || eq === start) {
-      const shown = data.toString('utf8', start, Math.min(end, start + 60));
-      throw new PolicyProtocolError('MALFORMED_LINE', `line is not name=value: ${JSON.stringify(shown)}`);
-    }
-    if (this.current.size >= this.limits.maxAttributes) {
-      throw new PolicyProtocolError('TOO_MANY_ATTRIBUTES', `more than ${this.limits.maxAttributes} attributes in one request`);
-    }
-    this.current.set(data.toString("latin1", start, eq), data.toString("utf8", eq + 1, end));
   }
 }
 
+/** Replies are few distinct texts: encode each once. */
+const encoded = new Map<string, Buffer>();
+const MAX_ENCODED = 1000;
+
 /** The reply bytes for one action. The action must already be valid (core/replies.ts). */
 export function encodeReply(action: string): Buffer {
-  return Buffer.from(`action=${action}\n\n`, 'utf8');
+  let bytes = encoded.get(action);
+  if (!bytes) {
+    bytes = Buffer.from(`action=${action}\n\n`, 'utf8');
+    if (encoded.size < MAX_ENCODED) encoded.set(action, bytes);
+  }
+  return bytes;
 }

@@ -20,7 +20,8 @@ export interface ConnectionIo {
   end(): void;
 }
 
-export type PolicyHandler = (request: PolicyRequest) => Promise<string>;
+/** A string when the answer is known at once (a cache hit), a promise otherwise. Never rejects. */
+export type PolicyHandler = (request: PolicyRequest) => string | Promise<string>;
 
 export class PolicyConnection {
   private readonly decoder: PolicyDecoder;
@@ -49,9 +50,35 @@ export class PolicyConnection {
       return;
     }
     if (requests.length === 0) return;
+    if (!this.busy && this.queue.length === 0 && requests.length === 1) {
+      // The common case (Postfix sends one request and waits): answer a cache hit right here,
+      // without queueing or a promise.
+      const pending = this.handle(requests[0]!);
+      if (typeof pending === 'string') return this.reply(pending);
+      this.busy = true;
+      void pending.then((action) => {
+        this.busy = false;
+        if (!this.dead) this.reply(action);
+        this.next();
+      });
+      return;
+    }
     this.queue.push(...requests);
     if (this.queue.length > MAX_QUEUED_REQUESTS) this.io.pause();
-    if (!this.busy) void this.drain();
+    this.next();
+  }
+
+  private reply(action: string): void {
+    this.io.write(encodeReply(action));
+    this.requestsAnswered++;
+  }
+
+  private next(): void {
+    if (!this.busy && this.queue.length > 0) void this.drain();
+    else if (!this.busy && this.closing && !this.dead) {
+      this.dead = true;
+      this.io.end();
+    }
   }
 
   /** Stop after answering what has fully arrived (SIGTERM, or the client's EOF). */
@@ -72,10 +99,11 @@ export class PolicyConnection {
     this.busy = true;
     while (this.queue.length > 0 && !this.dead) {
       const request = this.queue.shift()!;
-      const action = await this.handle(request);
+      const pending = this.handle(request);
+      // Only a real lookup waits: cache hits are answered in the same turn of the event loop.
+      const action = typeof pending === 'string' ? pending : await pending;
       if (this.dead) break;
-      this.io.write(encodeReply(action));
-      this.requestsAnswered++;
+      this.reply(action);
       if (this.queue.length === MAX_QUEUED_REQUESTS) this.io.resume();
     }
     this.busy = false;
