@@ -68,7 +68,7 @@ export const DEFAULT_RECIPIENTS = ['alice@example.com', 'bob@example.com', 'caro
 const MAX_DISTINCT_ACTIONS = 32;
 
 /** A tiny deterministic PRNG (mulberry32), so every run sends the same requests. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -146,7 +146,7 @@ export function buildRequestPool(recipients: string[], count = 512, seed = 42): 
 }
 
 /** utime + stime of a process in seconds (all threads), or null when /proc cannot tell. */
-function processCpuSeconds(pid: number): number | null {
+export function processCpuSeconds(pid: number): number | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -158,7 +158,7 @@ function processCpuSeconds(pid: number): number | null {
 }
 
 /** [idle, total] jiffies of the whole machine, or null. */
-function machineJiffies(): [number, number] | null {
+export function machineJiffies(): [number, number] | null {
   try {
     const line = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!;
     const n = line.trim().split(/\s+/).slice(1).map(Number);

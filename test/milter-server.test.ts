@@ -15,6 +15,7 @@ import { MilterDecoder, type Packet } from '../src/milter/codec.js';
 import { connect, mail, optneg, rcpt } from './helpers/milter-packets.js';
 import { startPostfix, postfixUnavailable, type PostfixInstance } from './helpers/postfix.js';
 import { sendEnvelope, simpleMessage } from './helpers/smtp.js';
+import { mainCfSnippet } from './helpers/snippets.js';
 
 /** A scripted MTA side: sends packets, reads replies. */
 class FakeMta {
@@ -145,7 +146,10 @@ describe('Postfix smtpd_milters -> overquota milter', () => {
     await fs.writeFile(path.join(tmp.path, 'full'), Buffer.alloc(5000));
     const port = await freePort();
     fe = await startFrontend(['--policy.listen', 'inet:127.0.0.1:0', '--milter.listen', `inet:127.0.0.1:${port}`, '--store.path', tmp.path, '--store.limit', '1000']);
-    pf = await startPostfix({ smtpdRecipientRestrictions: 'reject_unauth_destination, permit', milters: `inet:127.0.0.1:${port}`, extraMain: { milter_default_action: 'accept' } });
+    // postfix/milter.cf's smtpd_milters line as operators paste it, pointed at this port.
+    const milters = mainCfSnippet('smtpd_milters', 'milter.cf');
+    assert.match(milters, /inet:127\.0\.0\.1:10034/);
+    pf = await startPostfix({ smtpdRecipientRestrictions: 'reject_unauth_destination, permit', milters: milters.replace('10034', String(port)) });
   });
   after(async () => {
     await pf?.stop();

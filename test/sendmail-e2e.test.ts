@@ -11,6 +11,7 @@ import { tempDir, type TempDir } from './helpers/tmp.js';
 import { freePort } from './helpers/ports.js';
 import { startSendmail, sendmailUnavailable, type SendmailInstance } from './helpers/sendmail.js';
 import { sendEnvelope, simpleMessage } from './helpers/smtp.js';
+import { sendmailFilterSnippet } from './helpers/snippets.js';
 
 const unavailable = sendmailUnavailable();
 if (unavailable) throw new Error(`cannot run a private Sendmail: ${unavailable}`);
@@ -31,7 +32,10 @@ describe('Sendmail INPUT_MAIL_FILTER -> overquota milter', () => {
       '--milter.listen', `inet:${milterPort}@127.0.0.1`,
       '--store.path', tmp.path, '--store.limit', '1000',
     ]);
-    sm = await startSendmail({ milterPort });
+    // postfix/sendmail.mc's INPUT_MAIL_FILTER flags and timeouts, as operators paste them.
+    const snippet = sendmailFilterSnippet();
+    assert.equal(snippet.socket, 'inet:10034@127.0.0.1');
+    sm = await startSendmail({ milterPort, milterFlags: snippet.flags, milterTimeouts: snippet.timeouts });
   });
   after(async () => {
     await sm?.stop();

@@ -18,11 +18,19 @@ export function logicalLines(text: string): string[] {
   return lines;
 }
 
-/** main.cf parameter value from postfix/main.cf, whitespace folded. */
-export function mainCfSnippet(name: string): string {
-  const line = logicalLines(readFileSync(dir + 'main.cf', 'utf8')).find((l) => l.startsWith(`${name} =`) || l.startsWith(`${name}=`));
-  if (!line) throw new Error(`postfix/main.cf has no ${name}`);
+/** A main.cf parameter's value from a snippet file in postfix/ (default main.cf), whitespace folded. */
+export function mainCfSnippet(name: string, file = 'main.cf'): string {
+  const line = logicalLines(readFileSync(dir + file, 'utf8')).find((l) => l.startsWith(`${name} =`) || l.startsWith(`${name}=`));
+  if (!line) throw new Error(`postfix/${file} has no ${name}`);
   return line.slice(line.indexOf('=') + 1).trim().replace(/\s+/g, ' ');
+}
+
+/** The F= and T= of the INPUT_MAIL_FILTER line in postfix/sendmail.mc, and its socket. */
+export function sendmailFilterSnippet(): { socket: string; flags: string; timeouts: string } {
+  const text = readFileSync(dir + 'sendmail.mc', 'utf8');
+  const m = /^INPUT_MAIL_FILTER\(`overquota', `S=([^,]+), F=([A-Z]*), T=([^']+)'\)/m.exec(text);
+  if (!m) throw new Error('postfix/sendmail.mc has no INPUT_MAIL_FILTER line');
+  return { socket: m[1]!, flags: m[2]!, timeouts: m[3]! };
 }
 
 /** The service entry of postfix/master.cf (one logical line). */
