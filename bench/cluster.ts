@@ -397,27 +397,34 @@ function analyse(config: Config, measured: Awaited<ReturnType<typeof runLoadProc
 
 const INTRO = `
 **What is measured.** Backend (quota source) requests per second as the number of \`overquota
-frontend\` processes sharing one Redis goes 1 → 2 → 4 under the same policy load, recorded by
-\`bench/cluster.ts\` (target: **flat, at most 1.1× the 1-frontend figure**), with 2 frontends
-without Redis as a contrast: what the shared tier saves.
+frontend\` processes sharing one Redis goes 1 → 2 → 4 under the same policy load (target: **flat, at
+most 1.1× the 1-frontend figure**), and 2 frontends without Redis as a contrast: what the shared
+tier saves. All in one invocation of \`bench/cluster.ts\`.
 
 - **Load** (\`bench/cluster-load.ts\`, its own process): 40 closed-loop policy connections in all,
   spread evenly over the frontends (connection i → frontend i mod N), each sending the realistic
   Postfix RCPT requests of \`bench/policy-load.ts\` with recipients drawn from a Zipf distribution
   (s = 1.0) over 10,000 mailboxes; every connection has its own seeded PRNG, so every N sees the
-  same recipient sequences. 2 s warm-up, 10 s measured.
+  same recipient sequences. The connections are paced to 6,000 requests/s in all (a request goes
+  out when the previous reply is in and its turn has come): unpaced, the policy rate differs from
+  one N to the next (one frontend is one core; four share two cores with Redis and the load
+  generator), and the backend rate follows the policy rate for the colder mailboxes, which would
+  blur the comparison. 2 s warm-up, 10 s measured.
 - **Backend**: an HTTP server in the bench process answering the seed CGI's text (\`OK user size
   quota\`; 1 mailbox in 10 \`OVERQUOTA\`) after 2 ms; it notes every request.
-- **Frontends**: the built \`dist/cli.js frontend\`, \`--source.type http\`, \`--cache.ttl.under_quota 2s
+- **Frontends**: the built \`dist/cli.js frontend\`, \`--source.type http --cache.ttl.under_quota 2s
   --cache.ttl.over_quota 1s --cache.memory_ttl 200ms --log.level warn\`, all on one private Redis,
   flushed (\`FLUSHALL\`) before each N; fresh processes for each run. The short TTLs keep entries
   expiring, so the backend keeps being asked.
 - **Redundant backend requests**: a mailbox asked again less than its TTL − 100 ms after the previous
-  answer for it, or while another request for it is still in flight. One frontend with Redis makes
+  answer for it, or while another request for it was still in flight. One frontend with Redis makes
   none; each one is a request the shared tier should have saved.
-- Closed loop: policy requests/s differ between runs (1 frontend uses one core; 4 share the machine
-  with Redis and the load generator), and the backend rate grows with the policy rate for the cold
-  mailboxes, so the table also gives backend requests per 1000 policy requests.
+
+**Reproduce.** \`npm run bench\` runs it (after \`bench/policy.ts\`) with \`--write\`, which rewrites the
+section below between its markers; alone: \`node --import tsx bench/cluster.ts [--write]\` (about
+75 s) after \`npm run build\`. Options: \`--frontends 1,2,4\`, \`--contrast 2\` (0: no run without
+Redis), \`--connections 40\`, \`--rate 6000\` (0: unpaced), \`--mailboxes 10000\`, \`--zipf 1\`,
+\`--latency-ms 2\`, \`--warmup 2\`, \`--duration 10\`, \`--keep\` (keep the frontends' logs).
 `;
 
 function perThousand(r: Run): number {
@@ -502,9 +509,14 @@ function buildReport(o: {
     r.otherCpu === null ? '?' : `${r.otherCpu}%`,
   ]);
   const noisy = o.runs.flatMap((r, i) => ((r.otherCpu ?? 0) > NOISY_OTHER_CPU ? [`#${i + 1}`] : []));
+  const short = o.rate > 0 ? o.runs.flatMap((r, i) => (r.load.rps < o.rate * 0.97 ? [`#${i + 1} (${fmtInt(r.load.rps)})`] : [])) : [];
+  const shortfall = short.length
+    ? ` WARNING: run(s) ${short.join(', ')} did not reach the ${fmtInt(o.rate)} req/s aimed at: their backend figures are not comparable; lower --rate.`
+    : '';
   const noise = noisy.length
     ? `WARNING: other processes used more than ${NOISY_OTHER_CPU}% of a core during run(s) ${noisy.join(', ')}: the figures are noisy; run again on a quiet machine.`
     : `No other process used more than ${NOISY_OTHER_CPU}% of a core during any run.`;
+  const notes = noise + shortfall;
 
   const shared = o.runs.filter((r) => r.config.redis && r !== base);
   const worst = shared.reduce<Run | null>((w, r) => (w === null || ratio(r) > ratio(w) ? r : w), null);
@@ -531,7 +543,7 @@ function buildReport(o: {
     'Runs, in the order they ran:',
     table(detailHead, detailRows, false),
     '',
-    noise,
+    notes,
     ...sentences,
     `code: overquota ${codeVersion()}`,
     `machine: ${machine}`,
@@ -540,7 +552,7 @@ function buildReport(o: {
     '<!-- bench:cluster:start -->',
     `Last run: ${isoNow()}, overquota ${codeVersion()}, ${machine}.`,
     '',
-    `Command: \`${command}\`${viaNpm()}. ${o.connections} closed-loop connections in all, spread evenly over the frontends; recipients Zipf (s = ${o.zipf}) over ${fmtInt(o.mailboxes)} mailboxes; backend latency ${o.latencyMs} ms; TTLs under quota ${TTL_UNDER_MS / 1000}s, over quota ${TTL_OVER_MS / 1000}s, memory tier ${MEMORY_TTL_MS} ms; ${o.warmup} s warm-up then ${o.duration} s measured per run; Redis flushed and fresh frontends before each run.`,
+    `Command: \`${command}\`${viaNpm()}. ${o.connections} closed-loop connections in all, spread evenly over the frontends, ${o.rate > 0 ? `paced to ${fmtInt(o.rate)} policy requests/s in all` : 'unpaced (each sends its next request as soon as the reply is in)'}; recipients Zipf (s = ${o.zipf}) over ${fmtInt(o.mailboxes)} mailboxes; backend latency ${o.latencyMs} ms; TTLs under quota ${TTL_UNDER_MS / 1000}s, over quota ${TTL_OVER_MS / 1000}s, memory tier ${MEMORY_TTL_MS} ms; ${o.warmup} s warm-up then ${o.duration} s measured per run; Redis flushed and fresh frontends before each run.`,
     '',
     table(head, rows, true),
     '',
@@ -548,7 +560,7 @@ function buildReport(o: {
     '',
     table(detailHead, detailRows, true),
     '',
-    noise,
+    notes,
     '',
     sentences.join(' '),
     '<!-- bench:cluster:end -->',
