@@ -13,13 +13,21 @@
  *     expiring and the backend keeps being asked; Redis is flushed (FLUSHALL) before each N;
  *   - then, as a contrast, --contrast frontends (2) without Redis (each its own memory cache).
  * The load (bench/cluster-load.ts, its own process) is the same for every N: --connections (40)
- * closed-loop policy connections spread evenly over the N frontends, recipients drawn from a Zipf
- * distribution (s = --zipf, 1.0) over --mailboxes (10,000) mailboxes, 1 in 10 over quota; each
- * connection has its own seeded PRNG, so every N sees the same recipient sequences.
+ * closed-loop policy connections spread evenly over the N frontends, paced to --rate (6000)
+ * requests/s in all, recipients drawn from a Zipf distribution (s = --zipf, 1.0) over --mailboxes
+ * (10,000) mailboxes, 1 in 10 over quota; each connection has its own seeded PRNG, so every N sees
+ * the same recipient sequences. Paced, because the backend rate follows the policy rate (colder
+ * mailboxes are asked more often when more requests come in), and unpaced the policy rate depends
+ * on N (one frontend is one core; four share the cores with Redis and the load generator).
  *
  *   npm run bench                 # build, then bench/policy.ts, this and bench/milter.ts, with --write
- *   node --import tsx bench/cluster.ts [--frontends 1,2,4] [--contrast 2] [--connections 40]
- *        [--warmup 2] [--duration 10] [--mailboxes 10000] [--zipf 1] [--latency-ms 2] [--write] [--keep]
+ *   node --import tsx bench/cluster.ts [--frontends 1,2,4] [--contrast 2] [--connections 40] [--rate 6000]
+ *        [--warmup 2] [--duration 10] [--mailboxes 10000] [--zipf 1] [--latency-ms 2] [--retries 1]
+ *        [--write] [--keep]
+ *
+ * Before each run it waits up to 10 s for the machine to be idle; a run during which other
+ * processes used more than 20% of a core is run again (--retries), while the whole bench stays
+ * under about 2 minutes.
  *
  * Reports per run: policy requests/s, backend requests/s, backend requests per 1000 policy requests,
  * the ratio backend req/s (N) / backend req/s (1 frontend), and "redundant" backend requests: a

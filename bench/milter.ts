@@ -1,0 +1,408 @@
+/*
+ * Postfix messages per second through the overquota milter, against the same Postfix without it,
+ * in one invocation.
+ *
+ * Starts, on loopback:
+ *   - an `overquota frontend` milter-only (`--milter.listen inet:127.0.0.1:PORT --policy.listen ''`)
+ *     on an empty mbox spool in a temporary directory (`--store.limit 200M`: every mailbox has room),
+ *     `--log.level info` with stdout to a file (one decision line per recipient, counted afterwards
+ *     to prove the milter was consulted);
+ *   - a private Postfix (test/helpers/postfix.ts: needs root; every delivery discarded),
+ *     `smtpd_recipient_restrictions = reject_unauth_destination, permit`,
+ *     `milter_default_action = tempfail` (a milter failure fails the run instead of passing unseen).
+ * Then, alternating (a, b, a, b with --rounds 2): (a) `smtpd_milters` empty, (b) `smtpd_milters =
+ * inet:127.0.0.1:PORT`, switched with postconf + `postfix reload`; each run is
+ * `/usr/sbin/smtp-source -s 20 -m 2000 -t ok@example.com 127.0.0.1:SMTPPORT`, timed, after a short
+ * unmeasured warm-up run (--warmup-messages) so both configurations start with running smtpd
+ * processes. Reports messages/s per configuration (mean of its runs) and the ratio b / a; --write
+ * puts them into BENCHMARKS.md between the bench:milter markers.
+ *
+ *   npm run bench      # build, then bench/policy.ts, bench/cluster.ts and this, with --write
+ *   node --import tsx bench/milter.ts [--sessions 20] [--messages 2000] [--rounds 2]
+ *        [--warmup-messages 200] [--write] [--keep]
+ *
+ * Delivery is discard(8), so messages/s measures smtpd, cleanup, qmgr and the milter, not a
+ * mailbox store.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { startPostfix, postfixUnavailable, type PostfixInstance } from '../test/helpers/postfix.js';
+import { machineJiffies, processCpuSeconds } from './policy-load.js';
+import {
+  BENCHMARKS_MD,
+  CLI,
+  ROOT,
+  children,
+  codeVersion,
+  countLines,
+  fmtInt,
+  freePort,
+  installCleanup,
+  intArg,
+  isoNow,
+  log,
+  machineDescription,
+  stopChild,
+  table,
+  track,
+  updateMarkdown,
+  viaNpm,
+  waitAccepting,
+  waitForQuiet,
+} from './shared.js';
+
+const SMTP_SOURCE = '/usr/sbin/smtp-source';
+const RECIPIENT = 'ok@example.com';
+/** A noisy machine: more than this (% of one core) used by processes outside the run. */
+const NOISY_OTHER_CPU = 20;
+
+type ConfigName = 'no milter' | 'overquota milter';
+
+interface Run {
+  config: ConfigName;
+  messages: number;
+  seconds: number;
+  mps: number;
+  decisions: number;
+  frontendCpu: number | null;
+  postfixCpu: number | null;
+  sourceCpu: number | null;
+  machineIdle: number | null;
+  otherCpu: number | null;
+}
+
+let tmpDir: string | null = null;
+let keepTmp = false;
+let postfix: PostfixInstance | null = null;
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      sessions: { type: 'string', default: '20' },
+      messages: { type: 'string', default: '2000' },
+      rounds: { type: 'string', default: '2' },
+      'warmup-messages': { type: 'string', default: '200' },
+      write: { type: 'boolean', default: false },
+      keep: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) {
+    console.log('usage: node --import tsx bench/milter.ts [--sessions 20] [--messages 2000] [--rounds 2] [--warmup-messages 200] [--write] [--keep]');
+    return 0;
+  }
+  const sessions = intArg('sessions', values.sessions, 1, 100);
+  const messages = intArg('messages', values.messages, 1, 50_000);
+  const rounds = intArg('rounds', values.rounds, 1, 5);
+  const warmupMessages = intArg('warmup-messages', values['warmup-messages'], 0, 10_000);
+  keepTmp = values.keep;
+  if (!existsSync(CLI)) throw new Error(`${path.relative(process.cwd(), CLI)} is missing: run "npm run build" first (or "npm run bench")`);
+  if (!existsSync(SMTP_SOURCE)) throw new Error(`${SMTP_SOURCE} is missing (it ships with Postfix: scripts/install-deps.sh)`);
+  const why = postfixUnavailable();
+  if (why) throw new Error(why);
+
+  tmpDir = await mkdtemp(path.join(os.tmpdir(), 'overquota-bench-milter-'));
+  const spool = path.join(tmpDir, 'mail');
+  await mkdir(spool); // empty: every mailbox is empty, with 200M of room
+
+  const milterPort = await freePort();
+  const logFile = path.join(tmpDir, 'frontend.log');
+  const out = openSync(logFile, 'w');
+  const frontend = track(
+    spawn(
+      process.execPath,
+      [CLI, 'frontend', '--milter.listen', `inet:127.0.0.1:${milterPort}`, '--policy.listen', '', '--store.path', spool, '--store.limit', '200M', '--log.level', 'info'],
+      { cwd: ROOT, stdio: ['ignore', out, out] },
+    ),
+  );
+  closeSync(out);
+  await waitAccepting(milterPort, frontend, async () => (await readFile(logFile, 'utf8').catch(() => '')).trim() || 'no output');
+  const milter = `inet:127.0.0.1:${milterPort}`;
+  log(`overquota milter on ${milter} (log ${logFile})`);
+
+  postfix = await startPostfix({
+    smtpdRecipientRestrictions: 'reject_unauth_destination, permit',
+    extraMain: { milter_default_action: 'tempfail' },
+  });
+  postfixVersion = `Postfix ${(await postfix.postconf('-h', 'mail_version')).trim()}`;
+  log(`${postfixVersion} on 127.0.0.1:${postfix.smtpPort} (${postfix.dir})`);
+
+  const order: ConfigName[] = [];
+  for (let r = 0; r < rounds; r++) order.push('no milter', 'overquota milter');
+  const runs: Run[] = [];
+  let current: string | null = null;
+  for (const [i, config] of order.entries()) {
+    const wanted = config === 'no milter' ? '' : milter;
+    if (current !== wanted) {
+      await postfix.postconf('-e', `smtpd_milters = ${wanted}`);
+      await postfix.reload();
+      current = wanted;
+    }
+    log(`[${i + 1}/${order.length}] ${config}: smtp-source -s ${sessions} -m ${messages} (after ${warmupMessages} unmeasured)`);
+    if (warmupMessages > 0) await smtpSource(postfix.smtpPort, sessions, warmupMessages);
+    await waitForQuiet();
+    const decisionsBefore = await countLines(logFile, ['"face":"milter"', '"msg":"decision"']);
+    const run = await measured(config, postfix, frontend, sessions, messages);
+    run.decisions = (await countLines(logFile, ['"face":"milter"', '"msg":"decision"'])) - decisionsBefore;
+    runs.push(run);
+    log(`    ${run.mps.toFixed(0)} msgs/s (${run.seconds.toFixed(2)} s); milter decisions logged ${run.decisions}; other CPU ${run.otherCpu ?? '?'}%`);
+  }
+
+  await stopChild(frontend);
+  const decisionsTotal = await countLines(logFile, ['"face":"milter"', '"msg":"decision"']);
+  const notAccepted = await countLines(logFile, ['"face":"milter"', '"msg":"decision"', '"verdict":"error"']);
+  const maillog = await postfix.maillog();
+  const milterWarnings = maillog.split('\n').filter((l) => /warning: .*milter/i.test(l));
+  await postfix.stop();
+  postfix = null;
+
+  const problems: string[] = [];
+  for (const [i, r] of runs.entries()) {
+    const expected = r.config === 'no milter' ? 0 : r.messages;
+    if (r.decisions !== expected) problems.push(`run #${i + 1} (${r.config}): ${r.decisions} milter decisions logged, expected ${expected}`);
+  }
+  if (notAccepted > 0) problems.push(`${notAccepted} milter decision(s) were errors`);
+  if (milterWarnings.length > 0) problems.push(`${milterWarnings.length} milter warning(s) in the Postfix log, e.g. ${milterWarnings[0]}`);
+
+  const report = buildReport({ runs, sessions, messages, warmupMessages, rounds, decisionsTotal, problems, argv: process.argv.slice(2) });
+  console.log(`\n${report.text}`);
+  if (values.write) {
+    updateMarkdown(BENCHMARKS_MD, 'milter', 'Postfix messages per second through the milter', INTRO, report.markdown);
+    log('BENCHMARKS.md updated');
+  }
+  if (problems.length > 0) {
+    for (const p of problems) log(`problem: ${p}`);
+    return 1;
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- runs
+
+/** Runs smtp-source; resolves to the seconds it took and its CPU (bash `times`: the child's). */
+async function smtpSource(port: number, sessions: number, messages: number): Promise<{ seconds: number; cpu: number | null }> {
+  // bash runs smtp-source and prints its children's CPU times with the `times` builtin.
+  const script = `"$@"; rc=$?; times >&2; exit $rc`;
+  const args = ['-c', script, 'bash', SMTP_SOURCE, '-s', String(sessions), '-m', String(messages), '-t', RECIPIENT, `127.0.0.1:${port}`];
+  const started = performance.now();
+  const proc = track(spawn('/bin/bash', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+  let out = '';
+  proc.stdout!.setEncoding('utf8').on('data', (t: string) => (out += t));
+  proc.stderr!.setEncoding('utf8').on('data', (t: string) => (out += t));
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 120_000);
+  const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+  const seconds = (performance.now() - started) / 1000;
+  clearTimeout(timer);
+  // `times`: line 1 the shell's own user/sys, line 2 its children's, as "0m0.123s 0m0.456s".
+  const times = [...out.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)];
+  const child = times[1];
+  const cpu = child ? Number(child[1]) * 60 + Number(child[2]) + Number(child[3]) * 60 + Number(child[4]) : null;
+  const text = out.replace(/^\d+m[\d.]+s \d+m[\d.]+s$/gm, '').trim();
+  if (code !== 0) throw new Error(`smtp-source exited ${code}: ${text || 'no output'}`);
+  if (text) log(`    smtp-source said: ${text.slice(0, 300)}`);
+  return { seconds, cpu };
+}
+
+/**
+ * CPU seconds of a Postfix instance: every live process in master's process group (master leads
+ * it), plus what master has reaped (its children's CPU, cutime + cstime).
+ */
+function postfixCpuSeconds(masterPid: number): number | null {
+  let total = 0;
+  let sawMaster = false;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
+    } catch {
+      continue; // gone meanwhile
+    }
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // After ")": state ppid pgrp session ... utime(11) stime(12) cutime(13) cstime(14).
+    if (Number(f[2]) !== masterPid) continue;
+    total += Number(f[11]) + Number(f[12]);
+    if (Number(entry) === masterPid) {
+      sawMaster = true;
+      total += Number(f[13]) + Number(f[14]);
+    }
+  }
+  return sawMaster ? total / 100 : null;
+}
+
+async function measured(config: ConfigName, pf: PostfixInstance, frontend: ChildProcess, sessions: number, messages: number): Promise<Run> {
+  const m0 = machineJiffies();
+  const f0 = processCpuSeconds(frontend.pid!);
+  const p0 = postfixCpuSeconds(pf.pid);
+  const { seconds, cpu } = await smtpSource(pf.smtpPort, sessions, messages);
+  const m1 = machineJiffies();
+  const f1 = processCpuSeconds(frontend.pid!);
+  const p1 = postfixCpuSeconds(pf.pid);
+  const pct = (a: number | null, b: number | null) => (a === null || b === null ? null : Math.round(((b - a) / seconds) * 1000) / 10);
+  const frontendCpu = pct(f0, f1);
+  const postfixCpu = pct(p0, p1);
+  const sourceCpu = cpu === null ? null : Math.round((cpu / seconds) * 1000) / 10;
+  const machineIdle = m0 && m1 ? Math.round(((m1[0] - m0[0]) / Math.max(1, m1[1] - m0[1])) * 1000) / 10 : null;
+  const otherCpu =
+    machineIdle === null || postfixCpu === null || sourceCpu === null || frontendCpu === null
+      ? null
+      : Math.round((100 - machineIdle) * os.availableParallelism() - postfixCpu - sourceCpu - frontendCpu);
+  return { config, messages, seconds, mps: messages / seconds, decisions: 0, frontendCpu, postfixCpu, sourceCpu, machineIdle, otherCpu };
+}
+
+// ---------------------------------------------------------------- report
+
+const INTRO = `
+**What is measured.** Messages per second a Postfix accepts from \`smtp-source\` with the overquota
+milter (\`smtpd_milters\`) against the same Postfix without it, in one invocation of
+\`bench/milter.ts\`: what checking every recipient through the milter costs an MTA.
+
+- **Postfix**: a private instance (\`test/helpers/postfix.ts\`) on a loopback port,
+  \`smtpd_recipient_restrictions = reject_unauth_destination, permit\`, \`milter_default_action =
+  tempfail\` (a milter failure fails the run rather than passing unnoticed), every delivery
+  **discarded** (discard(8)): messages/s measures smtpd, cleanup, qmgr and the milter, not a mailbox
+  store. Logging to a file through postlogd, as the harness does.
+- **overquota**: the built \`dist/cli.js frontend --milter.listen inet:127.0.0.1:PORT --policy.listen ''
+  --store.path TMP --store.limit 200M --log.level info\` on an empty mbox spool (every mailbox has
+  room: every recipient passes), one JSON decision line per recipient written to a file — part of
+  the cost, and counted to prove each message went through the milter.
+- **Load**: \`/usr/sbin/smtp-source -s 20 -m 2000 -t ok@example.com 127.0.0.1:PORT\`: 20 parallel
+  sessions, 2000 messages, one message (one recipient) per SMTP connection, so each message is also
+  one milter connection. Timed from start to exit; before each measured run an unmeasured one of 200
+  messages, so both configurations start with smtpd processes running.
+- **Order**: no milter, milter, no milter, milter (\`smtpd_milters\` switched with \`postconf\` and
+  \`postfix reload\`); each configuration's figure is the mean of its runs.
+- CPU columns (in % of one core over the run): the frontend; Postfix (every process of the instance,
+  including the ones that exited); smtp-source; other = busy cores minus those three.
+
+**Reproduce.** \`npm run bench\` runs it last with \`--write\`, which rewrites the section below
+between its markers; alone: \`node --import tsx bench/milter.ts [--write]\` (about 20–30 s, needs root
+and the Debian postfix package) after \`npm run build\`. Options: \`--sessions 20\`, \`--messages
+2000\`, \`--rounds 2\`, \`--warmup-messages 200\`, \`--keep\` (keep the frontend log).
+`;
+
+function buildReport(o: {
+  runs: Run[];
+  sessions: number;
+  messages: number;
+  warmupMessages: number;
+  rounds: number;
+  decisionsTotal: number;
+  problems: string[];
+  argv: string[];
+}): { text: string; markdown: string } {
+  const configs: ConfigName[] = ['no milter', 'overquota milter'];
+  const mean = (c: ConfigName) => {
+    const rs = o.runs.filter((r) => r.config === c);
+    return rs.reduce((a, r) => a + r.mps, 0) / Math.max(1, rs.length);
+  };
+  const base = mean('no milter');
+  const cpuMean = (c: ConfigName, f: (r: Run) => number | null) => {
+    const xs = o.runs.filter((r) => r.config === c).map(f);
+    return xs.every((x) => x !== null) ? `${Math.round((xs as number[]).reduce((a, b) => a + b, 0) / xs.length)}%` : '?';
+  };
+  const head = ['configuration', 'runs', 'msgs/s (mean)', 'each run', 'vs no milter', 'frontend CPU', 'Postfix CPU', 'smtp-source CPU'];
+  const rows = configs.map((c) => [
+    c,
+    String(o.runs.filter((r) => r.config === c).length),
+    fmtInt(mean(c)),
+    o.runs
+      .filter((r) => r.config === c)
+      .map((r) => fmtInt(r.mps))
+      .join(', '),
+    c === 'no milter' ? '1.00' : (base > 0 ? mean(c) / base : 0).toFixed(2),
+    cpuMean(c, (r) => r.frontendCpu),
+    cpuMean(c, (r) => r.postfixCpu),
+    cpuMean(c, (r) => r.sourceCpu),
+  ]);
+  const runHead = ['#', 'configuration', 'messages', 'seconds', 'msgs/s', 'milter decisions logged', 'frontend CPU', 'Postfix CPU', 'smtp-source CPU', 'machine idle', 'other CPU'];
+  const q = (x: number | null) => (x === null ? '?' : `${x}%`);
+  const runRows = o.runs.map((r, i) => [
+    String(i + 1),
+    r.config,
+    fmtInt(r.messages),
+    r.seconds.toFixed(2),
+    fmtInt(r.mps),
+    fmtInt(r.decisions),
+    q(r.frontendCpu),
+    q(r.postfixCpu),
+    q(r.sourceCpu),
+    q(r.machineIdle),
+    q(r.otherCpu),
+  ]);
+  const noisy = o.runs.flatMap((r, i) => ((r.otherCpu ?? 0) > NOISY_OTHER_CPU ? [`#${i + 1}`] : []));
+  const noise = noisy.length
+    ? `WARNING: other processes used more than ${NOISY_OTHER_CPU}% of a core during run(s) ${noisy.join(', ')}: the figures are noisy; run again on a quiet machine.`
+    : `No other process used more than ${NOISY_OTHER_CPU}% of a core during any run.`;
+  const milterRuns = o.runs.filter((r) => r.config === 'overquota milter');
+  const consulted = o.problems.length === 0
+    ? `The milter was consulted for every message: ${fmtInt(milterRuns.reduce((a, r) => a + r.decisions, 0))} milter decision lines in the measured runs for ${fmtInt(milterRuns.reduce((a, r) => a + r.messages, 0))} messages (${fmtInt(o.decisionsTotal)} with the warm-up runs), none in the runs without it, no milter warning in the Postfix log.`
+    : `PROBLEMS: ${o.problems.join('; ')}.`;
+  const ratio = base > 0 ? mean('overquota milter') / base : 0;
+  const shows = `Through the milter Postfix accepts ${ratio.toFixed(2)}× the messages per second it accepts without it (${fmtInt(mean('overquota milter'))} against ${fmtInt(base)}).`;
+  const command = `node --import tsx bench/milter.ts ${o.argv.join(' ')}`.trim();
+  const machine = machineDescription();
+  const load = `\`smtp-source -s ${o.sessions} -m ${o.messages} -t ${RECIPIENT}\``;
+  const text = [
+    table(head, rows, false),
+    '',
+    'Runs, in the order they ran:',
+    table(runHead, runRows, false),
+    '',
+    noise,
+    consulted,
+    shows,
+    `code: overquota ${codeVersion()}`,
+    `machine: ${machine}`,
+  ].join('\n');
+  const markdown = [
+    '<!-- bench:milter:start -->',
+    `Last run: ${isoNow()}, overquota ${codeVersion()}, ${postfixVersion}, ${machine}.`,
+    '',
+    `Command: \`${command}\`${viaNpm()}. Each run ${load} (one message per connection), after ${o.warmupMessages} unmeasured messages; ${o.rounds} round(s) of no milter then milter; delivery discarded.`,
+    '',
+    table(head, rows, true),
+    '',
+    'Every run, in order (CPU in % of one core over the run; machine idle in % of all cores):',
+    '',
+    table(runHead, runRows, true),
+    '',
+    noise,
+    '',
+    `${shows} ${consulted}`,
+    '<!-- bench:milter:end -->',
+  ].join('\n');
+  return { text, markdown };
+}
+
+/** "Postfix 3.7.11", read with postconf once the instance runs. */
+let postfixVersion = 'Postfix (version unknown)';
+
+// ---------------------------------------------------------------- cleanup
+
+async function cleanup(): Promise<void> {
+  await Promise.all([...children].map((p) => stopChild(p)));
+  await postfix?.stop().catch(() => undefined);
+  postfix = null;
+  if (tmpDir) {
+    if (keepTmp) log(`kept ${tmpDir}`);
+    else await rm(tmpDir, { recursive: true, force: true });
+    tmpDir = null;
+  }
+}
+
+installCleanup(cleanup);
+
+main()
+  .catch((err: unknown) => {
+    log(`failed: ${(err as Error).message}`);
+    return 1;
+  })
+  .then(async (code) => {
+    await cleanup();
+    process.exitCode = code;
+  });
