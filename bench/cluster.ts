@@ -56,6 +56,7 @@ import {
   fmtInt,
   freePort,
   installCleanup,
+  kernelThreadsCpuSeconds,
   intArg,
   isoNow,
   log,
@@ -110,6 +111,7 @@ interface Run {
   frontendCpu: number[];
   redisCpu: number | null;
   backendCpu: number;
+  kernelCpu: number | null;
   otherCpu: number | null;
 }
 
@@ -283,7 +285,7 @@ async function startFrontends(config: Config, sourceUrl: string, tag: string): P
 async function runLoadProcess(
   frontends: Frontend[],
   o: { connections: number; warmup: number; duration: number; mailboxes: number; zipf: number; seed: number; rate: number },
-): Promise<{ load: ClusterLoadResult; cpu: { frontends: number[]; redis: number | null; backend: number } }> {
+): Promise<{ load: ClusterLoadResult; cpu: { frontends: number[]; redis: number | null; backend: number; kernel: number | null } }> {
   const args = [
     ...nodeArgsForTs('cluster-load.ts'),
     '--connect',
@@ -304,12 +306,13 @@ async function runLoadProcess(
     String(o.rate),
   ];
   const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
-  type Snap = { at: number; frontends: (number | null)[]; redis: number | null; self: NodeJS.CpuUsage };
+  type Snap = { at: number; frontends: (number | null)[]; redis: number | null; self: NodeJS.CpuUsage; kernel: number | null };
   const snap = (): Snap => ({
     at: performance.now(),
     frontends: frontends.map((f) => processCpuSeconds(f.proc.pid!)),
     redis: redis ? processCpuSeconds(redis.pid) : null,
     self: process.cpuUsage(),
+    kernel: kernelThreadsCpuSeconds(),
   });
   let first: Snap | null = null;
   let last: Snap | null = null;
@@ -343,6 +346,7 @@ async function runLoadProcess(
       frontends: a.frontends.map((x, i) => pctOf(x, b.frontends[i] ?? null) ?? 0),
       redis: pctOf(a.redis, b.redis),
       backend: Math.round(((b.self.user + b.self.system - a.self.user - a.self.system) / 1e6 / secs) * 1000) / 10,
+      kernel: pctOf(a.kernel, b.kernel),
     },
   };
 }
@@ -381,7 +385,7 @@ function analyse(config: Config, measured: Awaited<ReturnType<typeof runLoadProc
   }
   gaps.sort((x, y) => x - y);
   const windowS = (load.windowEnd - load.windowStart) / 1000;
-  const ours = cpu.frontends.reduce((x, y) => x + y, 0) + (cpu.redis ?? 0) + cpu.backend + load.clientCpuPct;
+  const ours = cpu.frontends.reduce((x, y) => x + y, 0) + (cpu.redis ?? 0) + cpu.backend + load.clientCpuPct + (cpu.kernel ?? 0);
   const otherCpu =
     load.machineIdlePct === null ? null : Math.round(((100 - load.machineIdlePct) * os.availableParallelism()) - ours);
   return {
@@ -397,6 +401,7 @@ function analyse(config: Config, measured: Awaited<ReturnType<typeof runLoadProc
     frontendCpu: cpu.frontends,
     redisCpu: cpu.redis,
     backendCpu: cpu.backend,
+    kernelCpu: cpu.kernel,
     otherCpu,
   };
 }
@@ -430,7 +435,7 @@ tier saves. All in one invocation of \`bench/cluster.ts\`.
 
 **Reproduce.** \`npm run bench\` runs it (after \`bench/policy.ts\`) with \`--write\`, which rewrites the
 section below between its markers; alone: \`node --import tsx bench/cluster.ts [--write]\` (about
-75 s) after \`npm run build\`. Options: \`--frontends 1,2,4\`, \`--contrast 2\` (0: no run without
+60 s) after \`npm run build\`. Options: \`--frontends 1,2,4\`, \`--contrast 2\` (0: no run without
 Redis), \`--connections 40\`, \`--rate 6000\` (0: unpaced), \`--mailboxes 10000\`, \`--zipf 1\`,
 \`--latency-ms 2\`, \`--warmup 2\`, \`--duration 10\`, \`--keep\` (keep the frontends' logs).
 `;
@@ -498,6 +503,7 @@ function buildReport(o: {
     'Redis CPU',
     'backend CPU',
     'client CPU',
+    'kernel threads',
     'machine idle',
     'other CPU',
   ];
@@ -513,6 +519,7 @@ function buildReport(o: {
     r.redisCpu === null ? '?' : `${Math.round(r.redisCpu)}%`,
     `${Math.round(r.backendCpu)}%`,
     `${Math.round(r.load.clientCpuPct)}%`,
+    r.kernelCpu === null ? '?' : `${Math.round(r.kernelCpu)}%`,
     r.load.machineIdlePct === null ? '?' : `${r.load.machineIdlePct}%`,
     r.otherCpu === null ? '?' : `${r.otherCpu}%`,
   ]);
@@ -540,7 +547,7 @@ function buildReport(o: {
   }
   if (contrast) {
     sentences.push(
-      `Without Redis, ${contrast.config.frontends} frontends ask the backend ${ratio(contrast).toFixed(2)}× as often as one frontend with Redis (${perThousand(contrast).toFixed(1)} against ${perThousand(base).toFixed(1)} requests per 1000 policy requests): each keeps its own cache, so a mailbox is fetched once per frontend per TTL.`,
+      `Without Redis, ${contrast.config.frontends} frontends ask the backend ${ratio(contrast).toFixed(2)}× as often as one frontend with Redis (${perThousand(contrast).toFixed(1)} against ${perThousand(base).toFixed(1)} requests per 1000 policy requests; ${pct(contrast.redundant, contrast.backendRequests)} redundant): each keeps its own cache, so a mailbox asked at least once per TTL on every frontend is fetched by every frontend, while a cold one (asked less often than that) costs one request either way.`,
     );
   }
   const command = `node --import tsx bench/cluster.ts ${o.argv.join(' ')}`.trim();
@@ -564,7 +571,7 @@ function buildReport(o: {
     '',
     table(head, rows, true),
     '',
-    'Every run, in order (CPU in % of one core over the measured window; backend CPU is the bench process, which serves the backend; machine idle in % of all cores; other = busy cores minus everything listed):',
+    'Every run, in order (CPU in % of one core over the measured window; backend CPU is the bench process, which serves the backend; kernel threads: ksoftirqd, kworker (network work charged to no process); machine idle in % of all cores; other = busy cores minus everything listed, i.e. other processes; a few % below zero is accounting slack: process times are exact, the busy time of the machine is sampled at clock ticks):',
     '',
     table(detailHead, detailRows, true),
     '',

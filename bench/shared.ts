@@ -4,7 +4,7 @@
  * keeps its own copies: it runs its main() on import), plus process bookkeeping.
  */
 import { execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -110,6 +110,32 @@ export async function waitForQuiet(maxMs = QUIET_WAIT_MS): Promise<void> {
       return;
     }
   }
+}
+
+/**
+ * CPU seconds of the kernel's own threads (children of kthreadd, pid 2): ksoftirqd (network work
+ * deferred from interrupts), kworker and jbd2 (disk writes, e.g. Postfix's queue files). Busy, but
+ * charged to no user process: without this column it would look like another process's noise.
+ */
+export function kernelThreadsCpuSeconds(): number | null {
+  let total = 0;
+  try {
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      let stat: string;
+      try {
+        stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
+      } catch {
+        continue; // gone meanwhile
+      }
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // After ")": state(0) ppid(1) ... utime(11) stime(12).
+      if (entry === '2' || f[1] === '2') total += Number(f[11]) + Number(f[12]);
+    }
+  } catch {
+    return null;
+  }
+  return total / 100; // USER_HZ
 }
 
 /** Lines of a file containing every one of `needles`, read in chunks (logs can be large). */

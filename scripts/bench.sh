@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# scripts/bench.sh — `npm run bench`: build, then measure policy requests/s and latency of
-# `overquota frontend` against the minimal server in bench/fixed-server.ts, and record the
-# figures in BENCHMARKS.md. Extra arguments go to bench/policy.ts, e.g.
+# scripts/bench.sh — `npm run bench`: build once, then run every benchmark with --write, each
+# rewriting its own section of BENCHMARKS.md (between its bench:NAME markers):
+#   bench/policy.ts   policy requests/s and latency of `overquota frontend` against the minimal
+#                     server in bench/fixed-server.ts (about 50 s);
+#   bench/cluster.ts  backend requests/s as frontends sharing one Redis go 1 -> 2 -> 4 (about 75 s);
+#   bench/milter.ts   Postfix smtp-source msgs/s with the overquota milter vs without (about 30 s;
+#                     needs root and the postfix package).
+# Extra arguments go to bench/policy.ts, e.g.
 #   npm run bench -- --duration 5 --rounds 2
-# About 45 s with the defaults (4 runs of 2 s warm-up + 8 s measured).
-set -euo pipefail
+# A benchmark that fails does not stop the next ones; the exit status is 1 if any failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-npm run build
-exec node --import tsx bench/policy.ts --write "$@"
+npm run build || exit 1
+status=0
+node --import tsx bench/policy.ts --write "$@" || status=1
+node --import tsx bench/cluster.ts --write || status=1
+node --import tsx bench/milter.ts --write || status=1
+exit "$status"

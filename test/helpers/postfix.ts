@@ -14,6 +14,7 @@ import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { freePort } from './ports.js';
 import { tempDir } from './tmp.js';
+import { live, signal, track, waitExit, type Supervised } from './supervised.js';
 
 export const POSTFIX_MASTER = '/usr/lib/postfix/sbin/master';
 
@@ -64,48 +65,6 @@ export interface PostfixInstance {
    * then SIGKILL), remove DIR. Idempotent. Read the maillog before this.
    */
   stop(): Promise<void>;
-}
-
-interface Live {
-  supervisor: ChildProcess;
-  dir: string;
-}
-const live = new Set<Live>();
-let exitHookInstalled = false;
-
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  // Belt and braces: the supervisors also get a signal from the kernel when we die (PDEATHSIG).
-  process.on('exit', () => {
-    // SIGUSR1 = "the test process is going away": stop everything and remove the directory.
-    for (const l of live) signal(l.supervisor, 'SIGUSR1');
-  });
-}
-
-function signal(child: ChildProcess, sig: NodeJS.Signals): void {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  try {
-    child.kill(sig);
-  } catch {
-    /* already gone */
-  }
-}
-
-/** Resolve true when `child` has exited, false after `ms` (the timer does not outlive the wait). */
-function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve(true);
-    const onExit = (): void => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    const timer = setTimeout(() => {
-      child.off('exit', onExit);
-      resolve(false);
-    }, ms);
-    child.once('exit', onExit);
-  });
 }
 
 function killGroup(pgid: number, sig: NodeJS.Signals): void {
@@ -342,9 +301,8 @@ async function startOnce(opts: StartPostfixOptions): Promise<PostfixInstance> {
     const sup = supervisor;
     const spawnError = new Promise<Error>((resolve) => sup.once('error', resolve));
     if (sup.pid === undefined) throw await spawnError;
-    const entry: Live = { supervisor: sup, dir };
-    live.add(entry);
-    installExitHook();
+    const entry: Supervised = { supervisor: sup, dir };
+    track(entry);
 
     const maillog = (): Promise<string> => readFile(join(dir, 'maillog'), 'utf8').catch(() => '');
     const describe = async (): Promise<string> =>

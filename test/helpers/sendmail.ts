@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from './ports.js';
 import { tempDir } from './tmp.js';
+import { live, signal, track, waitExit, type Supervised } from './supervised.js';
 
 /** The unpack script; run by startSendmail() when the cached tree is missing. */
 export const SENDMAIL_UNPACK_SCRIPT = fileURLToPath(new URL('../../scripts/sendmail-unpack.sh', import.meta.url));
@@ -117,45 +118,6 @@ export interface SendmailInstance {
   stop(): Promise<void>;
 }
 
-interface Live {
-  supervisor: ChildProcess;
-  dir: string;
-}
-const live = new Set<Live>();
-let exitHookInstalled = false;
-
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  // Belt and braces: the supervisors also get a signal from the kernel when we die (PDEATHSIG).
-  process.on('exit', () => {
-    for (const l of live) signal(l.supervisor, 'SIGUSR1');
-  });
-}
-
-function signal(child: ChildProcess, sig: NodeJS.Signals): void {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  try {
-    child.kill(sig);
-  } catch {
-    /* already gone */
-  }
-}
-
-function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve(true);
-    const onExit = (): void => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    const timer = setTimeout(() => {
-      child.off('exit', onExit);
-      resolve(false);
-    }, ms);
-    child.once('exit', onExit);
-  });
-}
 
 /**
  * Supervisor for one instance, as in postfix.ts: a child subreaper (orphaned Sendmail children are
@@ -372,9 +334,8 @@ async function startOnce(root: string, opts: StartSendmailOptions): Promise<Send
     const sup = supervisor;
     const spawnError = new Promise<Error>((resolve) => sup.once('error', resolve));
     if (sup.pid === undefined) throw await spawnError;
-    const entry: Live = { supervisor: sup, dir };
-    live.add(entry);
-    installExitHook();
+    const entry: Supervised = { supervisor: sup, dir };
+    track(entry);
 
     const readText = (p: string): Promise<string> => readFile(p, 'utf8').catch(() => '');
     const describe = async (): Promise<string> =>
