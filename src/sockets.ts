@@ -45,3 +45,34 @@ async function removeStaleSocket(path: string): Promise<void> {
   if (alive) throw new Error(`${path} is in use by a running server`);
   await fs.unlink(path);
 }
+
+/**
+ * Opens every listener of one face; on any failure closes those already open and throws.
+ * Returns the servers and their bound addresses.
+ */
+export async function openListeners(
+  listeners: ListenAddress[],
+  mode: number,
+  onConnection: (socket: net.Socket, listener: string) => void,
+  onError: (err: Error, listener: string) => void,
+): Promise<{ servers: net.Server[]; addresses: string[] }> {
+  const servers: net.Server[] = [];
+  const addresses: string[] = [];
+  try {
+    for (const where of listeners) {
+      const server = net.createServer({ noDelay: true }, (s) => onConnection(s, where.text));
+      server.on('error', (err) => onError(err, where.text));
+      addresses.push(await listen(server, where, mode));
+      servers.push(server);
+    }
+  } catch (err) {
+    for (const s of servers) s.close();
+    throw err;
+  }
+  return { servers, addresses };
+}
+
+/** Stops accepting; resolves when every server has closed (after its connections are gone). */
+export function closeListeners(servers: net.Server[]): Promise<void> {
+  return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => undefined);
+}

@@ -9,7 +9,7 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { ListenAddress } from '../listen.js';
-import { listen } from '../sockets.js';
+import { closeListeners, openListeners } from '../sockets.js';
 import { MilterDecoder, MilterProtocolError, type Packet } from './codec.js';
 import { MilterSession, type RcptDecider } from './session.js';
 
@@ -34,8 +34,6 @@ const MAX_QUEUED_PACKETS = 256;
 
 export async function startMilterServer(opts: MilterServerOptions): Promise<RunningMilterServer> {
   const live = new Map<net.Socket, { busy: () => boolean }>();
-  const servers: net.Server[] = [];
-  const addresses: string[] = [];
   let nextId = 1;
   let closing = false;
 
@@ -102,17 +100,9 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
     socket.on('close', () => live.delete(socket));
   };
 
-  try {
-    for (const where of opts.listeners) {
-      const server = net.createServer({ noDelay: true }, (s) => onConnection(s, where.text));
-      server.on('error', (err) => opts.logger.error({ err, listener: where.text }, 'milter listener error'));
-      addresses.push(await listen(server, where, opts.socketMode));
-      servers.push(server);
-    }
-  } catch (err) {
-    for (const s of servers) s.close();
-    throw err;
-  }
+  const { servers, addresses } = await openListeners(opts.listeners, opts.socketMode, onConnection, (err, listener) =>
+    opts.logger.error({ err, listener }, 'milter listener error'),
+  );
   opts.logger.info({ listeners: addresses }, 'milter service ready');
 
   return {
@@ -120,7 +110,7 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
     connections: () => live.size,
     async close() {
       closing = true;
-      const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      const closed = closeListeners(servers);
       // Idle sessions end now; the MTA applies its milter default for the rest of those sessions.
       for (const [socket, c] of live) if (!c.busy()) socket.end(() => socket.destroy());
       const deadline = Date.now() + opts.shutdownGraceMs;

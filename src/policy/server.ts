@@ -12,7 +12,7 @@ import type { Readable, Writable } from 'node:stream';
 import type { PolicyLimits } from './codec.js';
 import { PolicyConnection, type PolicyHandler } from './connection.js';
 import type { ListenAddress } from '../listen.js';
-import { listen } from '../sockets.js';
+import { closeListeners, openListeners } from '../sockets.js';
 
 export interface PolicyServerOptions {
   listeners: ListenAddress[];
@@ -35,8 +35,6 @@ export interface RunningPolicyServer {
 
 export async function startPolicyServer(opts: PolicyServerOptions): Promise<RunningPolicyServer> {
   const live = new Map<net.Socket, PolicyConnection>();
-  const servers: net.Server[] = [];
-  const addresses: string[] = [];
   let nextId = 1;
 
   const onConnection = (socket: net.Socket, listener: string) => {
@@ -66,17 +64,9 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
     socket.on('close', () => live.delete(socket));
   };
 
-  try {
-    for (const listener of opts.listeners) {
-      const server = net.createServer({ noDelay: true }, (s) => onConnection(s, listener.text));
-      server.on('error', (err) => opts.logger.error({ err, listener: listener.text }, 'policy listener error'));
-      addresses.push(await listen(server, listener, opts.socketMode));
-      servers.push(server);
-    }
-  } catch (err) {
-    for (const s of servers) s.close();
-    throw err;
-  }
+  const { servers, addresses } = await openListeners(opts.listeners, opts.socketMode, onConnection, (err, listener) =>
+    opts.logger.error({ err, listener }, 'policy listener error'),
+  );
   opts.logger.info({ listeners: addresses }, 'policy service ready');
 
   return {
@@ -85,7 +75,7 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
     async close() {
       // server.close() would wait for every connection, and Postfix keeps idle ones for minutes:
       // stop accepting, then end each connection once it owes nothing.
-      const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      const closed = closeListeners(servers);
       for (const conn of live.values()) conn.finish();
       const deadline = Date.now() + opts.shutdownGraceMs;
       while (live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
