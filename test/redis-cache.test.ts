@@ -215,4 +215,22 @@ describe('Redis trouble is not mail trouble', () => {
     const line = await frontends[1]!.waitForLog((l) => l.msg === 'decision' && l.mailbox === 'after');
     assert.equal(line.cache, 'redis');
   });
+
+  it('Redis slow (DEBUG SLEEP): answers still come, from the source, instead of waiting for Redis', async () => {
+    const fe = frontends[0]!;
+    usage.slowredis = 5000;
+    usage.slowroom = 10;
+    const sleeping = redis.cli('DEBUG', 'SLEEP', '3');
+    await new Promise((r) => setTimeout(r, 100));
+    const c = await PolicyClient.connect(fe.listeners[0]!);
+    try {
+      assert.equal(await c.ask(rcpt('slowredis@example.com')), FULL);
+      assert.equal(await c.ask(rcpt('slowroom@example.com')), 'DUNNO');
+    } finally {
+      c.close();
+    }
+    const line = await fe.waitForLog((l) => l.msg === 'decision' && l.mailbox === 'slowroom');
+    assert.equal(line.verdict, 'under_quota');
+    await sleeping;
+  });
 });
