@@ -3,7 +3,7 @@
 # rewriting its own section of BENCHMARKS.md (between its bench:NAME markers):
 #   bench/policy.ts   policy requests/s and latency of `overquota frontend` against the minimal
 #                     server in bench/fixed-server.ts (about 50 s);
-#   bench/cluster.ts  backend requests/s as frontends sharing one Redis go 1 -> 2 -> 4 (about 75 s);
+#   bench/cluster.ts  backend requests/s as frontends sharing one Redis go 1 -> 2 -> 4 (about 60 s);
 #   bench/milter.ts   Postfix smtp-source msgs/s with the overquota milter vs without (about 30 s;
 #                     needs root and the postfix package).
 # Extra arguments go to bench/policy.ts, e.g.

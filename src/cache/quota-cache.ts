@@ -82,6 +82,15 @@ export class QuotaCache {
       }
     }
     try {
+      if (lock) {
+        // Another frontend may have stored its answer and let go of the lock between our first
+        // read and our lock: read once more rather than ask the source twice (seen in the bench).
+        const late = await redis.get(id);
+        if (late) {
+          this.remember(id, late);
+          return { state: late, cache: 'redis' };
+        }
+      }
       const state = await lookupWithTimeout(source, key, Math.max(1, deadline - Date.now()));
       this.remember(id, state);
       await redis.set(id, state, ttlFor(state, this.opts.ttl), source.name);
