@@ -8,6 +8,7 @@
  * and is dead, because the protocol says a server in trouble must not reply, only log and
  * disconnect (Postfix then retries and finally applies its default_action).
  */
+import { isAscii } from 'node:buffer';
 
 export interface PolicyLimits {
   /** Longest line in bytes, newline excluded. */
@@ -23,6 +24,17 @@ export interface PolicyLimits {
  * value (the protocol allows first or last; indexOf is several times faster than lastIndexOf in V8);
  * unknown names are carried and ignored.
  */
+const needles = new Map<string, string>();
+/** "\nname=": built once per attribute name. */
+function needle(name: string): string {
+  let n = needles.get(name);
+  if (n === undefined) {
+    n = `\n${name}=`;
+    if (needles.size < 1000) needles.set(name, n);
+  }
+  return n;
+}
+
 export class PolicyRequest {
   /** The attribute lines, each ended by "\n" (CR removed), as decoded: one flat string. */
   constructor(private readonly text: string) {}
@@ -32,7 +44,7 @@ export class PolicyRequest {
     if (this.text.startsWith(name) && this.text.charCodeAt(name.length) === 0x3d) {
       start = name.length + 1;
     } else {
-      const at = this.text.indexOf(`\n${name}=`);
+      const at = this.text.indexOf(needle(name));
       if (at === -1) return undefined;
       start = at + name.length + 2;
     }
@@ -63,9 +75,7 @@ export class PolicyProtocolError extends Error {
   }
 }
 
-const LF = 0x0a;
 const CR = 0x0d;
-const EQUALS = 0x3d;
 
 export class PolicyDecoder {
   /** Bytes of the current request so far (copied, so a large read is not retained). */
@@ -96,25 +106,27 @@ export class PolicyDecoder {
   private decode(chunk: Uint8Array): PolicyRequest[] {
     const { maxLineLength, maxAttributes, maxRequestSize } = this.limits;
     const data = this.pending ? Buffer.concat([this.pending, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    // Scanned as latin1 (one char per byte, so positions are byte offsets for the byte bounds):
+    // String#indexOf runs inside V8, where Buffer#indexOf crosses into C++ on every call.
+    const bytes = data.toString('latin1');
     const done: PolicyRequest[] = [];
     let requestStart = 0;
     let pos = this.scanned;
-    for (let nl = data.indexOf(LF, pos); nl !== -1; nl = data.indexOf(LF, pos)) {
+    for (let nl = bytes.indexOf('\n', pos); nl !== -1; nl = bytes.indexOf('\n', pos)) {
       let end = nl;
-      if (end > pos && data[end - 1] === CR) {
+      if (end > pos && bytes.charCodeAt(end - 1) === CR) {
         end--;
         this.sawCr = true;
       }
       if (end - pos > maxLineLength) throw new PolicyProtocolError('LINE_TOO_LONG', `line longer than ${maxLineLength} bytes`);
       if (nl + 1 - requestStart > maxRequestSize) throw new PolicyProtocolError('REQUEST_TOO_LARGE', `request larger than ${maxRequestSize} bytes`);
       if (end === pos) {
-        const lines = data.toString('utf8', requestStart, pos);
-        done.push(new PolicyRequest(this.sawCr ? lines.replaceAll('\r\n', '\n') : lines));
+        done.push(new PolicyRequest(this.requestText(data, bytes, requestStart, pos)));
         requestStart = nl + 1;
         this.attributes = 0;
         this.sawCr = false;
       } else {
-        const eq = data.indexOf(EQUALS, pos);
+        const eq = bytes.indexOf('=', pos);
         if (eq === -1 || eq >= end || eq === pos) {
           const shown = data.toString('utf8', pos, Math.min(end, pos + 60));
           throw new PolicyProtocolError('MALFORMED_LINE', `line is not name=value: ${JSON.stringify(shown)}`);
@@ -130,6 +142,12 @@ export class PolicyDecoder {
     this.pending = requestStart < data.length ? Buffer.from(data.subarray(requestStart)) : null;
     this.scanned = pos - requestStart;
     return done;
+  }
+
+  /** The request's lines as text: the latin1 view itself when all ASCII, else decoded as UTF-8. */
+  private requestText(data: Buffer, bytes: string, start: number, end: number): string {
+    const lines = isAscii(data.subarray(start, end)) ? bytes.slice(start, end) : data.toString('utf8', start, end);
+    return this.sawCr ? lines.replaceAll('\r\n', '\n') : lines;
   }
 }
 
