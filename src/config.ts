@@ -104,9 +104,12 @@ convict.addFormat({
 export interface Backend {
   /** Recipient domains this backend holds; ".example.com" also matches its subdomains. */
   domains: string[];
-  type: 'local' | 'http';
+  type: 'local' | 'http' | 'doveadm';
   url?: string;
   token?: string;
+  /** doveadm: doveadm_password or doveadm_api_key of that Dovecot. */
+  password?: string;
+  api_key?: string;
 }
 
 /*
@@ -137,9 +140,29 @@ convict.addFormat({
         if (seen.has(domain)) throw new Error(`names the domain ${domain} twice`);
         seen.add(domain);
       }
-      if (entry.type !== 'http' && entry.type !== 'local') throw new Error(`has the type ${JSON.stringify(entry.type)} in entry ${i}: use "http" or "local"`);
+      if (entry.type !== 'http' && entry.type !== 'local' && entry.type !== 'doveadm') {
+        throw new Error(`has the type ${JSON.stringify(entry.type)} in entry ${i}: use "http", "doveadm" or "local"`);
+      }
       if (entry.type === 'http') checkUrlTemplate(String(entry.url ?? ''), `entry ${i} url`);
+      if (entry.type === 'doveadm') checkHttpUrl(String(entry.url ?? ''), `entry ${i} url`);
     });
+  },
+});
+
+function checkHttpUrl(url: string, what: string): void {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new Error(`${what} "${url}" is not a URL`);
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new Error(`${what} must be http:// or https://`);
+}
+
+convict.addFormat({
+  name: 'http-url',
+  validate(v: unknown) {
+    checkHttpUrl(String(v), 'the URL');
   },
 });
 
@@ -189,7 +212,7 @@ const schema = {
     mailbox_key: { doc: 'Mailbox key sent to the quota source: {local} (the seed quota.cgi), {address} (local@domain) or any mix with {domain}.', format: 'key-template', default: '{local}' },
   },
   source: {
-    type: { doc: 'Default quota source: "local" reads the mail store described under store; "http" asks a quota service or quota.cgi.', format: ['local', 'http'], default: 'local' },
+    type: { doc: 'Default quota source: "local" reads the mail store described under store; "http" asks a quota service or quota.cgi; "doveadm" asks Dovecot (see doveadm.*).', format: ['local', 'http', 'doveadm'], default: 'local' },
     url: { doc: 'HTTP source URL template; {key} is replaced by the URL-encoded mailbox key. Plain-text (quota.cgi) and JSON answers are understood.', format: 'url-template', default: 'http://127.0.0.1:10035/quota?u={key}' },
     token: { doc: 'Bearer token sent to HTTP sources (the quota service token).', format: String, default: '', sensitive: true },
     timeout: { doc: 'Give up on one source lookup after this long (the latency budget also bounds it).', format: 'duration', default: '1500ms' },
@@ -200,8 +223,13 @@ const schema = {
     format: 'backend-table',
     default: [],
   },
+  doveadm: {
+    url: { doc: "Dovecot's doveadm HTTP API (doveadm_password and service doveadm { inet_listener http { ... } } in dovecot.conf).", format: 'http-url', default: 'http://127.0.0.1:8080/doveadm/v1' },
+    password: { doc: 'doveadm_password (Basic auth as user doveadm).', format: String, default: '', sensitive: true },
+    api_key: { doc: 'doveadm_api_key (X-Dovecot-API auth); used when no password is set.', format: String, default: '', sensitive: true },
+  },
   store: {
-    type: { doc: 'Local mail store format: mbox (one file per user) or maildir (Maildir++ with maildirsize).', format: ['mbox', 'maildir'], default: 'mbox' },
+    type: { doc: 'Mail store the quota service (and a "local" source) reads: mbox (one file per user), maildir (Maildir++ with maildirsize) or doveadm (ask Dovecot, see doveadm.*).', format: ['mbox', 'maildir', 'doveadm'], default: 'mbox' },
     path: { doc: 'Root of the mail store; no path outside it is ever opened.', format: String, default: '/var/mail' },
     mailbox: { doc: 'Mailbox path under the root: {user} (the key), {local}, {domain}; e.g. {user} for mbox, {domain}/{local}/Maildir for maildir.', format: String, default: '{user}' },
     limit: { doc: 'Quota of a mailbox with no other limit (0: unlimited). The seed used 200 MiB.', format: 'bytes', default: '200M' },
@@ -272,9 +300,10 @@ export interface Settings {
   policy: { listen: string[]; socket_mode: string; idle_timeout: number; max_line_length: number; max_attributes: number; max_request_size: number; check_end_of_message: boolean };
   milter: { listen: string[]; socket_mode: string; idle_timeout: number };
   recipient: { delimiter: string; lowercase_local_part: boolean; mailbox_key: string };
-  source: { type: 'local' | 'http'; url: string; token: string; timeout: number; max_connections: number };
+  doveadm: { url: string; password: string; api_key: string };
+  source: { type: 'local' | 'http' | 'doveadm'; url: string; token: string; timeout: number; max_connections: number };
   backends: Backend[];
-  store: { type: 'mbox' | 'maildir'; path: string; mailbox: string; limit: number; limits_file: string; trash_folders: string[] };
+  store: { type: 'mbox' | 'maildir' | 'doveadm'; path: string; mailbox: string; limit: number; limits_file: string; trash_folders: string[] };
   cache: { max_entries: number; memory_ttl: number; ttl: { under_quota: number; over_quota: number; unknown: number; near_limit: number; near_limit_ratio: number } };
   redis: { url: string; mode: 'standalone' | 'sentinel' | 'cluster'; sentinel_master: string; username: string; password: string; tls_ca: string; prefix: string; command_timeout: number };
   admin: { listen: string };

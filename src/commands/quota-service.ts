@@ -15,7 +15,7 @@ export async function runQuotaService(settings: Settings): Promise<number> {
   keepRunningOnBugs(logger);
   const where = parseListenAddress(settings.quota_service.listen);
   if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`quota_service.listen: ${String(where)}`);
-  const store = await buildLocalStore(settings.store, { writeMaildirsize: true });
+  const store = await buildLocalStore(settings.store, { writeMaildirsize: true, doveadm: settings.doveadm });
   const redis = settings.redis.url ? connectRedis(settings.redis, logger, 'overquota-quota-service') : null;
   const tier = redis ? new RedisTier(redis, settings.redis.prefix, logger) : null;
   const service = await startQuotaService({

@@ -2,7 +2,8 @@
  * Settings -> quota sources. The only place that knows which class serves which setting.
  * Fails at start-up (throws) on a limits file with bad lines: better than a wrong quota later.
  */
-import type { Settings } from '../config.js';
+import type { Backend, Settings } from '../config.js';
+import { DoveadmSource } from './doveadm.js';
 import { HttpSource } from './http.js';
 import { LimitsFile } from './limits.js';
 import { MaildirStore } from './maildir.js';
@@ -10,7 +11,12 @@ import { MboxStore } from './mbox.js';
 import { Router } from './router.js';
 import type { QuotaSource } from './types.js';
 
-export async function buildLocalStore(store: Settings['store'], opts: { writeMaildirsize: boolean }): Promise<QuotaSource> {
+export function doveadmSource(url: string, password: string, apiKey: string, maxConnections: number): QuotaSource {
+  return new DoveadmSource({ url, password: password || undefined, apiKey: apiKey || undefined, maxConnections });
+}
+
+export async function buildLocalStore(store: Settings['store'], opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm'] }): Promise<QuotaSource> {
+  if (store.type === 'doveadm') return doveadmSource(opts.doveadm.url, opts.doveadm.password, opts.doveadm.api_key, 16);
   let limits: LimitsFile | undefined;
   if (store.limits_file) {
     limits = new LimitsFile();
@@ -37,22 +43,27 @@ export async function buildLocalStore(store: Settings['store'], opts: { writeMai
 /** The frontend's router: the default source plus one source per served domain (shared when equal). */
 export async function buildRouter(settings: Settings): Promise<Router> {
   const byDescription = new Map<string, Promise<QuotaSource>>();
-  const make = (type: 'local' | 'http', url: string, token: string): Promise<QuotaSource> => {
-    const id = `${type} ${url} ${token}`;
+  const max = settings.source.max_connections;
+  const make = (b: Omit<Backend, 'domains'>): Promise<QuotaSource> => {
+    const id = JSON.stringify([b.type, b.url, b.token, b.password, b.api_key]);
     let source = byDescription.get(id);
     if (!source) {
-      source =
-        type === 'local'
-          ? buildLocalStore(settings.store, { writeMaildirsize: false })
-          : Promise.resolve(new HttpSource({ urlTemplate: url, token, maxConnections: settings.source.max_connections }));
+      if (b.type === 'local') source = buildLocalStore(settings.store, { writeMaildirsize: false, doveadm: settings.doveadm });
+      else if (b.type === 'doveadm') source = Promise.resolve(doveadmSource(b.url ?? '', b.password ?? '', b.api_key ?? '', max));
+      else source = Promise.resolve(new HttpSource({ urlTemplate: b.url ?? '', token: b.token ?? '', maxConnections: max }));
       byDescription.set(id, source);
     }
     return source;
   };
-  const fallback = await make(settings.source.type, settings.source.url, settings.source.token);
+  const d = settings.doveadm;
+  const fallback = await make(
+    settings.source.type === 'doveadm'
+      ? { type: 'doveadm', url: d.url, password: d.password, api_key: d.api_key }
+      : { type: settings.source.type, url: settings.source.url, token: settings.source.token },
+  );
   const table = new Map<string, QuotaSource>();
   for (const backend of settings.backends) {
-    const source = await make(backend.type, backend.url ?? '', backend.token ?? settings.source.token);
+    const source = await make({ ...backend, token: backend.token ?? settings.source.token });
     for (const domain of backend.domains) table.set(domain, source);
   }
   return new Router(fallback, table);

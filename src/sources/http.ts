@@ -70,14 +70,14 @@ export class HttpSource implements QuotaSource {
   }
 }
 
-async function readBounded(body: AsyncIterable<Buffer> & { destroy(err?: Error): unknown }, signal: AbortSignal): Promise<string> {
+export async function readBounded(body: AsyncIterable<Buffer> & { destroy(err?: Error): unknown }, signal: AbortSignal, maxBytes = MAX_ANSWER_BYTES): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
     size += chunk.length;
-    if (size > MAX_ANSWER_BYTES) {
+    if (size > maxBytes) {
       body.destroy();
-      throw new SourceError('SOURCE_BAD_ANSWER', `answer longer than ${MAX_ANSWER_BYTES} bytes`);
+      throw new SourceError('SOURCE_BAD_ANSWER', `answer longer than ${maxBytes} bytes`);
     }
     chunks.push(chunk);
     if (signal.aborted) break;
@@ -85,7 +85,7 @@ async function readBounded(body: AsyncIterable<Buffer> & { destroy(err?: Error):
   return Buffer.concat(chunks).toString('utf8');
 }
 
-function asSourceError(err: unknown, signal: AbortSignal, name: string): SourceError {
+export function asSourceError(err: unknown, signal: AbortSignal, name: string): SourceError {
   if (err instanceof SourceError) return err;
   if (signal.aborted) {
     return signal.reason instanceof SourceError ? signal.reason : new SourceError('SOURCE_TIMEOUT', `${name} did not answer in time`);
