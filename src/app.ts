@@ -8,8 +8,9 @@ import { QuotaCache } from './cache/quota-cache.js';
 import { connectRedis, type RedisConnection } from './cache/redis-client.js';
 import { RedisTier } from './cache/redis-tier.js';
 import { QuotaChecker } from './core/checker.js';
-import { parseRecipient, type Recipient, type RecipientRules } from './core/address.js';
+import { parseRecipient, type RecipientRules } from './core/address.js';
 import { buildRouter } from './sources/factory.js';
+import { AliasMap } from './core/aliases.js';
 import type { Router } from './sources/router.js';
 
 export interface DecisionCore {
@@ -18,7 +19,11 @@ export interface DecisionCore {
   router: Router;
   rules: RecipientRules;
   /** Drops ADDRESS's mailbox from every tier of every frontend; null when it is no address we serve. */
-  invalidate(address: string): Promise<{ recipient: Recipient; published: boolean } | null>;
+  invalidate(address: string): Promise<{ key: string; published: boolean } | null>;
+  /** The same for a mailbox key (as Dovecot's %u names it). */
+  invalidateKey(key: string): Promise<{ key: string; published: boolean }>;
+  /** Re-reads files that operators edit in place (the alias map); keeps the old contents on error. */
+  reload(): Promise<void>;
   /** Resolves once Redis is connected (true), or after timeoutMs or without Redis (false). */
   redisReady(timeoutMs: number): Promise<boolean>;
   close(): Promise<void>;
@@ -53,7 +58,10 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     lowercaseLocalPart: settings.recipient.lowercase_local_part,
     keyTemplate: settings.recipient.mailbox_key,
   };
+  const aliases = settings.aliases.file ? new AliasMap(settings.aliases.file) : null;
+  await aliases?.load();
   const checker = new QuotaChecker(router, cache, {
+    aliases: aliases ? { map: aliases, deferWhen: settings.aliases.defer_when } : undefined,
     rules,
     replies: settings.replies,
     dryRun: settings.dry_run,
@@ -68,8 +76,19 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     async invalidate(address) {
       const recipient = parseRecipient(address, rules);
       if (!recipient) return null;
-      const published = await cache.invalidate(recipient.key, sourceNames);
-      return { recipient, published };
+      return { key: recipient.key, published: await cache.invalidate(recipient.key, sourceNames) };
+    },
+    async invalidateKey(key) {
+      return { key, published: await cache.invalidate(key, sourceNames) };
+    },
+    async reload() {
+      if (!aliases) return;
+      try {
+        await aliases.load();
+        logger.info({ file: aliases.path, entries: aliases.size }, 'alias map reloaded');
+      } catch (err) {
+        logger.error({ file: aliases.path, error: (err as Error).message }, 'alias map not reloaded: the previous one stays in use');
+      }
     },
     async redisReady(timeoutMs) {
       const conn = connections[0];

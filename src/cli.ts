@@ -12,7 +12,7 @@ import { COMMANDS, commandHelp, mainHelp } from './commands/help.js';
 import { runFrontend } from './commands/frontend.js';
 import { runQuotaService } from './commands/quota-service.js';
 import { runCheck } from './commands/check.js';
-import { runInvalidate } from './commands/invalidate.js';
+import { runInvalidate, runNotify } from './commands/invalidate.js';
 
 const EX_USAGE = 64;
 const EX_CONFIG = 78;
@@ -45,7 +45,7 @@ async function main(argv: string[]): Promise<number> {
       console.log(commandHelp(command));
       return 0;
     }
-    if (command !== 'check' && command !== 'invalidate' && rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
+    if (!['check', 'invalidate', 'notify'].includes(command) && rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
     const file = args.flags.get('config');
     const settings = loadSettings({ file: typeof file === 'string' ? file : undefined, args: args.settingArgs });
     switch (command) {
@@ -59,6 +59,8 @@ async function main(argv: string[]): Promise<number> {
       }
       case 'invalidate':
         return await runInvalidate(settings, rest[0]);
+      case 'notify':
+        return await runNotify(settings, rest);
       case 'config':
         console.log(JSON.stringify(redactedSettings(settings), null, 2));
         return 0;

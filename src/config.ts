@@ -211,6 +211,10 @@ const schema = {
     lowercase_local_part: { doc: 'Fold the local part to lower case before building the mailbox key.', format: Boolean, default: true },
     mailbox_key: { doc: 'Mailbox key sent to the quota source: {local} (the seed quota.cgi), {address} (local@domain) or any mix with {domain}.', format: 'key-template', default: '{local}' },
   },
+  aliases: {
+    file: { doc: 'Alias map in Postfix virtual(5) format (e.g. the file behind virtual_alias_maps): an address is resolved to its mailboxes before the check, since Postfix asks before expanding aliases. Reloaded on SIGHUP. Empty: none.', format: String, default: '' },
+    defer_when: { doc: 'For an alias with several mailboxes: defer when "any" of them is full, or only when "all" are.', format: ['any', 'all'], default: 'any' },
+  },
   source: {
     type: { doc: 'Default quota source: "local" reads the mail store described under store; "http" asks a quota service or quota.cgi; "doveadm" asks Dovecot (see doveadm.*).', format: ['local', 'http', 'doveadm'], default: 'local' },
     url: { doc: 'HTTP source URL template; {key} is replaced by the URL-encoded mailbox key. Plain-text (quota.cgi) and JSON answers are understood.', format: 'url-template', default: 'http://127.0.0.1:10035/quota?u={key}' },
@@ -301,6 +305,7 @@ export interface Settings {
   milter: { listen: string[]; socket_mode: string; idle_timeout: number };
   recipient: { delimiter: string; lowercase_local_part: boolean; mailbox_key: string };
   doveadm: { url: string; password: string; api_key: string };
+  aliases: { file: string; defer_when: 'any' | 'all' };
   source: { type: 'local' | 'http' | 'doveadm'; url: string; token: string; timeout: number; max_connections: number };
   backends: Backend[];
   store: { type: 'mbox' | 'maildir' | 'doveadm'; path: string; mailbox: string; limit: number; limits_file: string; trash_folders: string[] };

@@ -69,7 +69,7 @@ test('an invalid setting stops start-up, naming the setting, the value and what 
     [[], { OVERQUOTA_REPLIES_OVER_QUOTA: '452 5.2.2 Mailbox full' }, /replies\.over_quota: .*does not match 452/],
     [['--policy.listen', 'tcp:1.2.3.4:5'], {}, /policy\.listen: must be inet:HOST:PORT/],
     [['--latency_budget', 'soon'], {}, /latency_budget: must be a duration.*value was "soon"/],
-    [['--store.type', 'mh'], {}, /store\.type: must be one of the possible values: \["mbox","maildir"\]/],
+    [['--store.type', 'mh'], {}, /store\.type: must be one of the possible values: \["mbox","maildir","doveadm"\]/],
     [['--recipient.mailbox_key', 'user'], {}, /recipient\.mailbox_key: must use at least one of \{local\}/],
     [[], { OVERQUOTA_BACKENDS: '[{"domains":["Example.com"],"type":"http","url":"http://x/?u={key}"}]' }, /backends: .*lower case/],
     [[], { OVERQUOTA_BACKENDS: '[{"domains":["example.com"],"type":"http","url":"http://x/quota"}]' }, /backends: .*must contain \{key\}/],

@@ -1,6 +1,7 @@
 /*
  * The frontend's admin HTTP endpoint (admin.listen, off by default; keep it on loopback):
  *   POST /invalidate?address=ADDRESS  drop the mailbox from every cache tier of every frontend
+ *   POST /invalidate?key=MAILBOX      the same by mailbox key (overquota notify, Dovecot's %u)
  *   GET  /health                      {"status":"ok","redis":true|false}
  * Bad input gets 400 with a reason; it never throws into the frontend.
  */
@@ -21,12 +22,13 @@ export async function startAdminServer(opts: { host: string; port: number; core:
     if (url.pathname !== '/invalidate') return reply(404, { error: 'no such endpoint' });
     if (req.method !== 'POST') return reply(405, { error: 'use POST' });
     const address = url.searchParams.get('address');
-    if (!address) return reply(400, { error: 'address= is required' });
-    opts.core.invalidate(address).then(
+    const key = url.searchParams.get('key');
+    if (!address && !key) return reply(400, { error: 'address= or key= is required' });
+    (address ? opts.core.invalidate(address) : opts.core.invalidateKey(key!)).then(
       (done) => {
         if (!done) return reply(400, { error: 'not an address' });
-        opts.logger.info({ mailbox: done.recipient.key, published: done.published }, 'invalidated by the admin endpoint');
-        reply(200, { mailbox: done.recipient.key, published: done.published });
+        opts.logger.info({ mailbox: done.key, published: done.published }, 'invalidated by the admin endpoint');
+        reply(200, { mailbox: done.key, published: done.published });
       },
       (err: unknown) => {
         opts.logger.error({ err }, 'invalidation failed');

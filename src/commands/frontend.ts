@@ -62,6 +62,7 @@ export async function runFrontend(settings: Settings, stdio: boolean): Promise<n
     shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
   });
   const admin = await startAdminIfWanted(settings, core, logger);
+  process.on('SIGHUP', () => void core.reload());
   logger.info({ policy: policy?.addresses ?? [], milter: milter?.addresses ?? [], admin: admin?.address }, 'frontend ready');
   await new Promise<void>((resolve) => onStopSignal(resolve));
   logger.info('stopping: no new connections, answering what is in flight');

@@ -20,6 +20,10 @@ export const COMMANDS: Record<string, { usage: string; summary: string }> = {
     usage: 'overquota invalidate ADDRESS [--config FILE] [--SETTING VALUE ...]',
     summary: "Make every frontend forget ADDRESS's cached quota state now (Redis: delete and publish; else the admin endpoint).",
   },
+  notify: {
+    usage: 'overquota notify [+N|-N] USER [--config FILE] [--SETTING VALUE ...]',
+    summary: "For Dovecot's quota_warning scripts: make every frontend forget mailbox USER (the mailbox key) now, as invalidate does.",
+  },
   config: {
     usage: 'overquota config [--config FILE] [--SETTING VALUE ...]',
     summary: 'Print the effective configuration as JSON, secrets redacted.',

@@ -15,7 +15,17 @@ export async function runQuotaService(settings: Settings): Promise<number> {
   keepRunningOnBugs(logger);
   const where = parseListenAddress(settings.quota_service.listen);
   if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`quota_service.listen: ${String(where)}`);
-  const store = await buildLocalStore(settings.store, { writeMaildirsize: true, doveadm: settings.doveadm });
+  const { store, limits } = await buildLocalStore(settings.store, { writeMaildirsize: true, doveadm: settings.doveadm });
+  process.on('SIGHUP', () => {
+    if (!limits) return;
+    limits.reload().then(
+      (errors) => {
+        if (errors.length === 0) logger.info({ file: limits.path, users: limits.size }, 'limits file reloaded');
+        else logger.error({ file: limits.path, errors: limits.describeErrors() }, 'limits file not reloaded: the previous limits stay in use');
+      },
+      (err: Error) => logger.error({ file: limits.path, error: err.message }, 'limits file not reloaded: the previous limits stay in use'),
+    );
+  });
   const redis = settings.redis.url ? connectRedis(settings.redis, logger, 'overquota-quota-service') : null;
   const tier = redis ? new RedisTier(redis, settings.redis.prefix, logger) : null;
   const service = await startQuotaService({

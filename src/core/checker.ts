@@ -6,6 +6,7 @@
  * yields the "error" verdict, whose reply is the operator's on_error answer.
  */
 import { RecipientParser, type Recipient, type RecipientRules } from './address.js';
+import type { AliasMap } from './aliases.js';
 import { decide, replyFor, type ReplyTexts, type Verdict } from './verdict.js';
 import type { QuotaCache, CacheOutcome } from '../cache/quota-cache.js';
 import type { Router } from '../sources/router.js';
@@ -19,6 +20,8 @@ export interface CheckerOptions {
   latencyBudgetMs: number;
   /** Longest wait for one source lookup (never more than the budget). */
   sourceTimeoutMs: number;
+  /** Addresses are resolved to their mailboxes first; with several, defer if any / all are full. */
+  aliases?: { map: AliasMap; deferWhen: 'any' | 'all' };
 }
 
 export interface Decision {
@@ -52,11 +55,41 @@ export class QuotaChecker {
     const started = performance.now();
     const recipient = this.recipients.parse(rawRecipient);
     if (!recipient) return this.finish(started, size, recipient, { kind: 'not_checked', reason: 'no recipient address' });
+    const targets = this.opts.aliases?.map.expand(recipient.address);
+    if (targets && !(targets.length === 1 && targets[0] === recipient.address)) return this.checkAlias(started, size, recipient, targets);
+    return this.checkMailbox(started, size, recipient);
+  }
+
+  private checkMailbox(started: number, size: number, recipient: Recipient): Decision | Promise<Decision> {
     const source = this.router.route(recipient.domain);
     if (!source) return this.finish(started, size, recipient, { kind: 'not_checked', reason: `domain ${recipient.domain || '(none)'} is not served` });
     const cached = this.cache.peek(source, recipient.key);
     if (cached) return this.finish(started, size, recipient, decide(cached, size), { source: source.name, cache: 'hit', state: cached });
     return this.lookUp(started, size, recipient, source);
+  }
+
+  /**
+   * An alias: each target checked as a recipient of its own (targets in domains we do not serve are
+   * not ours). 'any': one full target defers the alias; 'all': only when every checked target is full.
+   */
+  private async checkAlias(started: number, size: number, alias: Recipient, targets: string[]): Promise<Decision> {
+    const checked: Decision[] = [];
+    for (const t of targets) {
+      const r = this.recipients.parse(t);
+      if (!r) continue;
+      const d = await this.checkMailbox(started, size, r);
+      if (d.verdict.kind !== 'not_checked') checked.push(d);
+    }
+    const full = checked.filter((d) => d.verdict.kind === 'over_quota' || d.verdict.kind === 'too_large');
+    const deferWhen = this.opts.aliases!.deferWhen;
+    const names = checked.map((d) => d.recipient?.key).join(',');
+    let pick: Decision | undefined;
+    if (full.length > 0 && (deferWhen === 'any' || full.length === checked.length)) pick = full[0];
+    else pick = checked.find((d) => d.verdict.kind === 'error') ?? checked.find((d) => d.verdict.kind === 'under_quota') ?? checked[0];
+    if (!pick) return this.finish(started, size, alias, { kind: 'not_checked', reason: `alias of ${targets.join(', ')}: none served here` });
+    const verdict = { kind: pick.verdict.kind, reason: `alias of ${names} (${full.length} of ${checked.length} full, defer if ${deferWhen}): ${pick.verdict.reason}` };
+    const recipient = { ...alias, key: names };
+    return this.finish(started, size, recipient, verdict, { source: pick.source, cache: pick.cache, state: pick.state, error: pick.error });
   }
 
   private async lookUp(started: number, size: number, recipient: Recipient, source: QuotaSource): Promise<Decision> {

@@ -15,8 +15,14 @@ export function doveadmSource(url: string, password: string, apiKey: string, max
   return new DoveadmSource({ url, password: password || undefined, apiKey: apiKey || undefined, maxConnections });
 }
 
-export async function buildLocalStore(store: Settings['store'], opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm'] }): Promise<QuotaSource> {
-  if (store.type === 'doveadm') return doveadmSource(opts.doveadm.url, opts.doveadm.password, opts.doveadm.api_key, 16);
+/** The limits file behind the last buildLocalStore, for reloading on SIGHUP (null: none). */
+export interface LocalStore {
+  store: QuotaSource;
+  limits: LimitsFile | null;
+}
+
+export async function buildLocalStore(store: Settings['store'], opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm'] }): Promise<LocalStore> {
+  if (store.type === 'doveadm') return { store: doveadmSource(opts.doveadm.url, opts.doveadm.password, opts.doveadm.api_key, 16), limits: null };
   let limits: LimitsFile | undefined;
   if (store.limits_file) {
     limits = new LimitsFile();
@@ -28,7 +34,7 @@ export async function buildLocalStore(store: Settings['store'], opts: { writeMai
   }
   const defaultLimitBytes = store.limit === 0 ? null : store.limit;
   if (store.type === 'maildir') {
-    return new MaildirStore({
+    const maildir = new MaildirStore({
       root: store.path,
       mailbox: store.mailbox,
       defaultLimitBytes,
@@ -36,8 +42,9 @@ export async function buildLocalStore(store: Settings['store'], opts: { writeMai
       trashFolders: store.trash_folders,
       writeMaildirsize: opts.writeMaildirsize,
     });
+    return { store: maildir, limits: limits ?? null };
   }
-  return new MboxStore({ root: store.path, mailbox: store.mailbox, defaultLimitBytes, limits });
+  return { store: new MboxStore({ root: store.path, mailbox: store.mailbox, defaultLimitBytes, limits }), limits: limits ?? null };
 }
 
 /** The frontend's router: the default source plus one source per served domain (shared when equal). */
@@ -48,7 +55,7 @@ export async function buildRouter(settings: Settings): Promise<Router> {
     const id = JSON.stringify([b.type, b.url, b.token, b.password, b.api_key]);
     let source = byDescription.get(id);
     if (!source) {
-      if (b.type === 'local') source = buildLocalStore(settings.store, { writeMaildirsize: false, doveadm: settings.doveadm });
+      if (b.type === 'local') source = buildLocalStore(settings.store, { writeMaildirsize: false, doveadm: settings.doveadm }).then((l) => l.store);
       else if (b.type === 'doveadm') source = Promise.resolve(doveadmSource(b.url ?? '', b.password ?? '', b.api_key ?? '', max));
       else source = Promise.resolve(new HttpSource({ urlTemplate: b.url ?? '', token: b.token ?? '', maxConnections: max }));
       byDescription.set(id, source);

@@ -2,23 +2,47 @@
  * Maildir++ quota arithmetic: parsing `maildirsize`, deciding when it cannot be trusted, and
  * counting a mailbox by scanning it (Courier's README.maildirquota rules).
  *
+ * A scan can be given the snapshot of an earlier one (maildir-cache.ts keeps them): a `new/` or
+ * `cur/` whose inode and mtime (nanoseconds) are unchanged since it was read, and whose mtime was
+ * already RACY_MARGIN_MS old when it was read, is not read again; the root is listed again only
+ * when its own mtime changed (a folder created, removed or renamed). The snapshot is updated in
+ * place directory by directory, so a scan cut short keeps what it finished.
+ *
  * The scan must never follow a symlink (a message or folder that is a link may point anywhere),
- * never block the event loop for long (async opendir, a setImmediate turn every
- * SCAN_YIELD_EVERY entries), and never write: writing is the store's decision (maildir.ts).
+ * never block the event loop for long (async opendir, a setImmediate turn at least every
+ * SCAN_SLICE_MS of work or SCAN_YIELD_EVERY entries), and never write: writing is the store's
+ * decision (maildir.ts).
  */
 
-import type { Dirent } from 'node:fs';
+import type { BigIntStats, Dirent } from 'node:fs';
 import { lstat, opendir } from 'node:fs/promises';
+import { performance } from 'node:perf_hooks';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import path from 'node:path';
 import { SourceError } from './types.js';
+import {
+  RACY_MARGIN_MS,
+  emptySnapshot,
+  sameDirectory,
+  settled,
+  type DirectoryCount,
+  type MaildirSnapshot,
+} from './maildir-cache.js';
+
+export { RACY_MARGIN_MS, type MaildirSnapshot } from './maildir-cache.js';
 
 /** Courier: a maildirsize this large has collected too many deltas; recount. */
 export const RECALC_FILE_SIZE = 5120;
 /** Courier: an over-quota file this old may be stale (messages deleted by hand); recount. */
 export const RECALC_STALE_MS = 15 * 60 * 1000;
-/** Entries read between two event-loop turns; keeps one scan from stalling other requests. */
-export const SCAN_YIELD_EVERY = 256;
+/** Most entries read between two event-loop turns, whatever the clock says (about 1 µs each). */
+export const SCAN_YIELD_EVERY = 4096;
+/** Work between two event-loop turns: the longest a scan holds up other requests (checked every 64 entries). */
+export const SCAN_SLICE_MS = 2;
+/** Directory entries fetched per readdir call in the thread pool (Node's default is 32). */
+export const SCAN_DIR_BUFFER = 256;
+/** Stats of names without ,S= in flight at once (each one a thread-pool round trip). */
+export const SCAN_STAT_CONCURRENCY = 16;
 /** Full rescans when a directory changes while being counted; after that, the last count is used. */
 export const SCAN_MAX_ATTEMPTS = 3;
 /** Courier leaves Trash out of the quota so users can always delete. */
@@ -128,9 +152,13 @@ export interface MaildirScanOptions {
   /** Folder names to leave out, with or without the leading dot. */
   trashFolders?: readonly string[];
   signal?: AbortSignal;
+  /** An earlier scan of this mailbox; reused where unchanged, updated in place. */
+  snapshot?: MaildirSnapshot;
   yieldEvery?: number;
+  sliceMs?: number;
   maxAttempts?: number;
-  /** Called after each directory is counted, before the change check (tests simulate deliveries here). */
+  racyMarginMs?: number;
+  /** Called after each directory is counted or reused, before the change check (tests simulate deliveries here). */
   afterDirectory?: (dir: string, attempt: number) => Promise<void> | void;
 }
 
@@ -140,106 +168,215 @@ export interface MaildirScan {
   attempts: number;
   /** false when directories kept changing through every attempt: good as an answer, not to save. */
   stable: boolean;
+  /** `new/` and `cur/` directories opened and read (over all attempts). */
+  directoriesRead: number;
+  /** `new/` and `cur/` directories whose count came from the snapshot. */
+  directoriesReused: number;
+  /** Times the root was listed for folders (0: the folder list came from the snapshot). */
+  rootListings: number;
+  /** Directory entries read. */
+  entries: number;
 }
 
-interface Counter {
-  bytes: number;
-  messages: number;
-  seen: number;
-}
+type Work = Pick<MaildirScan, 'directoriesRead' | 'directoriesReused' | 'rootListings' | 'entries'>;
 
 /** Counts the messages of a Maildir++ (root plus its .Folders), retrying when it changes meanwhile. */
 export async function scanMaildir(dir: string, options: MaildirScanOptions = {}): Promise<MaildirScan> {
-  const trash = new Set((options.trashFolders ?? DEFAULT_TRASH_FOLDERS).map((f) => (f.startsWith('.') ? f : `.${f}`)));
-  const yieldEvery = options.yieldEvery ?? SCAN_YIELD_EVERY;
+  const trash = trashSet(options.trashFolders ?? DEFAULT_TRASH_FOLDERS);
+  const key = trashKeyOf(trash);
+  const snapshot = options.snapshot ?? emptySnapshot(key);
+  if (snapshot.trashKey !== key) Object.assign(snapshot, emptySnapshot(key));
   const maxAttempts = options.maxAttempts ?? SCAN_MAX_ATTEMPTS;
-  let last: Counter = { bytes: 0, messages: 0, seen: 0 };
+  const margin = options.racyMarginMs ?? RACY_MARGIN_MS;
+  const pacer = new Pacer(options.signal, options.yieldEvery ?? SCAN_YIELD_EVERY, options.sliceMs ?? SCAN_SLICE_MS);
+  const work: Work = { directoriesRead: 0, directoriesReused: 0, rootListings: 0, entries: 0 };
+  let bytes = 0;
+  let messages = 0;
   for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-    const counter: Counter = { bytes: 0, messages: 0, seen: 0 };
-    const folders = await listFolders(dir, trash, counter, options.signal, yieldEvery);
-    const mtimes = new Map<string, number>();
-    for (const folder of [dir, ...folders]) {
-      for (const sub of ['new', 'cur']) {
-        const d = path.join(folder, sub);
-        const mtime = await dirMtime(d);
-        if (mtime === null) continue;
-        mtimes.set(d, mtime);
-        await countDirectory(d, counter, options.signal, yieldEvery);
-        await options.afterDirectory?.(d, attempt);
+    const folders = await currentFolders(dir, trash, snapshot, margin, pacer, work);
+    const targets = [dir, ...folders].flatMap((f) => [path.join(f, 'new'), path.join(f, 'cur')]);
+    for (const known of snapshot.dirs.keys()) if (!targets.includes(known)) snapshot.dirs.delete(known);
+    // All stamps at once: on a warm lookup this is the whole cost, one thread-pool round trip deep.
+    const readAtMs = Date.now();
+    const before = await Promise.all(targets.map(dirStat));
+    bytes = 0;
+    messages = 0;
+    let readAny = false;
+    for (const [i, d] of targets.entries()) {
+      const st = before[i]!;
+      if (st === null) {
+        snapshot.dirs.delete(d);
+        continue;
       }
+      let count = snapshot.dirs.get(d);
+      if (count && sameDirectory(count, st) && settled(count, margin)) {
+        work.directoriesReused++;
+      } else {
+        const counted = await countDirectory(d, pacer, work);
+        work.directoriesRead++;
+        readAny = true;
+        // Stamped with the stat taken before the read: a change during the read shows next time.
+        count = { ino: st.ino, mtimeNs: st.mtimeNs, readAtMs, ...counted };
+        snapshot.dirs.set(d, count);
+      }
+      bytes += count.bytes;
+      messages += count.messages;
+      await options.afterDirectory?.(d, attempt);
     }
-    last = counter;
-    let changed = false;
-    for (const [d, before] of mtimes) {
-      if ((await dirMtime(d)) !== before) changed = true;
-    }
-    if (!changed) return { bytes: counter.bytes, messages: counter.messages, attempts: attempt, stable: true };
+    // Nothing read: every count is as of one moment (the stats above), nothing to cross-check.
+    if (!readAny) return { bytes, messages, attempts: attempt, stable: true, ...work };
+    // A message moved from new/ to cur/ (or between folders) during the read may be counted twice
+    // or not at all: Courier's rule is to start over when any scanned directory changed meanwhile.
+    const after = await Promise.all(targets.map(dirStat));
+    const changed = targets.some((_, i) => {
+      const a = before[i]!;
+      const b = after[i]!;
+      return a === null ? b !== null : b === null || !sameDirectory(a, b);
+    });
+    if (!changed) return { bytes, messages, attempts: attempt, stable: true, ...work };
   }
-  return { bytes: last.bytes, messages: last.messages, attempts: maxAttempts, stable: false };
+  return { bytes, messages, attempts: maxAttempts, stable: false, ...work };
 }
 
-async function listFolders(
+function trashSet(folders: readonly string[]): Set<string> {
+  return new Set(folders.map((f) => (f.startsWith('.') ? f : `.${f}`)));
+}
+
+/** The identity of a set of excluded folders, as snapshots record it. */
+export function trashKeyOf(folders: Iterable<string>): string {
+  return [...trashSet([...folders])].sort().join('/');
+}
+
+/** The folders to count: from the snapshot while the root is unchanged, else listed again. */
+async function currentFolders(
   dir: string,
   trash: Set<string>,
-  counter: Counter,
-  signal: AbortSignal | undefined,
-  yieldEvery: number,
+  snapshot: MaildirSnapshot,
+  margin: number,
+  pacer: Pacer,
+  work: Work,
 ): Promise<string[]> {
+  const readAtMs = Date.now();
+  const st = await lstat(dir, { bigint: true });
+  const known = snapshot.root;
+  if (known && sameDirectory(known, st) && settled(known, margin)) return snapshot.folders;
+  const folders = await listFolders(dir, trash, pacer);
+  work.rootListings++;
+  snapshot.root = { ino: st.ino, mtimeNs: st.mtimeNs, readAtMs };
+  snapshot.folders = folders;
+  return folders;
+}
+
+async function listFolders(dir: string, trash: Set<string>, pacer: Pacer): Promise<string[]> {
   const folders: string[] = [];
   const handle = await opendir(dir);
   for await (const entry of handle) {
-    await pace(counter, signal, yieldEvery);
+    const turn = pacer.tick();
+    if (turn) await turn;
     // Dirent types come from readdir: a symlink to a directory is not a directory here.
     if (!entry.name.startsWith('.') || entry.name === '.' || entry.name === '..' || trash.has(entry.name)) continue;
     const full = path.join(dir, entry.name);
-    if (hasType(entry) ? entry.isDirectory() : (await dirMtime(full)) !== null) folders.push(full);
+    if (hasType(entry) ? entry.isDirectory() : (await dirStat(full)) !== null) folders.push(full);
   }
   return folders;
 }
 
-async function countDirectory(d: string, counter: Counter, signal: AbortSignal | undefined, yieldEvery: number) {
+/*
+ * One directory's messages. Sizes come from ,S= in the name; only names without it (and entries
+ * whose type readdir does not report) cost an lstat, SCAN_STAT_CONCURRENCY of them in flight.
+ */
+async function countDirectory(d: string, pacer: Pacer, work: Work): Promise<{ bytes: number; messages: number }> {
+  const result = { bytes: 0, messages: 0 };
   let handle;
   try {
-    handle = await opendir(d);
+    handle = await opendir(d, { bufferSize: SCAN_DIR_BUFFER });
   } catch (err) {
+    if (isVanished(err)) return result;
+    throw err;
+  }
+  let pending: Promise<void>[] = [];
+  try {
+    for (;;) {
+      const entry = await handle.read();
+      if (entry === null) break;
+      work.entries++;
+      const turn = pacer.tick();
+      if (turn) await turn;
+      if (entry.name.startsWith('.')) continue;
+      // Some file systems (older XFS, some NFS) report no type: then lstat decides.
+      const typed = hasType(entry);
+      if (typed && !entry.isFile()) continue;
+      const size = sizeFromFileName(entry.name);
+      if (size !== null && typed) {
+        result.bytes += size;
+        result.messages++;
+        continue;
+      }
+      pending.push(statMessage(path.join(d, entry.name), size, result));
+      if (pending.length >= SCAN_STAT_CONCURRENCY) {
+        await Promise.all(pending);
+        pending = [];
+      }
+    }
+    await Promise.all(pending);
+  } finally {
+    await Promise.allSettled(pending);
+    await handle.close().catch(() => undefined);
+  }
+  return result;
+}
+
+async function statMessage(file: string, sizeFromName: number | null, into: { bytes: number; messages: number }): Promise<void> {
+  let st;
+  try {
+    st = await lstat(file);
+  } catch (err) {
+    // Expunged or moved to cur/ while we were counting: the other copy (if any) is counted there.
     if (isVanished(err)) return;
     throw err;
   }
-  for await (const entry of handle) {
-    await pace(counter, signal, yieldEvery);
-    if (entry.name.startsWith('.')) continue;
-    // Some file systems (older XFS, some NFS) report no type: then lstat decides.
-    const typed = hasType(entry);
-    if (typed && !entry.isFile()) continue;
-    let size = sizeFromFileName(entry.name);
-    if (size === null || !typed) {
-      try {
-        const st = await lstat(path.join(d, entry.name));
-        if (!st.isFile()) continue;
-        size ??= st.size;
-      } catch (err) {
-        // Expunged or moved to cur/ while we were counting: the other copy (if any) is counted there.
-        if (isVanished(err)) continue;
-        throw err;
-      }
+  if (!st.isFile()) return;
+  into.bytes += sizeFromName ?? st.size;
+  into.messages++;
+}
+
+/*
+ * Hands the event loop back at least every `sliceMs` of work or `yieldEvery` entries, and stops
+ * the scan once its caller gave up. tick() returns a promise only when it is time to yield, so the
+ * common case costs no await.
+ */
+class Pacer {
+  private sinceTurn = 0;
+  private turnAt = performance.now();
+
+  constructor(
+    private readonly signal: AbortSignal | undefined,
+    private readonly yieldEvery: number,
+    private readonly sliceMs: number,
+  ) {}
+
+  tick(): Promise<void> | undefined {
+    if (this.signal?.aborted) throw new SourceError('SOURCE_TIMEOUT', 'maildir scan aborted (latency budget spent)');
+    this.sinceTurn++;
+    if (this.sinceTurn >= this.yieldEvery || ((this.sinceTurn & 63) === 0 && performance.now() - this.turnAt >= this.sliceMs)) {
+      return this.turn();
     }
-    counter.bytes += size;
-    counter.messages++;
+    return undefined;
   }
-}
 
-async function pace(counter: Counter, signal: AbortSignal | undefined, yieldEvery: number): Promise<void> {
-  counter.seen++;
-  if (counter.seen % yieldEvery === 0) {
+  private async turn(): Promise<void> {
     await nextTurn();
+    this.sinceTurn = 0;
+    this.turnAt = performance.now();
+    if (this.signal?.aborted) throw new SourceError('SOURCE_TIMEOUT', 'maildir scan aborted (latency budget spent)');
   }
-  if (signal?.aborted) throw new SourceError('SOURCE_TIMEOUT', 'maildir scan aborted (latency budget spent)');
 }
 
-async function dirMtime(d: string): Promise<number | null> {
+/** The directory's stat without following a symlink; null when it is missing or not a directory. */
+async function dirStat(d: string): Promise<BigIntStats | null> {
   try {
-    const st = await lstat(d);
-    return st.isDirectory() ? st.mtimeMs : null;
+    const st = await lstat(d, { bigint: true });
+    return st.isDirectory() ? st : null;
   } catch (err) {
     if (isVanished(err)) return null;
     throw err;
