@@ -25,7 +25,6 @@ import {
   emptySnapshot,
   sameDirectory,
   settled,
-  type DirectoryCount,
   type MaildirSnapshot,
 } from './maildir-cache.js';
 
@@ -195,7 +194,8 @@ export async function scanMaildir(dir: string, options: MaildirScanOptions = {})
   for (let attempt = 1; attempt <= maxAttempts; attempt++) {
     const folders = await currentFolders(dir, trash, snapshot, margin, pacer, work);
     const targets = [dir, ...folders].flatMap((f) => [path.join(f, 'new'), path.join(f, 'cur')]);
-    for (const known of snapshot.dirs.keys()) if (!targets.includes(known)) snapshot.dirs.delete(known);
+    const wanted = new Set(targets);
+    for (const known of snapshot.dirs.keys()) if (!wanted.has(known)) snapshot.dirs.delete(known);
     // All stamps at once: on a warm lookup this is the whole cost, one thread-pool round trip deep.
     const readAtMs = Date.now();
     const before = await Promise.all(targets.map(dirStat));

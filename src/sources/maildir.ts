@@ -6,8 +6,13 @@
  * A mailbox directory that does not exist is "unknown" (unlike mbox, Maildirs are created
  * with the account, so a missing one means no such user on this store).
  *
+ * A mailbox without a usable maildirsize is scanned, and the scan's per-directory counts are kept
+ * (maildir-cache.ts, at most `scanCacheMailboxes` mailboxes): the next lookup stats the mailbox's
+ * directories and reads only those whose mtime changed. A trusted maildirsize is read every time
+ * (one small file) and never cached here: the delivery agent appends to it.
+ *
  * This module must never follow a symlink out of the root, never block the event loop for
- * long (async directory reads, yielding every SCAN_YIELD_EVERY entries), and never write
+ * long (async directory reads, a turn every SCAN_SLICE_MS of scanning), and never write
  * anything unless `writeMaildirsize` is set: a frontend reading a mail store over NFS must
  * not rewrite files it does not own. Parsing and scanning live in maildir-scan.ts.
  */
@@ -28,16 +33,22 @@ import {
   parseMaildirsize,
   recalculationReason,
   scanMaildir,
+  trashKeyOf,
+  type MaildirScan,
+  type MaildirSnapshot,
   type Maildirsize,
 } from './maildir-scan.js';
+import { DEFAULT_SCAN_CACHE_MAILBOXES, MaildirScanCache } from './maildir-cache.js';
 import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
 import { ioError, throwIfAborted } from './store-errors.js';
 
 export {
   DEFAULT_TRASH_FOLDERS,
+  RACY_MARGIN_MS,
   RECALC_FILE_SIZE,
   RECALC_STALE_MS,
   SCAN_MAX_ATTEMPTS,
+  SCAN_SLICE_MS,
   SCAN_YIELD_EVERY,
   parseMaildirsize,
   recalculationReason,
@@ -46,8 +57,10 @@ export {
   type Maildirsize,
   type MaildirScan,
   type MaildirScanOptions,
+  type MaildirSnapshot,
   type MaildirsizeFile,
 } from './maildir-scan.js';
+export { DEFAULT_SCAN_CACHE_MAILBOXES, MaildirScanCache } from './maildir-cache.js';
 
 /* Enough for the limits line and any file under the recalculation threshold; larger is rescanned anyway. */
 const MAILDIRSIZE_READ_LIMIT = 64 * 1024;
@@ -64,6 +77,21 @@ export interface MaildirStoreOptions {
   trashFolders?: string[];
   /** Rewrite maildirsize after a recalculation. Default false (read-only). */
   writeMaildirsize?: boolean;
+  /** Mailboxes whose scan results are kept for the next lookup (LRU); 0: none. Default 10,000. */
+  scanCacheMailboxes?: number;
+}
+
+/** What the scans of one store cost so far (for tests, benchmarks and diagnostics). */
+export interface MaildirScanStats {
+  /** Scans run (lookups that joined a running scan of the same mailbox not counted). */
+  scans: number;
+  /** `new/` and `cur/` directories read, and reused from the cache without reading. */
+  directoriesRead: number;
+  directoriesReused: number;
+  /** Mailbox roots listed for their folders. */
+  rootListings: number;
+  /** Directory entries read. */
+  entries: number;
 }
 
 interface CurrentFile {
@@ -79,6 +107,10 @@ export class MaildirStore implements QuotaSource {
   private readonly limits: LimitsFile | undefined;
   private readonly trashFolders: string[];
   private readonly writeMaildirsize: boolean;
+  private readonly trashKey: string;
+  private readonly scanCache: MaildirScanCache;
+  /** Totals over every scan this store ran. */
+  readonly scanStats: MaildirScanStats = { scans: 0, directoriesRead: 0, directoriesReused: 0, rootListings: 0, entries: 0 };
   /** The last failure to rewrite maildirsize (the answer was still given); for diagnostics. */
   lastWriteError: Error | null = null;
 
@@ -91,6 +123,8 @@ export class MaildirStore implements QuotaSource {
     this.limits = options.limits;
     this.trashFolders = options.trashFolders ?? [...DEFAULT_TRASH_FOLDERS];
     this.writeMaildirsize = options.writeMaildirsize ?? false;
+    this.trashKey = trashKeyOf(this.trashFolders);
+    this.scanCache = new MaildirScanCache(options.scanCacheMailboxes ?? DEFAULT_SCAN_CACHE_MAILBOXES);
     this.name = `maildir:${options.root}`;
   }
 
@@ -114,7 +148,7 @@ export class MaildirStore implements QuotaSource {
     if (reason !== null) {
       let scan;
       try {
-        scan = await scanMaildir(dir, { trashFolders: this.trashFolders, signal });
+        scan = await this.scanCache.shared(dir, this.trashKey, signal, (snapshot, scanSignal) => this.scan(dir, snapshot, scanSignal));
       } catch (err) {
         if (err instanceof SourceError) throw err;
         throw ioError('cannot scan the Maildir', err);
@@ -142,8 +176,30 @@ export class MaildirStore implements QuotaSource {
     });
   }
 
+  /** Mailboxes whose scan results are cached now. */
+  get cachedMailboxes(): number {
+    return this.scanCache.size;
+  }
+
+  /** Forgets every cached scan result (the next lookup of each mailbox reads all its directories). */
+  forgetScans(): void {
+    this.scanCache.clear();
+  }
+
   async close(): Promise<void> {
     // Holds no descriptors between lookups.
+    this.scanCache.clear();
+  }
+
+  private async scan(dir: string, snapshot: MaildirSnapshot, signal: AbortSignal): Promise<MaildirScan> {
+    const scan = await scanMaildir(dir, { trashFolders: this.trashFolders, signal, snapshot });
+    const s = this.scanStats;
+    s.scans++;
+    s.directoriesRead += scan.directoriesRead;
+    s.directoriesReused += scan.directoriesReused;
+    s.rootListings += scan.rootListings;
+    s.entries += scan.entries;
+    return scan;
   }
 
   /* The real Maildir root for a key, or null when it does not exist inside the store root. */
