@@ -1,7 +1,9 @@
 /*
  * Maildir++ quota: maildirsize parsing, Courier's recalculation rules, the scan (folders, Trash,
- * ,S= sizes, symlinks, changes mid-scan) and the MaildirStore answers built from them.
- * These tests must never touch files outside their own temporary directory.
+ * ,S= sizes, symlinks, changes mid-scan), the scan cache (reuse while mtimes are unchanged, the
+ * racy margin, bounds, shared scans) and the MaildirStore answers built from them.
+ * Whether a directory was read is told by the scan's own counters (the code that opens it counts),
+ * never by timing. These tests must never touch files outside their own temporary directory.
  */
 
 import { test } from 'node:test';
@@ -12,12 +14,16 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   MaildirStore,
+  RACY_MARGIN_MS,
   RECALC_STALE_MS,
   parseMaildirsize,
   recalculationReason,
   scanMaildir,
   sizeFromFileName,
+  type MaildirScan,
+  type MaildirScanStats,
 } from '../src/sources/maildir.js';
+import { emptySnapshot } from '../src/sources/maildir-cache.js';
 import { LimitsFile } from '../src/sources/limits.js';
 import type { QuotaState } from '../src/sources/types.js';
 
@@ -44,6 +50,41 @@ async function message(dir: string, name: string, bytes: number): Promise<void> 
 async function ago(file: string, ms: number): Promise<void> {
   const when = new Date(Date.now() - ms);
   await utimes(file, when, when);
+}
+
+/** The figures of a scan, without its work counters. */
+function figures(scan: MaildirScan) {
+  return { bytes: scan.bytes, messages: scan.messages, attempts: scan.attempts, stable: scan.stable };
+}
+
+/**
+ * Sets the mtime of the mailbox's directories (root, folders, their new/ cur/ tmp/) to `when`
+ * (seconds since the epoch): a mailbox nobody touched lately, whose counts the cache may keep.
+ */
+async function settle(dir: string, when = Math.floor(Date.now() / 1000) - 60): Promise<void> {
+  const folders = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory() && e.name.startsWith('.'));
+  for (const f of ['', ...folders.map((e) => e.name)]) {
+    for (const sub of ['cur', 'new', 'tmp']) await utimes(path.join(dir, f, sub), when, when).catch(() => undefined);
+    if (f) await utimes(path.join(dir, f), when, when);
+  }
+  await utimes(dir, when, when);
+}
+
+/** What a store's scans did between two snapshots of its counters. */
+function delta(before: MaildirScanStats, after: MaildirScanStats): MaildirScanStats {
+  return {
+    scans: after.scans - before.scans,
+    directoriesRead: after.directoriesRead - before.directoriesRead,
+    directoriesReused: after.directoriesReused - before.directoriesReused,
+    rootListings: after.rootListings - before.rootListings,
+    entries: after.entries - before.entries,
+  };
+}
+
+async function lookupCounting(store: MaildirStore, key: string) {
+  const before = { ...store.scanStats };
+  const q = expectFound(await store.lookup(key, live()));
+  return { q, work: delta(before, store.scanStats) };
 }
 
 function expectFound(state: QuotaState) {
@@ -116,7 +157,8 @@ test('a scan counts new and cur of the root and of every folder except Trash, ,S
   await symlink(path.join(dir, '.Sent'), path.join(dir, '.Linked')); // a linked folder is not a folder
 
   const scan = await scanMaildir(dir);
-  assert.deepEqual(scan, { bytes: 1000 + 300 + 40 + 7, messages: 4, attempts: 1, stable: true });
+  assert.deepEqual(figures(scan), { bytes: 1000 + 300 + 40 + 7, messages: 4, attempts: 1, stable: true });
+  assert.equal(scan.directoriesRead, 6, 'new/ and cur/ of the root, .Sent and .Work.Archive; not .Trash');
   const withTrash = await scanMaildir(dir, { trashFolders: [] });
   assert.equal(withTrash.bytes, 1347 + 90000);
   const noSent = await scanMaildir(dir, { trashFolders: ['Sent', '.Trash'] });
@@ -134,7 +176,7 @@ test('a scan starts over when a directory changes meanwhile, and gives up after 
       if (d === cur && attempt === 1) await message(cur, 'late.x.host,S=10:2,S', 1);
     },
   });
-  assert.deepEqual(changed, { bytes: 60, messages: 6, attempts: 2, stable: true });
+  assert.deepEqual(figures(changed), { bytes: 60, messages: 6, attempts: 2, stable: true });
 
   let n = 0;
   // Deliveries on every pass: the scan stops after maxAttempts and says the count is not stable.
@@ -291,4 +333,176 @@ test('a scan aborted midway stops with SOURCE_TIMEOUT', async (t) => {
   await nextTurn();
   ctl.abort();
   await assert.rejects(scan, { code: 'SOURCE_TIMEOUT' });
+});
+
+test('a second lookup of an unchanged Maildir reads no directory and answers the same', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'kim', 'Maildir');
+  await maildir(dir, '.Sent', '.Trash');
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  await message(path.join(dir, 'new'), '2.b.host', 50);
+  await message(path.join(dir, '.Sent', 'cur'), '3.c.host,S=20:2,S', 1);
+  await message(path.join(dir, '.Trash', 'cur'), '4.d.host,S=9000:2,T', 1);
+  await settle(dir);
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: 1000 });
+  const first = await lookupCounting(store, 'kim');
+  assert.deepEqual([first.q.usageBytes, first.q.usageMessages], [170, 3]);
+  assert.deepEqual(first.work, { scans: 1, directoriesRead: 4, directoriesReused: 0, rootListings: 1, entries: 3 });
+  const second = await lookupCounting(store, 'kim');
+  assert.deepEqual(second.q, first.q);
+  assert.deepEqual(second.work, { scans: 1, directoriesRead: 0, directoriesReused: 4, rootListings: 0, entries: 0 });
+});
+
+test('Trash is left out by default, and the excluded folders are configurable', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'lea', 'Maildir');
+  await maildir(dir, '.Trash', '.Junk');
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  await message(path.join(dir, '.Trash', 'cur'), '2.b.host,S=20:2,T', 1);
+  await message(path.join(dir, '.Junk', 'new'), '3.c.host,S=3', 1);
+  const usage = async (trashFolders?: string[]) =>
+    expectFound(await new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null, trashFolders }).lookup('lea', live())).usageBytes;
+  assert.equal(await usage(), 103);
+  assert.equal(await usage(['Trash', '.Junk']), 100);
+  assert.equal(await usage([]), 123);
+});
+
+test('a message delivered to cur/ right after a lookup (same second) is seen by the next one', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'max', 'Maildir');
+  await maildir(dir);
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  assert.equal((await lookupCounting(store, 'max')).q.usageBytes, 100);
+  await message(path.join(dir, 'cur'), '2.b.host,S=7:2,S', 1);
+  const next = await lookupCounting(store, 'max');
+  assert.deepEqual([next.q.usageBytes, next.q.usageMessages], [107, 2]);
+});
+
+test('a sub-second mtime change of a settled directory is seen (nanoseconds are compared)', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'ned', 'Maildir');
+  await maildir(dir, '.Sent');
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  const whole = Math.floor(Date.now() / 1000) - 60;
+  await settle(dir, whole);
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  await lookupCounting(store, 'ned');
+  await message(path.join(dir, 'cur'), '2.b.host,S=7:2,S', 1);
+  // A file system keeping whole seconds would show the same mtime: this one shows 0.5 s more.
+  await utimes(path.join(dir, 'cur'), whole, whole + 0.5);
+  const next = await lookupCounting(store, 'ned');
+  assert.equal(next.q.usageBytes, 107);
+  assert.deepEqual([next.work.directoriesRead, next.work.directoriesReused, next.work.rootListings], [1, 3, 0], 'only cur/ read again');
+});
+
+test('an mtime a change left as it was is trusted only if it was older than the racy margin when read', async (t) => {
+  const root = await tempRoot(t);
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  // The same clock tick for the scan and a later delivery: simulated by putting the mtime back.
+  const deliverKeepingMtime = async (cur: string, whenSeconds: number) => {
+    const before = (await stat(cur, { bigint: true })).mtimeNs;
+    await message(cur, 'late.x.host,S=7:2,S', 1);
+    await utimes(cur, whenSeconds, whenSeconds);
+    assert.equal((await stat(cur, { bigint: true })).mtimeNs, before, 'the premise: the mtime is as it was');
+  };
+  for (const [user, ageMs, seen] of [
+    ['recent', RACY_MARGIN_MS / 4, true],
+    ['old', RACY_MARGIN_MS * 30, false],
+  ] as const) {
+    const dir = path.join(root, user, 'Maildir');
+    await maildir(dir);
+    await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+    const when = Math.round(Date.now() - ageMs) / 1000;
+    await settle(dir, when);
+    assert.equal(expectFound(await store.lookup(user, live())).usageBytes, 100);
+    await deliverKeepingMtime(path.join(dir, 'cur'), when);
+    const q = expectFound(await store.lookup(user, live()));
+    // Recent: read again, the delivery counted. Old: the cache's premise (unchanged mtime, nothing new).
+    assert.equal(q.usageBytes, seen ? 107 : 100, user);
+  }
+});
+
+test('a new folder is counted and a removed one no longer', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'olga', 'Maildir');
+  await maildir(dir, '.Sent');
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  await message(path.join(dir, '.Sent', 'cur'), '2.b.host,S=20:2,S', 1);
+  await settle(dir);
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  assert.equal((await lookupCounting(store, 'olga')).q.usageBytes, 120);
+  await maildir(dir, '.Projects');
+  await message(path.join(dir, '.Projects', 'new'), '3.c.host,S=5', 1);
+  const added = await lookupCounting(store, 'olga');
+  assert.deepEqual([added.q.usageBytes, added.q.usageMessages], [125, 3]);
+  assert.deepEqual([added.work.rootListings, added.work.directoriesRead], [1, 2], 'the root listed again, only the new folder read');
+  await rm(path.join(dir, '.Sent'), { recursive: true });
+  assert.deepEqual(
+    [(await lookupCounting(store, 'olga')).q.usageBytes, (await lookupCounting(store, 'olga')).q.usageMessages],
+    [105, 2],
+  );
+});
+
+test('the scan cache keeps at most scanCacheMailboxes mailboxes, the least recently used dropped first', async (t) => {
+  const root = await tempRoot(t);
+  for (const user of ['a', 'b', 'c']) {
+    const dir = path.join(root, user, 'Maildir');
+    await maildir(dir);
+    await message(path.join(dir, 'cur'), '1.a.host,S=10:2,S', 1);
+    await settle(dir);
+  }
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null, scanCacheMailboxes: 2 });
+  const reads = async (user: string) => (await lookupCounting(store, user)).work.directoriesRead;
+  assert.deepEqual([await reads('a'), await reads('b'), await reads('c')], [2, 2, 2]);
+  assert.equal(store.cachedMailboxes, 2);
+  assert.equal(await reads('c'), 0);
+  assert.equal(await reads('b'), 0);
+  assert.equal(await reads('a'), 2, 'a was dropped when c came in');
+  assert.equal(await reads('c'), 2, 'then c, the least recently used, when a came back');
+  assert.equal(store.cachedMailboxes, 2);
+
+  const none = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null, scanCacheMailboxes: 0 });
+  for (let i = 0; i < 2; i++) assert.equal(delta({ ...none.scanStats }, await none.lookup('a', live()).then(() => none.scanStats)).scans, 1);
+  assert.equal(none.scanStats.directoriesRead, 4, 'no cache: every lookup reads');
+  assert.equal(none.cachedMailboxes, 0);
+  assert.throws(() => new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null, scanCacheMailboxes: -1 }), /scan cache size/);
+});
+
+test('concurrent lookups of one mailbox share one scan; one caller giving up does not stop it for the other', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'pia', 'Maildir');
+  await maildir(dir);
+  for (let i = 0; i < 3000; i++) await writeFile(path.join(dir, 'cur', `${i}.x.host,S=2:2,S`), '');
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  const [a, b] = await Promise.all([store.lookup('pia', live()), store.lookup('pia', live())]);
+  assert.deepEqual(a, b);
+  assert.equal(expectFound(a).usageBytes, 6000);
+  assert.equal(store.scanStats.scans, 1);
+
+  store.forgetScans();
+  const impatient = new AbortController();
+  const gaveUp = store.lookup('pia', impatient.signal);
+  const waits = store.lookup('pia', live());
+  await nextTurn();
+  impatient.abort();
+  await assert.rejects(gaveUp, { code: 'SOURCE_TIMEOUT' });
+  assert.equal(expectFound(await waits).usageBytes, 6000);
+  assert.equal(store.scanStats.scans, 2, 'the second scan was shared by both callers');
+});
+
+test('a scan cut short keeps the directories it finished for the next one', async (t) => {
+  const dir = await tempRoot(t);
+  await maildir(dir, '.Sent');
+  await message(path.join(dir, 'new'), '1.a.host,S=1', 1);
+  await message(path.join(dir, 'cur'), '2.b.host,S=2:2,S', 1);
+  await message(path.join(dir, '.Sent', 'cur'), '3.c.host,S=4:2,S', 1);
+  await settle(dir);
+  const snapshot = emptySnapshot('.Trash');
+  const ctl = new AbortController();
+  const cut = scanMaildir(dir, { snapshot, signal: ctl.signal, afterDirectory: () => ctl.abort() });
+  await assert.rejects(cut, { code: 'SOURCE_TIMEOUT' });
+  assert.equal(snapshot.dirs.size, 1, 'the first directory is kept');
+  const rest = await scanMaildir(dir, { snapshot });
+  assert.deepEqual([rest.bytes, rest.messages, rest.directoriesRead, rest.directoriesReused, rest.rootListings], [7, 3, 3, 1, 0]);
 });

@@ -192,17 +192,22 @@ export async function scanMaildir(dir: string, options: MaildirScanOptions = {})
   let bytes = 0;
   let messages = 0;
   for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-    const folders = await currentFolders(dir, trash, snapshot, margin, pacer, work);
-    const targets = [dir, ...folders].flatMap((f) => [path.join(f, 'new'), path.join(f, 'cur')]);
-    const wanted = new Set(targets);
-    for (const known of snapshot.dirs.keys()) if (!wanted.has(known)) snapshot.dirs.delete(known);
-    // All stamps at once: on a warm lookup this is the whole cost, one thread-pool round trip deep.
+    // All stamps at once, and together with the root's: on a warm lookup this is the whole cost,
+    // one thread-pool round trip deep. Taken again only if the root's folder list changed.
     const readAtMs = Date.now();
-    const before = await Promise.all(targets.map(dirStat));
+    const known = snapshot.root ? snapshot.folders : null;
+    const guess = known && Promise.all(targetsOf(dir, known).map(dirStat));
+    guess?.catch(() => undefined);
+    const folders = await currentFolders(dir, trash, snapshot, margin, pacer, work);
+    const targets = targetsOf(dir, folders);
+    const before = guess && folders === known ? await guess : await Promise.all(targets.map(dirStat));
+    const wanted = new Set(targets);
+    for (const d of snapshot.dirs.keys()) if (!wanted.has(d)) snapshot.dirs.delete(d);
     bytes = 0;
     messages = 0;
     let readAny = false;
     for (const [i, d] of targets.entries()) {
+      pacer.check();
       const st = before[i]!;
       if (st === null) {
         snapshot.dirs.delete(d);
@@ -236,6 +241,11 @@ export async function scanMaildir(dir: string, options: MaildirScanOptions = {})
     if (!changed) return { bytes, messages, attempts: attempt, stable: true, ...work };
   }
   return { bytes, messages, attempts: maxAttempts, stable: false, ...work };
+}
+
+/** `new/` and `cur/` of the root and of each folder, in the order they are read. */
+function targetsOf(dir: string, folders: readonly string[]): string[] {
+  return [dir, ...folders].flatMap((f) => [path.join(f, 'new'), path.join(f, 'cur')]);
 }
 
 function trashSet(folders: readonly string[]): Set<string> {
@@ -355,8 +365,13 @@ class Pacer {
     private readonly sliceMs: number,
   ) {}
 
-  tick(): Promise<void> | undefined {
+  /** Throws SOURCE_TIMEOUT once the caller gave up. */
+  check(): void {
     if (this.signal?.aborted) throw new SourceError('SOURCE_TIMEOUT', 'maildir scan aborted (latency budget spent)');
+  }
+
+  tick(): Promise<void> | undefined {
+    this.check();
     this.sinceTurn++;
     if (this.sinceTurn >= this.yieldEvery || ((this.sinceTurn & 63) === 0 && performance.now() - this.turnAt >= this.sliceMs)) {
       return this.turn();
@@ -368,7 +383,7 @@ class Pacer {
     await nextTurn();
     this.sinceTurn = 0;
     this.turnAt = performance.now();
-    if (this.signal?.aborted) throw new SourceError('SOURCE_TIMEOUT', 'maildir scan aborted (latency budget spent)');
+    this.check();
   }
 }
 

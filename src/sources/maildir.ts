@@ -133,12 +133,10 @@ export class MaildirStore implements QuotaSource {
     const relative = mailboxPathFor(this.template, key);
     if (relative === null) return { kind: 'unknown' };
 
-    const dir = await this.locate(relative);
+    const located = await this.locate(relative);
     throwIfAborted(signal, 'maildir lookup');
-    if (dir === null) return { kind: 'unknown' };
-
-    const current = await readMaildirsize(dir);
-    throwIfAborted(signal, 'maildir lookup');
+    if (located === null) return { kind: 'unknown' };
+    const { dir, current } = located;
     let usageBytes = current?.parsed.usageBytes ?? 0;
     let usageMessages = current?.parsed.usageMessages ?? 0;
     const reason = recalculationReason(
@@ -202,22 +200,37 @@ export class MaildirStore implements QuotaSource {
     return scan;
   }
 
-  /* The real Maildir root for a key, or null when it does not exist inside the store root. */
-  private async locate(relative: string): Promise<string | null> {
+  /*
+   * The real Maildir root for a key and its maildirsize, or null when it does not exist inside the
+   * store root. The checks of the directory and the read of its maildirsize go out together: on a
+   * warm lookup each thread-pool round trip saved is tens of microseconds.
+   */
+  private async locate(relative: string): Promise<{ dir: string; current: CurrentFile | null } | null> {
+    let dir: string | null;
+    let subfolder: boolean;
+    let current: Settled<CurrentFile | null>;
     try {
-      const realRoot = await realpath(this.root);
-      let dir = await resolveInside(this.root, relative);
-      if (dir === null || !(await isDirectory(dir))) return null;
+      dir = await resolveInside(this.root, relative);
+      if (dir === null) return null;
+      let isDir: boolean;
+      [isDir, subfolder, current] = await Promise.all([
+        isDirectory(dir),
+        exists(path.join(dir, 'maildirfolder')),
+        settle(readMaildirsize(dir)),
+      ]);
+      if (!isDir) return null;
       // A path that names a Maildir++ subfolder (.Sent) counts against the whole mailbox.
-      if (await exists(path.join(dir, 'maildirfolder'))) {
+      if (subfolder) {
         const parent = path.dirname(dir);
-        if (!isStrictlyInside(realRoot, parent)) return null;
+        if (!isStrictlyInside(await realpath(this.root), parent)) return null;
         dir = parent;
+        current = await settle(readMaildirsize(dir));
       }
-      return dir;
     } catch (err) {
       throw ioError(`cannot resolve the Maildir under ${this.root}`, err);
     }
+    if ('error' in current) throw current.error;
+    return { dir, current: current.value };
   }
 
   private async rewrite(dir: string, current: CurrentFile, bytes: number, messages: number): Promise<void> {
@@ -264,6 +277,16 @@ async function readMaildirsize(dir: string): Promise<CurrentFile | null> {
   } finally {
     await handle.close();
   }
+}
+
+type Settled<T> = { value: T } | { error: unknown };
+
+/* A promise that does not reject: its failure is looked at only if its value turns out to matter. */
+function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
+  return promise.then(
+    (value) => ({ value }),
+    (error: unknown) => ({ error }),
+  );
 }
 
 async function isDirectory(p: string): Promise<boolean> {

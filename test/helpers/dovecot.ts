@@ -129,8 +129,10 @@ export interface DovecotInstance {
   /**
    * Deliver one message of about `bytes` bytes (before Dovecot adds Return-Path, Delivered-To
    * and Received, ~250 bytes) over LMTP to USER@example.com; resolves to the reply to DATA
-   * (e.g. `250 2.0.0 <u1@example.com> ... Saved` or `552 5.2.2 <u1@example.com> Quota exceeded ...`).
-   * Needs `lmtp: true`.
+   * (e.g. `250 2.0.0 <u1@example.com> ... Saved` or `552 5.2.2 <u1@example.com> Quota exceeded ...`),
+   * or to the RCPT reply when RCPT is refused (e.g. with lmtp_rcpt_check_quota = yes).
+   * Dovecot accepts a delivery only if usage is below the limit before it and at most
+   * limit + quota_grace (default 10%) after it. Needs `lmtp: true`.
    */
   deliver(user: string, bytes: number): Promise<string>;
   /** POST one JSON body to the doveadm HTTP API (Basic auth with `password` unless `authorization` is given). */
@@ -330,19 +332,26 @@ async function vmailDir(path: string, mode = 0o700): Promise<void> {
   await chown(path, VMAIL_UID, VMAIL_UID);
 }
 
-/** POST a body; Connection: close (no keep-alive socket outlives the call). */
+/**
+ * POST a body on a fresh connection, destroyed once the answer is read. Not `Connection: close`:
+ * Dovecot 2.3.19 never answers a request carrying it when authentication fails (no 401, the
+ * connection just hangs; seen with curl -H 'Connection: close' too).
+ */
 function post(url: string, body: string, authorization: string | undefined, timeoutMs = 5000): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string | number> = {
       'Content-Type': 'application/json',
       'Content-Length': Buffer.byteLength(body),
-      Connection: 'close',
+      Connection: 'keep-alive',
     };
     if (authorization !== undefined) headers.Authorization = authorization;
     const req = httpRequest(url, { method: 'POST', headers, agent: false, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('end', () => {
+        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') });
+        req.destroy();
+      });
       res.on('error', reject);
     });
     req.on('timeout', () => req.destroy(new Error(`POST ${url}: no answer within ${timeoutMs} ms`)));
@@ -530,7 +539,8 @@ async function startOnce(opts: StartDovecotOptions): Promise<DovecotInstance> {
       ...(opts.quotaStatusPort ? { quotaStatus: await freePort() } : {}),
       ...(opts.lmtp ? { lmtp: await freePort() } : {}),
     };
-    await writeFile(join(dir, 'users'), usersFile(mailRoot, opts.users), { mode: 0o600 });
+    // Read by the auth process, which runs as user dovecot.
+    await writeFile(join(dir, 'users'), usersFile(mailRoot, opts.users), { mode: 0o644 });
     await writeFile(configPath, dovecotConf(dir, instanceName, opts, password, ports), { mode: 0o644 });
 
     const errFd = openSync(stderrPath, 'a');
