@@ -5,7 +5,10 @@
 #                     server in bench/fixed-server.ts (about 50 s);
 #   bench/cluster.ts  backend requests/s as frontends sharing one Redis go 1 -> 2 -> 4 (about 60 s);
 #   bench/milter.ts   Postfix smtp-source msgs/s with the overquota milter vs without (about 30 s;
-#                     needs root and the postfix package).
+#                     needs root and the postfix package);
+#   bench/stores.ts   lookups/s and latency per quota store: mbox, Maildir with maildirsize, a
+#                     100k-message Maildir scanned cold and warm, Dovecot HTTP (about 65 s; Dovecot
+#                     rows need root and dovecot-core).
 # Extra arguments go to bench/policy.ts, e.g.
 #   npm run bench -- --duration 5 --rounds 2
 # A benchmark that fails does not stop the next ones; the exit status is 1 if any failed.
@@ -16,4 +19,5 @@ status=0
 node --import tsx bench/policy.ts --write "$@" || status=1
 node --import tsx bench/cluster.ts --write || status=1
 node --import tsx bench/milter.ts --write || status=1
+node --import tsx bench/stores.ts --write || status=1
 exit "$status"

@@ -239,6 +239,7 @@ const schema = {
     limit: { doc: 'Quota of a mailbox with no other limit (0: unlimited). The seed used 200 MiB.', format: 'bytes', default: '200M' },
     limits_file: { doc: 'Per-user limits: lines "user size [messages]", e.g. "alice 1G". Empty: none.', format: String, default: '' },
     trash_folders: { doc: 'Maildir++ folders not counted (Courier excludes Trash).', format: Array, default: ['.Trash'] },
+    scan_cache_mailboxes: { doc: 'Maildirs whose scan results are kept, reused while their directories are unchanged (about 5 KB each).', format: 'nat', default: 5000 },
   },
   cache: {
     max_entries: { doc: 'Most mailboxes kept in the process-local cache.', format: 'nat', default: 100_000 },
@@ -308,7 +309,7 @@ export interface Settings {
   aliases: { file: string; defer_when: 'any' | 'all' };
   source: { type: 'local' | 'http' | 'doveadm'; url: string; token: string; timeout: number; max_connections: number };
   backends: Backend[];
-  store: { type: 'mbox' | 'maildir' | 'doveadm'; path: string; mailbox: string; limit: number; limits_file: string; trash_folders: string[] };
+  store: { type: 'mbox' | 'maildir' | 'doveadm'; path: string; mailbox: string; limit: number; limits_file: string; trash_folders: string[]; scan_cache_mailboxes: number };
   cache: { max_entries: number; memory_ttl: number; ttl: { under_quota: number; over_quota: number; unknown: number; near_limit: number; near_limit_ratio: number } };
   redis: { url: string; mode: 'standalone' | 'sentinel' | 'cluster'; sentinel_master: string; username: string; password: string; tls_ca: string; prefix: string; command_timeout: number };
   admin: { listen: string };

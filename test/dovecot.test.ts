@@ -166,3 +166,24 @@ describe("Dovecot's quota_warning -> overquota notify -> every frontend forgets,
     assert.equal(accepted.rcpt[0]!.code, 250, accepted.transcript);
   });
 });
+
+describe('postfix/dovecot/90-overquota.conf', () => {
+  it('is configuration Dovecot accepts (doveconf), with the doveadm HTTP listener and both warnings', async () => {
+    const tmp = await tempDir('overquota-doveconf-');
+    try {
+      const conf = path.join(tmp.path, 'dovecot.conf');
+      const snippet = new URL('../postfix/dovecot/90-overquota.conf', import.meta.url).pathname;
+      await fs.writeFile(conf, `base_dir = ${tmp.path}/run\nstate_dir = ${tmp.path}/state\nprotocols = none\n!include ${snippet}\n`);
+      const { execFile } = await import('node:child_process');
+      const out = await new Promise<string>((resolve, reject) =>
+        execFile('doveconf', ['-c', conf, '-n'], (err, stdout, stderr) => (err ? reject(new Error(stderr || String(err))) : resolve(stdout))),
+      );
+      assert.match(out, /service doveadm \{\s+inet_listener http \{\s+address = 127\.0\.0\.1\s+port = 8080/);
+      assert.match(out, /quota_warning = storage=100%% quota-warning \+100 %u/);
+      assert.match(out, /quota_warning2 = -storage=100%% quota-warning -100 %u/);
+      assert.match(out, /service quota-warning \{[^}]*executable = script \/usr\/local\/bin\/overquota-notify/);
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});

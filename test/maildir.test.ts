@@ -23,7 +23,7 @@ import {
   type MaildirScan,
   type MaildirScanStats,
 } from '../src/sources/maildir.js';
-import { emptySnapshot } from '../src/sources/maildir-cache.js';
+import { MaildirScanCache, emptySnapshot, type StopFlag } from '../src/sources/maildir-cache.js';
 import { LimitsFile } from '../src/sources/limits.js';
 import type { QuotaState } from '../src/sources/types.js';
 
@@ -469,7 +469,7 @@ test('the scan cache keeps at most scanCacheMailboxes mailboxes, the least recen
   assert.throws(() => new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null, scanCacheMailboxes: -1 }), /scan cache size/);
 });
 
-test('concurrent lookups of one mailbox share one scan; one caller giving up does not stop it for the other', async (t) => {
+test('concurrent lookups of one mailbox share one scan', async (t) => {
   const root = await tempRoot(t);
   const dir = path.join(root, 'pia', 'Maildir');
   await maildir(dir);
@@ -479,16 +479,35 @@ test('concurrent lookups of one mailbox share one scan; one caller giving up doe
   assert.deepEqual(a, b);
   assert.equal(expectFound(a).usageBytes, 6000);
   assert.equal(store.scanStats.scans, 1);
+});
 
-  store.forgetScans();
+test('a shared scan goes on while one caller waits, and is told to stop when none is left', async () => {
+  const cache = new MaildirScanCache(10);
+  const result: MaildirScan = { bytes: 1, messages: 1, attempts: 1, stable: true, directoriesRead: 0, directoriesReused: 0, rootListings: 0, entries: 0 };
+  const runs: { stop: StopFlag; finish: () => void }[] = [];
+  const scan = (_snapshot: unknown, stop: StopFlag) =>
+    new Promise<MaildirScan>((resolve) => runs.push({ stop, finish: () => resolve(result) }));
+
   const impatient = new AbortController();
-  const gaveUp = store.lookup('pia', impatient.signal);
-  const waits = store.lookup('pia', live());
-  await nextTurn();
+  const gaveUp = cache.shared('/m', '.Trash', impatient.signal, scan);
+  const waits = cache.shared('/m', '.Trash', live(), scan);
+  assert.equal(runs.length, 1, 'the second caller joined the first scan');
   impatient.abort();
   await assert.rejects(gaveUp, { code: 'SOURCE_TIMEOUT' });
-  assert.equal(expectFound(await waits).usageBytes, 6000);
-  assert.equal(store.scanStats.scans, 2, 'the second scan was shared by both callers');
+  assert.equal(runs[0]!.stop.aborted, false, 'still wanted by the other caller');
+  runs[0]!.finish();
+  assert.equal(await waits, result);
+
+  const alone = new AbortController();
+  const left = cache.shared('/m', '.Trash', alone.signal, scan);
+  alone.abort();
+  await assert.rejects(left, { code: 'SOURCE_TIMEOUT' });
+  assert.equal(runs[1]!.stop.aborted, true, 'nobody waits: the scan is told to stop');
+  // A caller arriving now starts afresh rather than joining a scan that is stopping.
+  const fresh = cache.shared('/m', '.Trash', live(), scan);
+  assert.equal(runs.length, 3);
+  runs[2]!.finish();
+  assert.equal(await fresh, result);
 });
 
 test('a scan cut short keeps the directories it finished for the next one', async (t) => {
@@ -505,4 +524,36 @@ test('a scan cut short keeps the directories it finished for the next one', asyn
   assert.equal(snapshot.dirs.size, 1, 'the first directory is kept');
   const rest = await scanMaildir(dir, { snapshot });
   assert.deepEqual([rest.bytes, rest.messages, rest.directoriesRead, rest.directoriesReused, rest.rootListings], [7, 3, 3, 1, 0]);
+});
+
+test('a maildirsize written into a cached mailbox is used by the next lookup', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'quinn', 'Maildir');
+  await maildir(dir);
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  await settle(dir);
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  await lookupCounting(store, 'quinn');
+  assert.equal((await lookupCounting(store, 'quinn')).work.directoriesRead, 0, 'cached');
+  // The delivery agent starts keeping a maildirsize: the root's mtime moves, so it is looked for again.
+  await writeFile(path.join(dir, 'maildirsize'), '5000S\n4000 9\n');
+  const next = await lookupCounting(store, 'quinn');
+  assert.deepEqual([next.q.usageBytes, next.q.usageMessages, next.q.limitBytes], [4000, 9, 5000]);
+  assert.equal(next.work.scans, 0, 'a trusted maildirsize is answered without a scan');
+});
+
+test('a maildirsize that must be recounted is recounted from the cache while nothing changed', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'rosa', 'Maildir');
+  await maildir(dir, '.Sent');
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  await message(path.join(dir, '.Sent', 'cur'), '2.b.host,S=50:2,S', 1);
+  await writeFile(path.join(dir, 'maildirsize'), '5000S,10C\n' + '       10    1\n'.repeat(400)); // >= 5120 bytes
+  await settle(dir);
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  const first = await lookupCounting(store, 'rosa');
+  const second = await lookupCounting(store, 'rosa');
+  assert.deepEqual(second.q, first.q);
+  assert.deepEqual([second.q.usageBytes, second.q.limitBytes], [150, 5000], 'counted, with the limits of the file');
+  assert.deepEqual([first.work.directoriesRead, second.work.directoriesRead, second.work.directoriesReused], [4, 0, 4]);
 });

@@ -40,6 +40,7 @@ export async function buildLocalStore(store: Settings['store'], opts: { writeMai
       defaultLimitBytes,
       limits,
       trashFolders: store.trash_folders,
+      scanCacheMailboxes: store.scan_cache_mailboxes,
       writeMaildirsize: opts.writeMaildirsize,
     });
     return { store: maildir, limits: limits ?? null };

@@ -3,23 +3,27 @@
  * of every `new/` and `cur/` with the inode and mtime (nanoseconds) it had when it was read, so
  * that the next lookup stats the directories and reads only those that changed (maildir-scan.ts).
  *
- * Bounded: at most `maxMailboxes` snapshots, the least recently used dropped first. A snapshot is
- * small (one entry per folder directory), so the bound is about memory only in the thousands.
+ * Bounded: at most `maxMailboxes` snapshots, the least recently used dropped first.
  * Concurrent lookups of one mailbox share one scan; it is stopped only when every caller waiting
  * for it gave up, and what it finished stays in the snapshot either way.
  *
  * Reuse rests on the directory mtime: a delivery, an expunge or a flag change (a rename in cur/)
  * changes it. A directory whose mtime was younger than RACY_MARGIN_MS when it was read is read
- * again, since a change within the same clock tick would leave that mtime as it was. Over NFS the
- * client's attribute cache (acdirmin/acdirmax) can hide a change for that long: mount with
- * `actimeo` short enough, or count on maildirsize.
+ * again, since a change within the same clock tick would leave that mtime as it was (the margin
+ * compares the file system's clock with ours: a file server whose clock runs behind by more than
+ * that defeats it). Over NFS the client's attribute cache (acdirmin/acdirmax) can hide a change
+ * for as long as it keeps attributes: mount with `actimeo` short enough, or count on maildirsize.
  */
 
 import type { MaildirScan } from './maildir-scan.js';
 import { SourceError } from './types.js';
 
-/** Mailboxes whose scan results are kept: about 1 KB each for a mailbox with a few folders. */
-export const DEFAULT_SCAN_CACHE_MAILBOXES = 10_000;
+/**
+ * Mailboxes whose scan results are kept. Measured: about 5 KB of heap for a mailbox of INBOX and
+ * 4 folders (paths, counts, stamps), so 25 MB at most. Only mailboxes that were scanned (no
+ * usable maildirsize) take a place.
+ */
+export const DEFAULT_SCAN_CACHE_MAILBOXES = 5_000;
 /** See the header: younger mtimes are not trusted to show the next change. */
 export const RACY_MARGIN_MS = 2000;
 
@@ -44,12 +48,26 @@ export interface MaildirSnapshot {
   root: DirectoryStamp | null;
   /** Full paths of the counted folders, as of `root`. */
   folders: string[];
+  /** `new/` and `cur/` of the root and of each folder, in the order they are read. */
+  targets: string[];
+  /** Whether the root held a `maildirsize` or a `maildirfolder` file, as of `root`. */
+  rootHas: { maildirsize: boolean; maildirfolder: boolean };
   /** Full path of each `new/` and `cur/` counted -> its count. */
   dirs: Map<string, DirectoryCount>;
 }
 
 export function emptySnapshot(trashKey: string): MaildirSnapshot {
-  return { trashKey, root: null, folders: [], dirs: new Map() };
+  return { trashKey, root: null, folders: [], targets: [], rootHas: { maildirsize: false, maildirfolder: false }, dirs: new Map() };
+}
+
+/** What a scan looks at to know whether to stop: an AbortSignal does, and so does a plain flag. */
+export interface StopFlag {
+  readonly aborted: boolean;
+}
+
+/** The root's listing is still true: same inode and mtime, and that mtime was settled when listed. */
+export function rootUnchanged(snapshot: MaildirSnapshot, root: { ino: bigint; mtimeNs: bigint }, marginMs: number): boolean {
+  return snapshot.root !== null && sameDirectory(snapshot.root, root) && settled(snapshot.root, marginMs);
 }
 
 export function sameDirectory(a: { ino: bigint; mtimeNs: bigint }, b: { ino: bigint; mtimeNs: bigint }): boolean {
@@ -63,7 +81,8 @@ export function settled(stamp: DirectoryStamp, marginMs: number): boolean {
 
 interface Running {
   promise: Promise<MaildirScan>;
-  controller: AbortController;
+  stop: { aborted: boolean };
+  settled: boolean;
   waiters: number;
 }
 
@@ -81,12 +100,14 @@ export class MaildirScanCache {
     return this.snapshots.size;
   }
 
-  has(dir: string): boolean {
-    return this.snapshots.has(dir);
-  }
-
   clear(): void {
     this.snapshots.clear();
+  }
+
+  /** The mailbox's snapshot, if there is one taken with these trash folders (no change to its rank). */
+  peek(dir: string, trashKey: string): MaildirSnapshot | undefined {
+    const snap = this.snapshots.get(dir);
+    return snap?.trashKey === trashKey ? snap : undefined;
   }
 
   /** The mailbox's snapshot (a fresh one when none, or taken with other trash folders), now the most recent. */
@@ -105,20 +126,20 @@ export class MaildirScanCache {
 
   /**
    * Runs `scan` for the mailbox, or joins the one already running. The caller's `signal` ends only
-   * its own wait (SOURCE_TIMEOUT); the scan's signal is aborted when no caller is left waiting.
+   * its own wait (SOURCE_TIMEOUT); the scan is told to stop when no caller is left waiting.
    */
   async shared(
     dir: string,
     trashKey: string,
     signal: AbortSignal,
-    scan: (snapshot: MaildirSnapshot, signal: AbortSignal) => Promise<MaildirScan>,
+    scan: (snapshot: MaildirSnapshot, stop: StopFlag) => Promise<MaildirScan>,
   ): Promise<MaildirScan> {
     if (signal.aborted) throw aborted();
     let run = this.running.get(dir);
-    if (!run || run.controller.signal.aborted) {
-      const controller = new AbortController();
-      const started: Running = { controller, waiters: 0, promise: Promise.resolve(null as never) };
-      started.promise = scan(this.snapshotFor(dir, trashKey), controller.signal).finally(() => {
+    if (!run || run.stop.aborted) {
+      const started: Running = { stop: { aborted: false }, settled: false, waiters: 0, promise: Promise.resolve(null as never) };
+      started.promise = scan(this.snapshotFor(dir, trashKey), started.stop).finally(() => {
+        started.settled = true;
         if (this.running.get(dir) === started) this.running.delete(dir);
       });
       // Nobody may be waiting when it fails (all gave up): not an unhandled rejection.
@@ -131,7 +152,7 @@ export class MaildirScanCache {
       return await untilAborted(run.promise, signal);
     } finally {
       run.waiters--;
-      if (run.waiters === 0) run.controller.abort();
+      if (run.waiters === 0 && !run.settled) run.stop.aborted = true;
     }
   }
 }

@@ -17,7 +17,7 @@
  * not rewrite files it does not own. Parsing and scanning live in maildir-scan.ts.
  */
 
-import { constants, type Stats } from 'node:fs';
+import { constants, type BigIntStats, type Stats } from 'node:fs';
 import { chmod, chown, lstat, open, realpath, rename, unlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -31,14 +31,23 @@ import { limitFromFile, type LimitsFile } from './limits.js';
 import {
   DEFAULT_TRASH_FOLDERS,
   parseMaildirsize,
+  prefetchTargets,
   recalculationReason,
   scanMaildir,
   trashKeyOf,
   type MaildirScan,
+  type PrefetchedStats,
   type MaildirSnapshot,
   type Maildirsize,
 } from './maildir-scan.js';
-import { DEFAULT_SCAN_CACHE_MAILBOXES, MaildirScanCache } from './maildir-cache.js';
+import {
+  DEFAULT_SCAN_CACHE_MAILBOXES,
+  MaildirScanCache,
+  RACY_MARGIN_MS,
+  rootUnchanged,
+  type DirectoryStamp,
+  type StopFlag,
+} from './maildir-cache.js';
 import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
 import { ioError, throwIfAborted } from './store-errors.js';
 
@@ -77,7 +86,7 @@ export interface MaildirStoreOptions {
   trashFolders?: string[];
   /** Rewrite maildirsize after a recalculation. Default false (read-only). */
   writeMaildirsize?: boolean;
-  /** Mailboxes whose scan results are kept for the next lookup (LRU); 0: none. Default 10,000. */
+  /** Mailboxes whose scan results are kept for the next lookup (LRU, ~5 KB each); 0: none. Default 5,000. */
   scanCacheMailboxes?: number;
 }
 
@@ -92,6 +101,15 @@ export interface MaildirScanStats {
   rootListings: number;
   /** Directory entries read. */
   entries: number;
+}
+
+interface Located {
+  /** The Maildir root (real path). */
+  dir: string;
+  current: CurrentFile | null;
+  /** Its stat, when taken on the way. */
+  root?: DirectoryStamp;
+  prefetched?: PrefetchedStats;
 }
 
 interface CurrentFile {
@@ -136,7 +154,7 @@ export class MaildirStore implements QuotaSource {
     const located = await this.locate(relative);
     throwIfAborted(signal, 'maildir lookup');
     if (located === null) return { kind: 'unknown' };
-    const { dir, current } = located;
+    const { dir, current, root, prefetched } = located;
     let usageBytes = current?.parsed.usageBytes ?? 0;
     let usageMessages = current?.parsed.usageMessages ?? 0;
     const reason = recalculationReason(
@@ -146,7 +164,7 @@ export class MaildirStore implements QuotaSource {
     if (reason !== null) {
       let scan;
       try {
-        scan = await this.scanCache.shared(dir, this.trashKey, signal, (snapshot, scanSignal) => this.scan(dir, snapshot, scanSignal));
+        scan = await this.scanCache.shared(dir, this.trashKey, signal, (snapshot, stop) => this.scan(dir, snapshot, stop, root, prefetched));
       } catch (err) {
         if (err instanceof SourceError) throw err;
         throw ioError('cannot scan the Maildir', err);
@@ -189,8 +207,14 @@ export class MaildirStore implements QuotaSource {
     this.scanCache.clear();
   }
 
-  private async scan(dir: string, snapshot: MaildirSnapshot, signal: AbortSignal): Promise<MaildirScan> {
-    const scan = await scanMaildir(dir, { trashFolders: this.trashFolders, signal, snapshot });
+  private async scan(
+    dir: string,
+    snapshot: MaildirSnapshot,
+    stop: StopFlag,
+    root: DirectoryStamp | undefined,
+    prefetched: PrefetchedStats | undefined,
+  ): Promise<MaildirScan> {
+    const scan = await scanMaildir(dir, { trashFolders: this.trashFolders, signal: stop, snapshot, root, prefetched });
     const s = this.scanStats;
     s.scans++;
     s.directoriesRead += scan.directoriesRead;
@@ -201,36 +225,44 @@ export class MaildirStore implements QuotaSource {
   }
 
   /*
-   * The real Maildir root for a key and its maildirsize, or null when it does not exist inside the
-   * store root. The checks of the directory and the read of its maildirsize go out together: on a
-   * warm lookup each thread-pool round trip saved is tens of microseconds.
+   * The real Maildir root for a key, its maildirsize and its stat, or null when it does not exist
+   * inside the store root. When the cached listing of the root is still true (same mtime) and it
+   * held neither maildirsize nor maildirfolder, neither is looked for: creating one would have
+   * changed the root's mtime. Otherwise both are looked at together. On a warm lookup every file
+   * system call saved counts: each costs this thread some 10-15 µs (bench/stores.ts).
    */
-  private async locate(relative: string): Promise<{ dir: string; current: CurrentFile | null } | null> {
+  private async locate(relative: string): Promise<Located | null> {
     let dir: string | null;
-    let subfolder: boolean;
     let current: Settled<CurrentFile | null>;
+    let root: DirectoryStamp;
+    let prefetched: PrefetchedStats | undefined;
     try {
       dir = await resolveInside(this.root, relative);
       if (dir === null) return null;
-      let isDir: boolean;
-      [isDir, subfolder, current] = await Promise.all([
-        isDirectory(dir),
-        exists(path.join(dir, 'maildirfolder')),
-        settle(readMaildirsize(dir)),
-      ]);
-      if (!isDir) return null;
+      // A known mailbox: its directories are stated together with the root (one round trip).
+      const known = this.scanCache.peek(dir, this.trashKey);
+      prefetched = known?.root ? prefetchTargets(known) : undefined;
+      const readAtMs = Date.now();
+      const st = await lstatOrNull(dir);
+      if (st === null || !st.isDirectory()) return null;
+      root = { ino: st.ino, mtimeNs: st.mtimeNs, readAtMs };
+      if (known && !known.rootHas.maildirsize && !known.rootHas.maildirfolder && rootUnchanged(known, root, RACY_MARGIN_MS)) {
+        return { dir, current: null, root, prefetched };
+      }
+      let subfolder: boolean;
+      [subfolder, current] = await Promise.all([exists(path.join(dir, 'maildirfolder')), settle(readMaildirsize(dir))]);
       // A path that names a Maildir++ subfolder (.Sent) counts against the whole mailbox.
       if (subfolder) {
         const parent = path.dirname(dir);
         if (!isStrictlyInside(await realpath(this.root), parent)) return null;
-        dir = parent;
-        current = await settle(readMaildirsize(dir));
+        return { dir: parent, current: await readMaildirsize(parent) };
       }
     } catch (err) {
+      if (err instanceof SourceError) throw err;
       throw ioError(`cannot resolve the Maildir under ${this.root}`, err);
     }
     if ('error' in current) throw current.error;
-    return { dir, current: current.value };
+    return { dir, current: current.value, root, prefetched };
   }
 
   private async rewrite(dir: string, current: CurrentFile, bytes: number, messages: number): Promise<void> {
@@ -287,6 +319,16 @@ function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
     (value) => ({ value }),
     (error: unknown) => ({ error }),
   );
+}
+
+async function lstatOrNull(p: string): Promise<BigIntStats | null> {
+  try {
+    return await lstat(p, { bigint: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw err;
+  }
 }
 
 async function isDirectory(p: string): Promise<boolean> {
