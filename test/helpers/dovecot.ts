@@ -8,9 +8,9 @@
 // DIR/mail/NAME/Maildir. instance_name is DIR's basename, so every Dovecot process title
 // ("dovecot-<instance>/auth", ...) names it. Needs root (Dovecot drops to uid 5000 for mail).
 //
-// `dovecot -F` (foreground) runs under a small perl supervisor (see SUPERVISOR) that reaps every
-// Dovecot process and removes DIR on stop(), and also when the test process dies without stop(),
-// even by SIGKILL.
+// `dovecot -F` (foreground) runs under the perl supervisor of supervised.ts (see SUPERVISOR there)
+// that reaps every Dovecot process and removes DIR on stop(), and also when the test process dies
+// without stop(), even by SIGKILL.
 //
 // What triggers quota_warning on 2.3.19 (seen): only quota transactions that change usage, i.e.
 // saves (LMTP delivery, doveadm save/import) and expunges (doveadm expunge, IMAP). Upward: a
@@ -19,16 +19,15 @@
 // that takes usage from >= 100% to < 100%. `doveadm quota recalc` never fires a warning, so fill()
 // and empty() (files + recalc) never do. %u is what the caller named: `u1@example.com` for LMTP,
 // `u1` for doveadm -u u1.
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { chmod, chown, mkdir, readFile, rm, writeFile, rename, readdir } from 'node:fs/promises';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { freePort } from './ports.js';
 import { tempDir } from './tmp.js';
-import { live, signal, track, waitExit, type Supervised } from './supervised.js';
+import { run, startSupervised, stopSupervised, supervisedStop, waitReady, withPortRetry, type Supervised } from './supervised.js';
 
 export const DOVECOT = '/usr/sbin/dovecot';
 export const DOVEADM = existsSync('/usr/bin/doveadm') ? '/usr/bin/doveadm' : '/usr/sbin/doveadm';
@@ -142,71 +141,6 @@ export interface DovecotInstance {
   /** SIGTERM the master (it takes ~1 s), SIGKILL after 5 s, reap everything, remove DIR. Idempotent. */
   stop(): Promise<void>;
 }
-
-const PERL = '/usr/bin/perl';
-
-/**
- * Supervisor for one instance (perl-base is Essential on Debian, so always there):
- * - becomes a child subreaper, so Dovecot's children are reparented to it and reaped at once when
- *   the master dies (PID 1 here reaps orphans only every second or two);
- * - asks for SIGUSR1 when its parent (the test process) dies, even by SIGKILL (PR_SET_PDEATHSIG);
- * - starts `dovecot -F` in a new session, so its whole process group can be killed at the end;
- * - passes SIGTERM/SIGINT/SIGHUP to the master, SIGKILLs the master's group once the master is
- *   gone, waits until every child is reaped, exits with the master's status; if the test process
- *   is gone by then, it also removes the instance directory.
- * argv: DIR, command...
- */
-const SUPERVISOR = String.raw`
-use strict; use warnings; use POSIX ();
-my ($dir, @cmd) = @ARGV;
-my $parent = getppid();
-my $master = 0;
-my $quit = 0;
-my $orphaned = 0;
-$SIG{$_} = sub { $quit = 1; kill 'TERM', $master if $master > 0 } for qw(TERM INT HUP);
-$SIG{USR1} = sub { $orphaned = $quit = 1; kill 'TERM', $master if $master > 0 };
-my $nr = { x86_64 => 157, aarch64 => 167, i686 => 172, armv7l => 172 }->{ (POSIX::uname())[4] };
-$nr //= eval { require 'syscall.ph'; &SYS_prctl() };
-if (defined $nr) {
-  syscall($nr, 36, 1, 0, 0, 0);                 # PR_SET_CHILD_SUBREAPER
-  syscall($nr, 1, POSIX::SIGUSR1(), 0, 0, 0);   # PR_SET_PDEATHSIG
-}
-$orphaned = $quit = 1 if getppid() != $parent;
-$master = fork() // die "overquota dovecot supervisor: fork: $!\n";
-if ($master == 0) {
-  POSIX::setsid();
-  exec { $cmd[0] } @cmd or POSIX::_exit(127);
-}
-kill 'TERM', $master if $quit;
-my $status = 0;
-for (;;) {
-  my $w = waitpid(-1, 0);
-  if ($w > 0) {
-    if ($w == $master) { $status = $?; kill 'KILL', -$master; }
-    next;
-  }
-  last if $!{ECHILD};
-}
-system('/bin/rm', '-rf', '--', $dir) if $orphaned || getppid() != $parent;
-exit($status & 127 ? 128 + ($status & 127) : $status >> 8);
-`;
-
-interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function run(cmd: string, args: string[], timeoutMs = 20000): Promise<RunResult> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: timeoutMs, encoding: 'utf8', maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr: err && !stderr ? String(err.message) : stderr });
-    });
-  });
-}
-
-const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const USER_RE = /^[a-z0-9][a-z0-9._-]*$/i;
 const QUOTA_RE = /^[0-9]+[BKMGT%]?$/i;
@@ -495,17 +429,11 @@ async function lmtpDeliver(port: number, user: string, bytes: number): Promise<s
 
 /** Start a private Dovecot for one test. Requires root and dovecot-core (+ dovecot-lmtpd for lmtp). */
 export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotInstance> {
-  let lastError: unknown;
   // A free port can be taken between freePort() and Dovecot's bind(): retry then.
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      return await startOnce(opts);
-    } catch (err) {
-      lastError = err;
-      if (!(err instanceof Error && /Address already in use/.test(err.message))) throw err;
-    }
-  }
-  throw lastError;
+  return withPortRetry(
+    () => startOnce(opts),
+    (err) => err instanceof Error && /Address already in use/.test(err.message),
+  );
 }
 
 async function startOnce(opts: StartDovecotOptions): Promise<DovecotInstance> {
@@ -524,7 +452,7 @@ async function startOnce(opts: StartDovecotOptions): Promise<DovecotInstance> {
   const configPath = join(dir, 'dovecot.conf');
   const logPath = join(dir, 'dovecot.log');
   const stderrPath = join(dir, 'dovecot.stderr');
-  let supervisor: ChildProcess | undefined;
+  let entry: Supervised | undefined;
   try {
     // uid 5000 must traverse DIR to reach its home.
     await chmod(dir, 0o755);
@@ -543,21 +471,14 @@ async function startOnce(opts: StartDovecotOptions): Promise<DovecotInstance> {
     await writeFile(join(dir, 'users'), usersFile(mailRoot, opts.users), { mode: 0o644 });
     await writeFile(configPath, dovecotConf(dir, instanceName, opts, password, ports), { mode: 0o644 });
 
-    const errFd = openSync(stderrPath, 'a');
-    try {
-      supervisor = spawn(PERL, ['-e', SUPERVISOR, dir, DOVECOT, '-c', configPath, '-F'], {
-        stdio: ['ignore', errFd, errFd],
-        cwd: dir,
-      });
-    } finally {
-      closeSync(errFd);
-    }
-    supervisor.unref();
-    const sup = supervisor;
-    const spawnError = new Promise<Error>((resolve) => sup.once('error', resolve));
-    if (sup.pid === undefined) throw await spawnError;
-    const entry: Supervised = { supervisor: sup, dir };
-    track(entry);
+    entry = await startSupervised({
+      name: 'dovecot',
+      dir,
+      command: [DOVECOT, '-c', configPath, '-F'],
+      outputFile: stderrPath,
+      cwd: dir,
+    });
+    const sup = entry.supervisor;
 
     const log = (): Promise<string> => readFile(logPath, 'utf8').catch(() => '');
     const describe = async (): Promise<string> =>
@@ -570,18 +491,18 @@ async function startOnce(opts: StartDovecotOptions): Promise<DovecotInstance> {
 
     // Ready when the HTTP API answers a command (Dovecot binds every listener before that).
     const probe = JSON.stringify([['quotaGet', { user: opts.users[0]?.name ?? 'overquota-nobody' }, 'ready']]);
-    const readyBy = Date.now() + 10000;
-    for (;;) {
-      if (sup.exitCode !== null || sup.signalCode !== null) {
-        throw new Error(`startDovecot: dovecot exited (${sup.exitCode ?? sup.signalCode}) during startup\n${await describe()}`);
-      }
-      const res = await post(doveadmUrl, probe, auth, 2000).catch(() => undefined);
-      if (res?.status === 200 && res.body.startsWith('[[')) break;
-      if (Date.now() > readyBy) {
-        throw new Error(`startDovecot: doveadm HTTP API on 127.0.0.1:${ports.http} not answering within 10 s (last: ${JSON.stringify(res)})\n${await describe()}`);
-      }
-      await delay(20);
-    }
+    let res: { status: number; body: string } | undefined;
+    await waitReady(sup, {
+      timeoutMs: 10000,
+      intervalMs: 20,
+      probe: async () => {
+        res = await post(doveadmUrl, probe, auth, 2000).catch(() => undefined);
+        return res?.status === 200 && res.body.startsWith('[[');
+      },
+      onExit: async (status) => new Error(`startDovecot: dovecot exited (${status}) during startup\n${await describe()}`),
+      onTimeout: async () =>
+        new Error(`startDovecot: doveadm HTTP API on 127.0.0.1:${ports.http} not answering within 10 s (last: ${JSON.stringify(res)})\n${await describe()}`),
+    });
     const pid = Number.parseInt(await readFile(join(dir, 'run', 'master.pid'), 'utf8'), 10);
 
     const doveadm = async (...args: string[]): Promise<string> => {
@@ -604,26 +525,9 @@ async function startOnce(opts: StartDovecotOptions): Promise<DovecotInstance> {
     };
     let seq = 0;
 
-    let stopping: Promise<void> | undefined;
-    const stop = (): Promise<void> =>
-      (stopping ??= (async () => {
-        // The supervisor passes SIGTERM to the master; Dovecot stops its services, then sleeps
-        // 1 s for its log process; the supervisor then kills the group and reaps everything.
-        signal(sup, 'SIGTERM');
-        let done = await waitExit(sup, 5000);
-        if (!done) {
-          try {
-            process.kill(-pid, 'SIGKILL');
-          } catch {
-            /* group empty */
-          }
-          signal(sup, 'SIGKILL');
-          done = await waitExit(sup, 2000);
-        }
-        live.delete(entry);
-        await tmp.cleanup();
-        if (!done) throw new Error(`startDovecot: instance ${dir} did not stop within 7 s`);
-      })());
+    // The supervisor passes SIGTERM to the master; Dovecot stops its services, then sleeps
+    // 1 s for its log process; the supervisor then kills the group and reaps everything.
+    const stop = supervisedStop(entry, { label: 'startDovecot', graceMs: 5000, killGraceMs: 2000, groupPid: pid, cleanup: tmp.cleanup });
 
     return {
       dir,
@@ -694,12 +598,7 @@ async function startOnce(opts: StartDovecotOptions): Promise<DovecotInstance> {
       stop,
     };
   } catch (err) {
-    if (supervisor) {
-      const sup = supervisor;
-      signal(sup, 'SIGTERM');
-      if (!(await waitExit(sup, 5000))) signal(sup, 'SIGKILL');
-      for (const l of live) if (l.supervisor === sup) live.delete(l);
-    }
+    if (entry) await stopSupervised(entry, { graceMs: 5000 });
     await rm(dir, { recursive: true, force: true }).catch(() => {});
     throw err;
   }

@@ -5,16 +5,16 @@
 // Layout: DIR/etc (main.cf, master.cf), DIR/queue (queue_directory), DIR/data (data_directory),
 // DIR/maillog, DIR/master.stderr. Needs root (Postfix runs its daemons as user postfix).
 //
-// master runs under a small perl supervisor (see SUPERVISOR) that reaps every Postfix process and
-// removes DIR on stop(), and also when the test process dies without stop(), even by SIGKILL.
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+// master runs under the perl supervisor of supervised.ts (see SUPERVISOR there) that reaps every
+// Postfix process and removes DIR on stop(), and also when the test process dies without stop(),
+// even by SIGKILL.
 import { chmod, mkdir, readFile, writeFile, appendFile, rm, utimes } from 'node:fs/promises';
-import { openSync, closeSync, existsSync, readFileSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { freePort } from './ports.js';
 import { tempDir } from './tmp.js';
-import { live, signal, track, waitExit, type Supervised } from './supervised.js';
+import { delay, probeGreeting, run, startSupervised, stopSupervised, supervisedStop, waitReady, withPortRetry, type Supervised } from './supervised.js';
 
 export const POSTFIX_MASTER = '/usr/lib/postfix/sbin/master';
 
@@ -65,77 +65,6 @@ export interface PostfixInstance {
    * then SIGKILL), remove DIR. Idempotent. Read the maillog before this.
    */
   stop(): Promise<void>;
-}
-
-function killGroup(pgid: number, sig: NodeJS.Signals): void {
-  if (!(pgid > 1)) return;
-  try {
-    process.kill(-pgid, sig);
-  } catch {
-    /* group empty */
-  }
-}
-
-const PERL = '/usr/bin/perl';
-
-/**
- * Supervisor for one instance (perl-base is Essential on Debian, so always there):
- * - becomes a child subreaper, so master's children are reparented to it and reaped at once when
- *   master dies (PID 1 here reaps orphans only every second or two: they linger as zombies);
- * - asks for a signal when its parent (the test process) dies, even by SIGKILL (PR_SET_PDEATHSIG;
- *   SIGUSR1, because the parent's main thread can die first while getppid() still names it);
- * - starts master in a new session: master must lead its process group, because on SIGTERM it
- *   kills its group with kill(-getpid()); if that fails it exits 1 after a 1 s sleep and leaves
- *   its children running;
- * - passes SIGTERM/SIGINT/SIGHUP to master, SIGKILLs master's group once master is gone, waits
- *   until every child is reaped, exits with master's status; if the test process is gone by
- *   then, it also removes the instance directory.
- * argv: DIR, master command...
- */
-const SUPERVISOR = String.raw`
-use strict; use warnings; use POSIX ();
-my ($dir, @cmd) = @ARGV;
-my $parent = getppid();
-my $master = 0;
-my $quit = 0;
-my $orphaned = 0;
-$SIG{$_} = sub { $quit = 1; kill 'TERM', $master if $master > 0 } for qw(TERM INT HUP);
-# The kernel sends SIGUSR1 when the test process dies (SIGTERM would look like stop()).
-$SIG{USR1} = sub { $orphaned = $quit = 1; kill 'TERM', $master if $master > 0 };
-my $nr = { x86_64 => 157, aarch64 => 167, i686 => 172, armv7l => 172 }->{ (POSIX::uname())[4] };
-$nr //= eval { require 'syscall.ph'; &SYS_prctl() };
-if (defined $nr) {
-  syscall($nr, 36, 1, 0, 0, 0);                 # PR_SET_CHILD_SUBREAPER
-  syscall($nr, 1, POSIX::SIGUSR1(), 0, 0, 0);   # PR_SET_PDEATHSIG
-}
-$orphaned = $quit = 1 if getppid() != $parent;
-$master = fork() // die "overquota postfix supervisor: fork: $!\n";
-if ($master == 0) {
-  POSIX::setsid();
-  exec { $cmd[0] } @cmd or POSIX::_exit(127);
-}
-kill 'TERM', $master if $quit;
-my $status = 0;
-for (;;) {
-  my $w = waitpid(-1, 0);
-  if ($w > 0) {
-    if ($w == $master) { $status = $?; kill 'KILL', -$master; }
-    next;
-  }
-  last if $!{ECHILD};
-}
-# The test process died without stop(): nobody else will remove the instance directory.
-system('/bin/rm', '-rf', '--', $dir) if $orphaned || getppid() != $parent;
-exit($status & 127 ? 128 + ($status & 127) : $status >> 8);
-`;
-
-function run(cmd: string, args: string[], timeoutMs = 20000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: timeoutMs, encoding: 'utf8' }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr: err && !stderr ? String(err.message) : stderr });
-    });
-  });
 }
 
 async function mustRun(cmd: string, args: string[], what: string, dir: string): Promise<string> {
@@ -197,31 +126,6 @@ function mainCf(dir: string, opts: StartPostfixOptions): string {
   );
 }
 
-/** Connect and read the first reply line; true on a 220 greeting. */
-function probeGreeting(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    let buf = '';
-    let settled = false;
-    const sock: Socket = connect({ host: '127.0.0.1', port });
-    const finish = (ok: boolean): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (ok) sock.end('QUIT\r\n');
-      else sock.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => finish(false), 2000);
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      buf += d;
-      if (buf.includes('\n')) finish(/^220[ -]/.test(buf));
-    });
-    sock.on('error', () => finish(false));
-    sock.on('close', () => finish(false));
-  });
-}
-
 /** True if 127.0.0.1:port cannot be bound right now. */
 function portInUse(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -231,21 +135,13 @@ function portInUse(port: number): Promise<boolean> {
   });
 }
 
-const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 /** Start a private Postfix for one test. Requires root and the Debian postfix package. */
 export async function startPostfix(opts: StartPostfixOptions): Promise<PostfixInstance> {
-  let lastError: unknown;
   // The free port can be taken between freePort() and master's bind(): retry then.
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      return await startOnce(opts);
-    } catch (err) {
-      lastError = err;
-      if (!(err instanceof Error && /Address already in use/.test(err.message))) throw err;
-    }
-  }
-  throw lastError;
+  return withPortRetry(
+    () => startOnce(opts),
+    (err) => err instanceof Error && /Address already in use/.test(err.message),
+  );
 }
 
 async function startOnce(opts: StartPostfixOptions): Promise<PostfixInstance> {
@@ -256,7 +152,7 @@ async function startOnce(opts: StartPostfixOptions): Promise<PostfixInstance> {
   const dir = tmp.path;
   const configDir = join(dir, 'etc');
   const queueDir = join(dir, 'queue');
-  let supervisor: ChildProcess | undefined;
+  let entry: Supervised | undefined;
   try {
     // Postfix (user postfix) and spawn(8) children (e.g. user nobody) must be able to traverse DIR.
     await chmod(dir, 0o755);
@@ -288,59 +184,38 @@ async function startOnce(opts: StartPostfixOptions): Promise<PostfixInstance> {
     await mustRun('postfix', ['-c', configDir, 'check'], 'postfix check', dir);
 
     const stderrPath = join(dir, 'master.stderr');
-    const errFd = openSync(stderrPath, 'a');
-    try {
-      supervisor = spawn(PERL, ['-e', SUPERVISOR, dir, POSTFIX_MASTER, '-c', configDir, '-d'], {
-        stdio: ['ignore', errFd, errFd],
-      });
-    } finally {
-      closeSync(errFd);
-    }
-    // A forgotten stop() must not keep the test process alive; its exit still cleans up (PDEATHSIG).
-    supervisor.unref();
-    const sup = supervisor;
-    const spawnError = new Promise<Error>((resolve) => sup.once('error', resolve));
-    if (sup.pid === undefined) throw await spawnError;
-    const entry: Supervised = { supervisor: sup, dir };
-    track(entry);
+    entry = await startSupervised({
+      name: 'postfix',
+      dir,
+      command: [POSTFIX_MASTER, '-c', configDir, '-d'],
+      outputFile: stderrPath,
+    });
+    const sup = entry.supervisor;
 
     const maillog = (): Promise<string> => readFile(join(dir, 'maillog'), 'utf8').catch(() => '');
     const describe = async (): Promise<string> =>
       `--- master.stderr ---\n${readFileSync(stderrPath, 'utf8')}\n--- maillog ---\n${await maillog()}`;
 
     // Wait for the listener and a 220 greeting from smtpd.
-    const readyBy = Date.now() + 10000;
-    for (;;) {
-      if (sup.exitCode !== null || sup.signalCode !== null) {
+    await waitReady(sup, {
+      timeoutMs: 10000,
+      intervalMs: 25,
+      probe: () => probeGreeting(smtpPort, /^220[ -]/),
+      onExit: async (status) => {
         // master logs its startup errors only to syslog (/dev/log), which does not exist here.
         const cause = (await portInUse(smtpPort))
           ? `bind 127.0.0.1:${smtpPort}: Address already in use`
           : 'master logs startup errors only to /dev/log (absent here); likely a bad master.cf line or ' +
             `a port in use (see them with: strace -f -e trace=bind,connect ${POSTFIX_MASTER} -c ${configDir} -d)`;
-        throw new Error(`startPostfix: master exited (${sup.exitCode ?? sup.signalCode}) during startup: ${cause}\n${await describe()}`);
-      }
-      if (await probeGreeting(smtpPort)) break;
-      if (Date.now() > readyBy) throw new Error(`startPostfix: no 220 greeting on 127.0.0.1:${smtpPort} within 10 s\n${await describe()}`);
-      await delay(25);
-    }
+        return new Error(`startPostfix: master exited (${status}) during startup: ${cause}\n${await describe()}`);
+      },
+      onTimeout: async () => new Error(`startPostfix: no 220 greeting on 127.0.0.1:${smtpPort} within 10 s\n${await describe()}`),
+    });
     const pid = Number.parseInt(await readFile(join(queueDir, 'pid', 'master.pid'), 'utf8'), 10);
 
-    let stopping: Promise<void> | undefined;
-    const stop = (): Promise<void> =>
-      (stopping ??= (async () => {
-        // The supervisor passes SIGTERM to master, which kills its process group; the supervisor
-        // reaps everything (it is a child subreaper) and exits.
-        signal(sup, 'SIGTERM');
-        let done = await waitExit(sup, 5000);
-        if (!done) {
-          killGroup(pid, 'SIGKILL');
-          signal(sup, 'SIGKILL');
-          done = await waitExit(sup, 2000);
-        }
-        live.delete(entry);
-        await tmp.cleanup();
-        if (!done) throw new Error(`startPostfix: instance ${dir} did not stop within 7 s`);
-      })());
+    // The supervisor passes SIGTERM to master, which kills its process group; the supervisor
+    // reaps everything (it is a child subreaper) and exits.
+    const stop = supervisedStop(entry, { label: 'startPostfix', graceMs: 5000, killGraceMs: 2000, groupPid: pid, cleanup: tmp.cleanup });
 
     return {
       smtpPort,
@@ -373,12 +248,7 @@ async function startOnce(opts: StartPostfixOptions): Promise<PostfixInstance> {
       stop,
     };
   } catch (err) {
-    if (supervisor) {
-      const sup = supervisor;
-      signal(sup, 'SIGTERM');
-      if (!(await waitExit(sup, 3000))) signal(sup, 'SIGKILL');
-      for (const l of live) if (l.supervisor === sup) live.delete(l);
-    }
+    if (entry) await stopSupervised(entry, { graceMs: 3000 });
     await rm(dir, { recursive: true, force: true }).catch(() => {});
     throw err;
   }

@@ -9,7 +9,7 @@
 // - registered in a module-level set; a process 'exit' hook SIGKILLs whatever is still running
 //   and removes the temporary directories.
 // No persistence: `--save '' --appendonly no`. Logs go to DIR/*.log (shown in startup errors).
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, rmSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -17,6 +17,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import { freePort } from './ports.js';
 import { tempDir, type TempDir } from './tmp.js';
+import { delay, exited, run, signal, waitExit, withPortRetry as retryOnPortClash } from './supervised.js';
 
 export const REDIS_SERVER = '/usr/bin/redis-server';
 export const REDIS_CLI = '/usr/bin/redis-cli';
@@ -131,35 +132,6 @@ function installExitHook(): void {
   });
 }
 
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-function signal(child: ChildProcess, sig: NodeJS.Signals): void {
-  if (exited(child)) return;
-  try {
-    child.kill(sig);
-  } catch {
-    /* already gone */
-  }
-}
-
-/** Resolve true once `child` has exited, false after `ms`. */
-function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (exited(child)) return resolve(true);
-    const onExit = (): void => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    const timer = setTimeout(() => {
-      child.off('exit', onExit);
-      resolve(false);
-    }, ms);
-    child.once('exit', onExit);
-  });
-}
-
 /** SIGTERM (Redis shuts down without saving: no save points), then SIGKILL after `graceMs`. */
 async function terminate(child: ChildProcess, graceMs = 3000): Promise<void> {
   signal(child, 'SIGTERM');
@@ -256,8 +228,6 @@ function probe(target: ProbeTarget): Promise<boolean> {
   });
 }
 
-const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 async function tail(file: string, lines = 40): Promise<string> {
   const text = await readFile(file, 'utf8').catch(() => '(missing)');
   return text.split('\n').slice(-lines).join('\n');
@@ -290,23 +260,8 @@ async function waitReady(child: ChildProcess, target: ProbeTarget, what: string,
 }
 
 /** Retry `fn` (which picks fresh ports) when a freePort() race made the bind fail. */
-async function withPortRetry<T>(fn: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (!(err instanceof StartupError && err.addressInUse) || attempt >= 3) throw err;
-    }
-  }
-}
-
-function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv, timeoutMs = 20000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: timeoutMs, encoding: 'utf8', env: env ?? process.env }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr: err && !stderr ? String(err.message) : stderr });
-    });
-  });
+function withPortRetry<T>(fn: () => Promise<T>): Promise<T> {
+  return retryOnPortClash(fn, (err) => err instanceof StartupError && err.addressInUse);
 }
 
 async function redisCli(connArgs: string[], args: string[], password?: string): Promise<string> {
@@ -314,7 +269,7 @@ async function redisCli(connArgs: string[], args: string[], password?: string): 
   delete env.REDISCLI_AUTH;
   // The password goes through the environment: no "-a is not safe" warning, not in argv.
   if (password !== undefined) env.REDISCLI_AUTH = password;
-  const r = await run(REDIS_CLI, [...connArgs, ...args], env, 10000);
+  const r = await run(REDIS_CLI, [...connArgs, ...args], { env, timeoutMs: 10000 });
   if (r.code !== 0) {
     throw new Error(`redis-cli ${[...connArgs, ...args].join(' ')} exited ${r.code}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`);
   }
@@ -514,7 +469,7 @@ export async function startRedisCluster(masters = 3): Promise<RedisCluster> {
     const create = await run(REDIS_CLI, [
       '--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`),
       '--cluster-replicas', '0', '--cluster-yes',
-    ], undefined, 30000);
+    ], { timeoutMs: 30000 });
     if (create.code !== 0) {
       throw new Error(`startRedisCluster: redis-cli --cluster create exited ${create.code}\n${create.stdout}\n${create.stderr}`);
     }

@@ -12,19 +12,19 @@
 //
 // The host name here has no dot, and Sendmail would then sleep 60 s before reading its config, so
 // it runs in private UTS + mount namespaces (unshare) with the host name mta.example.com and a
-// private /etc/hosts bind-mounted over the real one. It runs under a small perl supervisor (see
-// SUPERVISOR) that reaps every Sendmail process and removes DIR on stop(), and also when the test
-// process dies without stop(), even by SIGKILL. Needs root.
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+// private /etc/hosts bind-mounted over the real one. It runs under the perl supervisor of
+// supervised.ts (see SUPERVISOR there; here it also kills processes reparented to it outside the
+// daemon's group) that reaps every Sendmail process and removes DIR on stop(), and also when the
+// test process dies without stop(), even by SIGKILL. Needs root.
+import { execFile } from 'node:child_process';
 import { chmod, mkdir, readFile, writeFile, rm } from 'node:fs/promises';
-import { openSync, closeSync, existsSync, readFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from './ports.js';
 import { tempDir } from './tmp.js';
-import { live, signal, track, waitExit, type Supervised } from './supervised.js';
+import { PERL, probeGreeting, run, startSupervised, stopSupervised, supervisedStop, waitReady, withPortRetry, type Supervised } from './supervised.js';
 
 /** The unpack script; run by startSendmail() when the cached tree is missing. */
 export const SENDMAIL_UNPACK_SCRIPT = fileURLToPath(new URL('../../scripts/sendmail-unpack.sh', import.meta.url));
@@ -45,7 +45,6 @@ const treePaths = (root: string): { daemon: string; m4: string; cfDir: string } 
   cfDir: join(root, 'usr/share/sendmail/cf'),
 });
 
-const PERL = '/usr/bin/perl';
 const UNSHARE_CANDIDATES = ['/usr/bin/unshare', '/bin/unshare'];
 const unsharePath = (): string | undefined => UNSHARE_CANDIDATES.find((p) => existsSync(p));
 
@@ -119,59 +118,6 @@ export interface SendmailInstance {
 }
 
 
-/**
- * Supervisor for one instance, as in postfix.ts: a child subreaper (orphaned Sendmail children are
- * reaped at once) that gets SIGUSR1 when the test process dies (PR_SET_PDEATHSIG), starts the
- * daemon in a new session, passes SIGTERM/SIGINT/SIGHUP to it, and once it is gone SIGKILLs its
- * process group and every process still reparented to the supervisor (a Sendmail child that
- * called setsid() is outside the group), reaps them all, and removes DIR if the test process is gone.
- * argv: DIR, command...
- */
-const SUPERVISOR = String.raw`
-use strict; use warnings; use POSIX ();
-my ($dir, @cmd) = @ARGV;
-my $parent = getppid();
-my $main = 0;
-my $quit = 0;
-my $orphaned = 0;
-$SIG{$_} = sub { $quit = 1; kill 'TERM', $main if $main > 0 } for qw(TERM INT HUP);
-$SIG{USR1} = sub { $orphaned = $quit = 1; kill 'TERM', $main if $main > 0 };
-my $nr = { x86_64 => 157, aarch64 => 167, i686 => 172, armv7l => 172 }->{ (POSIX::uname())[4] };
-$nr //= eval { require 'syscall.ph'; &SYS_prctl() };
-if (defined $nr) {
-  syscall($nr, 36, 1, 0, 0, 0);                 # PR_SET_CHILD_SUBREAPER
-  syscall($nr, 1, POSIX::SIGUSR1(), 0, 0, 0);   # PR_SET_PDEATHSIG
-}
-$orphaned = $quit = 1 if getppid() != $parent;
-sub kill_children {
-  opendir(my $d, '/proc') or return;
-  for my $p (grep { /^\d+$/ } readdir $d) {
-    open(my $f, '<', "/proc/$p/stat") or next;
-    my $st = <$f> // next;
-    kill 'KILL', $p if $st =~ /\)\s+\S+\s+(\d+)/ && $1 == $$;
-  }
-}
-$main = fork() // die "overquota sendmail supervisor: fork: $!\n";
-if ($main == 0) {
-  POSIX::setsid();
-  exec { $cmd[0] } @cmd or POSIX::_exit(127);
-}
-kill 'TERM', $main if $quit;
-my $status = 0;
-my $main_done = 0;
-for (;;) {
-  my $w = waitpid(-1, 0);
-  if ($w > 0) {
-    if ($w == $main) { $status = $?; $main_done = 1; kill 'KILL', -$main; }
-    kill_children() if $main_done;
-    next;
-  }
-  last if $!{ECHILD};
-}
-system('/bin/rm', '-rf', '--', $dir) if $orphaned || getppid() != $parent;
-exit($status & 127 ? 128 + ($status & 127) : $status >> 8);
-`;
-
 /** Placeholder for DIR in the .mc, replaced in the generated .cf (so m4 never sees the path). */
 const DIR_TOKEN = '@@OVERQUOTA_DIR@@';
 
@@ -217,44 +163,6 @@ R$+ < @ example.com >	$#sink $: $1
 `;
 }
 
-function run(cmd: string, args: string[], timeoutMs = 20000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: timeoutMs, encoding: 'utf8', maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr: err && !stderr ? String(err.message) : stderr });
-    });
-  });
-}
-
-/**
- * Connect and read the first reply line; true once the daemon answers at all. Not only 220:
- * with F=R and the milter down, Sendmail greets `554 ... not accepting messages`.
- */
-function probeGreeting(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    let buf = '';
-    let settled = false;
-    const sock: Socket = connect({ host: '127.0.0.1', port });
-    const finish = (ok: boolean): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (ok) sock.end('QUIT\r\n');
-      else sock.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => finish(false), 2000);
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      buf += d;
-      if (buf.includes('\n')) finish(/^\d{3}[ -]/.test(buf));
-    });
-    sock.on('error', () => finish(false));
-    sock.on('close', () => finish(false));
-  });
-}
-
-const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const tail = (text: string, lines = 40): string => text.split('\n').slice(-lines).join('\n');
 
 class PortInUse extends Error {}
@@ -264,18 +172,12 @@ export async function startSendmail(opts: StartSendmailOptions): Promise<Sendmai
   const why = sendmailUnavailable();
   if (why) throw new Error(`startSendmail: ${why}`);
   const root = await ensureSendmailTree();
-  let lastError: unknown;
   // The free port can be taken between freePort() and Sendmail's bind() (Sendmail would then retry
   // for about a minute): start over on another port.
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      return await startOnce(root, opts);
-    } catch (err) {
-      lastError = err;
-      if (!(err instanceof PortInUse)) throw err;
-    }
-  }
-  throw lastError;
+  return withPortRetry(
+    () => startOnce(root, opts),
+    (err) => err instanceof PortInUse,
+  );
 }
 
 async function startOnce(root: string, opts: StartSendmailOptions): Promise<SendmailInstance> {
@@ -291,7 +193,7 @@ async function startOnce(root: string, opts: StartSendmailOptions): Promise<Send
 
   const tmp = await tempDir('overquota-sendmail-');
   const dir = tmp.path;
-  let supervisor: ChildProcess | undefined;
+  let entry: Supervised | undefined;
   try {
     // Sendmail option values end at a space or comma.
     if (!/^[A-Za-z0-9/._-]+$/.test(dir)) throw new Error(`startSendmail: unusable instance directory ${dir} (set TMPDIR to a plain path)`);
@@ -324,59 +226,38 @@ async function startOnce(root: string, opts: StartSendmailOptions): Promise<Send
       `hostname ${HOSTNAME} && mount --bind '${dir}/etc/hosts' /etc/hosts && ` +
       `exec '${daemon}' -d99.100 -bd -C '${dir}/test.cf' -X '${trafficPath}'`;
     const cmd = [unsharePath() ?? 'unshare', '--uts', '--mount', '--propagation', 'private', '/bin/sh', '-c', script];
-    const outFd = openSync(debugPath, 'a');
-    try {
-      supervisor = spawn(PERL, ['-e', SUPERVISOR, dir, ...cmd], { stdio: ['ignore', outFd, outFd] });
-    } finally {
-      closeSync(outFd);
-    }
-    supervisor.unref(); // a forgotten stop() must not keep the test process alive
-    const sup = supervisor;
-    const spawnError = new Promise<Error>((resolve) => sup.once('error', resolve));
-    if (sup.pid === undefined) throw await spawnError;
-    const entry: Supervised = { supervisor: sup, dir };
-    track(entry);
+    entry = await startSupervised({ name: 'sendmail', dir, command: cmd, outputFile: debugPath, killReparented: true });
+    const sup = entry.supervisor;
 
     const readText = (p: string): Promise<string> => readFile(p, 'utf8').catch(() => '');
     const describe = async (): Promise<string> =>
       `--- debug.log (last lines) ---\n${tail(await readText(debugPath))}\n--- traffic.log (last lines) ---\n${tail(await readText(trafficPath))}`;
 
-    const readyBy = Date.now() + READY_TIMEOUT_MS;
-    for (;;) {
-      if (sup.exitCode !== null || sup.signalCode !== null) {
-        throw new Error(`startSendmail: sendmail exited (${sup.exitCode ?? sup.signalCode}) during startup\n${await describe()}`);
-      }
-      if (await probeGreeting(smtpPort)) break;
-      if (/Address already in use/.test(readFileSync(debugPath, 'utf8'))) {
-        throw new PortInUse(`startSendmail: 127.0.0.1:${smtpPort} already in use`);
-      }
-      if (Date.now() > readyBy) {
-        throw new Error(`startSendmail: no SMTP greeting on 127.0.0.1:${smtpPort} within ${READY_TIMEOUT_MS} ms\n${await describe()}`);
-      }
-      await delay(25);
-    }
+    // Any reply counts, not only 220: with F=R and the milter down, Sendmail greets
+    // `554 ... not accepting messages`.
+    await waitReady(sup, {
+      timeoutMs: READY_TIMEOUT_MS,
+      intervalMs: 25,
+      probe: () => probeGreeting(smtpPort, /^\d{3}[ -]/),
+      afterProbe: () => {
+        if (/Address already in use/.test(readFileSync(debugPath, 'utf8'))) {
+          throw new PortInUse(`startSendmail: 127.0.0.1:${smtpPort} already in use`);
+        }
+      },
+      onExit: async (status) => new Error(`startSendmail: sendmail exited (${status}) during startup\n${await describe()}`),
+      onTimeout: async () =>
+        new Error(`startSendmail: no SMTP greeting on 127.0.0.1:${smtpPort} within ${READY_TIMEOUT_MS} ms\n${await describe()}`),
+    });
     const pid = Number.parseInt((await readText(join(dir, 'sendmail.pid'))).split('\n')[0] ?? '', 10);
 
-    let stopping: Promise<void> | undefined;
-    const stop = (): Promise<void> =>
-      (stopping ??= (async () => {
-        signal(sup, 'SIGTERM'); // the supervisor passes it on and reaps everything
-        let done = await waitExit(sup, STOP_GRACE_MS);
-        if (!done) {
-          if (pid > 1) {
-            try {
-              process.kill(-pid, 'SIGKILL');
-            } catch {
-              /* group empty */
-            }
-          }
-          signal(sup, 'SIGKILL');
-          done = await waitExit(sup, KILL_GRACE_MS);
-        }
-        live.delete(entry);
-        await tmp.cleanup();
-        if (!done) throw new Error(`startSendmail: instance ${dir} did not stop within ${STOP_GRACE_MS + KILL_GRACE_MS} ms`);
-      })());
+    // The supervisor passes SIGTERM on and reaps everything.
+    const stop = supervisedStop(entry, {
+      label: 'startSendmail',
+      graceMs: STOP_GRACE_MS,
+      killGraceMs: KILL_GRACE_MS,
+      groupPid: pid,
+      cleanup: tmp.cleanup,
+    });
 
     return {
       smtpPort,
@@ -389,15 +270,7 @@ async function startOnce(root: string, opts: StartSendmailOptions): Promise<Send
       stop,
     };
   } catch (err) {
-    if (supervisor) {
-      const sup = supervisor;
-      signal(sup, 'SIGTERM');
-      if (!(await waitExit(sup, STOP_GRACE_MS))) {
-        signal(sup, 'SIGKILL');
-        await waitExit(sup, KILL_GRACE_MS);
-      }
-      for (const l of live) if (l.supervisor === sup) live.delete(l);
-    }
+    if (entry) await stopSupervised(entry, { graceMs: STOP_GRACE_MS, killGraceMs: KILL_GRACE_MS });
     await rm(dir, { recursive: true, force: true }).catch(() => {});
     throw err;
   }
