@@ -25,11 +25,10 @@
  * then {"event":"result",...} (ClusterLoadResult). Exit 0 without errors, 1 when a request failed,
  * 2 on a usage error or no connection.
  */
-import net from 'node:net';
-import { createHistogram } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { pathToFileURL } from 'node:url';
-import { buildRequestPool, machineJiffies, prng } from './policy-load.js';
+import { ClosedLoop, parseTarget } from './closed-loop.js';
+import { buildRequestPool } from './policy-load.js';
+import { epochMs, idlePct, intArg, isMain, machineJiffies, numArg, prng, sleep } from './shared.js';
 
 export interface ClusterLoadResult {
   event: 'result';
@@ -59,7 +58,6 @@ export interface ClusterLoadResult {
 }
 
 const PLACEHOLDER = 'RCPT-PLACEHOLDER@example.com';
-const MAX_DISTINCT_ACTIONS = 32;
 
 /** Ranks 1..n with P(k) ∝ 1/k^s, from a uniform [0,1) source: inverse CDF by binary search. */
 export function zipfSampler(n: number, s: number, rnd: () => number): () => number {
@@ -87,14 +85,6 @@ export function mailboxName(rank: number): string {
   return `m${rank}`;
 }
 
-function epochMs(): number {
-  return performance.timeOrigin + performance.now();
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 export interface ClusterLoadOptions {
   targets: { host: string; port: number }[];
   connections: number;
@@ -117,185 +107,57 @@ export async function runClusterLoad(o: ClusterLoadOptions): Promise<ClusterLoad
     const at = text.indexOf(PLACEHOLDER);
     return [text.slice(0, at), text.slice(at + PLACEHOLDER.length)] as const;
   });
-  const histogram = createHistogram();
-  const actions = new Map<string, number>();
-  const errorSamples: string[] = [];
   const perTarget = new Array<number>(o.targets.length).fill(0);
   const asked = new Uint8Array(o.mailboxes + 1);
-  let errors = 0;
-  let measuring = false;
-  let stopping = false;
-  let counted = 0;
-
-  const fail = (what: string) => {
-    errors++;
-    if (errorSamples.length < 10) errorSamples.push(what);
-  };
-
-  class Client {
-    socket!: net.Socket;
-    buffer = '';
-    sentAt = 0;
-    inFlight = false;
-    closedByUs = false;
-    next: number;
-    rank = 0;
-    readonly target: number;
-    readonly draw: () => number;
-    /** When the next request may go out (performance.now ms), with --rate. */
-    due = 0;
-    timer: NodeJS.Timeout | undefined;
-
-    constructor(readonly id: number) {
-      this.target = id % o.targets.length;
-      this.next = (id * 97) % templates.length;
+  const loop = new ClosedLoop({
+    connections: o.connections,
+    timeoutMs: o.timeoutMs,
+    rate: o.rate,
+    connection: (id) => {
+      const target = id % o.targets.length;
+      let next = (id * 97) % templates.length;
+      let rank = 0;
       // Its own stream: connection `id` asks the same mailboxes in the same order for every N.
-      this.draw = zipfSampler(o.mailboxes, o.zipf, prng(o.seed * 1_000_003 + id));
-    }
-
-    connect(): Promise<void> {
-      this.buffer = '';
-      this.inFlight = false;
-      this.closedByUs = false;
-      const { host, port } = o.targets[this.target]!;
-      const socket = net.connect({ host, port, noDelay: true });
-      this.socket = socket;
-      socket.setEncoding('latin1');
-      socket.on('data', (text: string) => {
-        if (socket === this.socket) this.onData(text);
-      });
-      const connected = new Promise<void>((resolve, reject) => {
-        socket.once('connect', () => resolve());
-        socket.once('error', reject);
-      });
-      socket.on('error', (err: NodeJS.ErrnoException) => {
-        if (socket === this.socket && !this.closedByUs && !stopping) fail(`connection ${this.id}: ${err.code ?? err.message}`);
-      });
-      socket.on('close', () => {
-        if (socket !== this.socket || this.closedByUs || stopping) return;
-        fail(`connection ${this.id}: closed by the server${this.inFlight ? ' with a request in flight' : ''}`);
-        this.replace();
-      });
-      return connected;
-    }
-
-    replace(): void {
-      this.closedByUs = true;
-      this.socket.destroy();
-      if (stopping) return;
-      setTimeout(() => {
-        if (stopping) return;
-        this.connect().then(
-          () => this.send(),
-          () => undefined,
-        );
-      }, 50);
-    }
-
-    /** The next request now, or when its turn comes with a --rate: still one in flight at most. */
-    schedule(): void {
-      if (interval === 0) return this.send();
-      const now = performance.now();
-      // Never more than one interval behind: a slow reply does not cause a burst afterwards.
-      this.due = Math.max(this.due + interval, now - interval);
-      const wait = this.due - now;
-      if (wait < 0.5) this.send();
-      else this.timer = setTimeout(() => this.send(), wait);
-    }
-
-    send(): void {
-      this.timer = undefined;
-      if (stopping) return;
-      const [head, tail] = templates[this.next]!;
-      this.next = this.next + 1 === templates.length ? 0 : this.next + 1;
-      this.rank = this.draw();
-      this.inFlight = true;
-      this.sentAt = performance.now();
-      this.socket.write(`${head}${mailboxName(this.rank)}@example.com${tail}`, 'latin1');
-    }
-
-    onData(text: string): void {
-      this.buffer = this.buffer === '' ? text : this.buffer + text;
-      for (let end = this.buffer.indexOf('\n\n'); end !== -1; end = this.buffer.indexOf('\n\n')) {
-        const reply = this.buffer.slice(0, end);
-        this.buffer = this.buffer.slice(end + 2);
-        const now = performance.now();
-        if (!this.inFlight || !reply.startsWith('action=')) {
-          fail(`connection ${this.id}: unexpected reply ${JSON.stringify(reply.slice(0, 80))}`);
-          this.replace();
-          return;
-        }
-        this.inFlight = false;
-        if (measuring) {
-          counted++;
-          perTarget[this.target]!++;
-          asked[this.rank] = 1;
-          histogram.record(Math.max(1, Math.round((now - this.sentAt) * 1000)));
-          const action = reply.slice(7);
-          const seen = actions.get(action);
-          if (seen !== undefined) actions.set(action, seen + 1);
-          else if (actions.size < MAX_DISTINCT_ACTIONS) actions.set(action, 1);
-          else actions.set('(other)', (actions.get('(other)') ?? 0) + 1);
-        }
-        this.schedule();
-      }
-    }
-  }
-
-  const interval = o.rate > 0 ? (o.connections * 1000) / o.rate : 0;
-  const clients = Array.from({ length: o.connections }, (_, i) => new Client(i));
+      const draw = zipfSampler(o.mailboxes, o.zipf, prng(o.seed * 1_000_003 + id));
+      return {
+        ...o.targets[target]!,
+        request: () => {
+          const [head, tail] = templates[next]!;
+          next = next + 1 === templates.length ? 0 : next + 1;
+          rank = draw();
+          return `${head}${mailboxName(rank)}@example.com${tail}`;
+        },
+        measured: () => {
+          perTarget[target]!++;
+          asked[rank] = 1;
+        },
+      };
+    },
+  });
   try {
-    await Promise.all(clients.map((c) => c.connect()));
+    await loop.connect();
   } catch (err) {
-    stopping = true;
-    for (const c of clients) c.socket?.destroy();
     throw new Error(`cannot connect: ${(err as Error).message}`);
   }
 
-  const watchdog = setInterval(() => {
-    const now = performance.now();
-    for (const c of clients) {
-      if (c.inFlight && now - c.sentAt > o.timeoutMs) {
-        fail(`connection ${c.id}: no reply within ${o.timeoutMs} ms`);
-        c.replace();
-      }
-    }
-  }, 250);
-
-  // Staggered starts, so paced connections do not send in step.
-  const t = performance.now();
-  for (const c of clients) {
-    c.due = t + (interval * c.id) / o.connections - interval;
-    c.schedule();
-  }
+  loop.start();
   await sleep(o.warmupS * 1000);
   const cpu0 = process.cpuUsage();
   const m0 = machineJiffies();
   const t0 = epochMs();
-  measuring = true;
+  loop.measuring = true;
   o.onEvent?.('measure-start', t0);
   await sleep(o.durationS * 1000);
-  measuring = false;
+  loop.measuring = false;
   const t1 = epochMs();
   o.onEvent?.('measure-end', t1);
   const cpu1 = process.cpuUsage();
   const m1 = machineJiffies();
-  stopping = true;
-  for (const c of clients) clearTimeout(c.timer);
-
-  // Let the requests in flight finish (they do not count), so the servers see clean EOFs.
-  const deadline = performance.now() + o.timeoutMs;
-  while (clients.some((c) => c.inFlight) && performance.now() < deadline) await sleep(10);
-  clearInterval(watchdog);
-  for (const c of clients) {
-    if (c.inFlight) fail(`connection ${c.id}: no reply within ${o.timeoutMs} ms at the end of the run`);
-    c.closedByUs = true;
-    c.socket.end();
-    setTimeout(() => c.socket.destroy(), 1000).unref();
-  }
+  await loop.stop();
 
   const windowS = (t1 - t0) / 1000;
   const us = (v: number) => Math.round(v) / 1000;
+  const { histogram } = loop;
   let mailboxesAsked = 0;
   for (const v of asked) mailboxesAsked += v;
   return {
@@ -307,34 +169,19 @@ export async function runClusterLoad(o: ClusterLoadOptions): Promise<ClusterLoad
     durationS: Math.round(windowS * 1000) / 1000,
     windowStart: t0,
     windowEnd: t1,
-    requests: counted,
-    rps: Math.round(counted / windowS),
+    requests: loop.counted,
+    rps: Math.round(loop.counted / windowS),
     perTarget,
     mailboxesAsked,
     p50Ms: us(histogram.percentile(50)),
     p99Ms: us(histogram.percentile(99)),
     maxMs: us(histogram.max),
-    errors,
-    errorSamples,
-    actions: Object.fromEntries(actions),
+    errors: loop.errors,
+    errorSamples: loop.errorSamples,
+    actions: Object.fromEntries(loop.actions),
     clientCpuPct: Math.round(((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / 1e6 / windowS) * 1000) / 10,
-    machineIdlePct: m0 && m1 ? Math.round(((m1[0] - m0[0]) / Math.max(1, m1[1] - m0[1])) * 1000) / 10 : null,
+    machineIdlePct: idlePct(m0, m1),
   };
-}
-
-class UsageError extends Error {}
-
-function parseTarget(text: string): { host: string; port: number } {
-  const m = /^(?:inet:)?(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text.trim());
-  if (!m) throw new UsageError(`--connect ${text}: expected inet:HOST:PORT`);
-  return { host: m[1] ?? m[2]!, port: Number(m[3]) };
-}
-
-function num(name: string, text: string, min: number, max: number, integer = false): number {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n)))
-    throw new UsageError(`--${name} ${text}: expected a ${integer ? 'whole ' : ''}number from ${min} to ${max}`);
-  return n;
 }
 
 async function main(): Promise<number> {
@@ -357,18 +204,18 @@ async function main(): Promise<number> {
       console.log('usage: cluster-load --connect inet:HOST:PORT[,inet:HOST:PORT...] [--connections 40] [--warmup 2] [--duration 10] [--mailboxes 10000] [--zipf 1] [--seed 1] [--rate REQ_PER_S] [--timeout MS]');
       return 0;
     }
-    if (!values.connect) throw new UsageError('--connect inet:HOST:PORT[,...] is required');
+    if (!values.connect) throw new Error('--connect inet:HOST:PORT[,...] is required');
     const targets = values.connect.split(',').filter((t) => t.trim() !== '').map(parseTarget);
     const result = await runClusterLoad({
       targets,
-      connections: num('connections', values.connections, 1, 10_000, true),
-      warmupS: num('warmup', values.warmup, 0, 60),
-      durationS: num('duration', values.duration, 0.5, 60),
-      mailboxes: num('mailboxes', values.mailboxes, 1, 10_000_000, true),
-      zipf: num('zipf', values.zipf, 0, 5),
-      seed: num('seed', values.seed, 0, 2 ** 31, true),
-      rate: num('rate', values.rate, 0, 10_000_000),
-      timeoutMs: num('timeout', values.timeout, 1, 60_000),
+      connections: intArg('connections', values.connections, 1, 10_000),
+      warmupS: numArg('warmup', values.warmup, 0, 60),
+      durationS: numArg('duration', values.duration, 0.5, 60),
+      mailboxes: intArg('mailboxes', values.mailboxes, 1, 10_000_000),
+      zipf: numArg('zipf', values.zipf, 0, 5),
+      seed: intArg('seed', values.seed, 0, 2 ** 31),
+      rate: numArg('rate', values.rate, 0, 10_000_000),
+      timeoutMs: numArg('timeout', values.timeout, 1, 60_000),
       onEvent: (event, at) => process.stdout.write(`${JSON.stringify({ event, at })}\n`),
     });
     process.stdout.write(`${JSON.stringify(result)}\n`);
@@ -379,7 +226,7 @@ async function main(): Promise<number> {
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+if (isMain(import.meta.url)) {
   void main().then((code) => {
     process.exitCode = code;
   });

@@ -37,34 +37,43 @@
  * --write puts the tables into BENCHMARKS.md between the bench:cluster markers.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { closeSync, openSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startRedis, redisUnavailable, type RedisServer } from '../test/helpers/redis.js';
 import { startBackend, cgiAnswer, type Backend } from '../test/helpers/http-backend.js';
-import { processCpuSeconds } from './policy-load.js';
 import { mailboxName, type ClusterLoadResult } from './cluster-load.js';
 import {
   BENCHMARKS_MD,
   CLI,
   NOISY_OTHER_CPU,
   ROOT,
-  children,
-  codeVersion,
+  COMMON_OPTIONS,
+  commandLine,
+  cpuPct,
+  epochMs,
   fmtInt,
   freePort,
-  installCleanup,
   kernelThreadsCpuSeconds,
   intArg,
-  isoNow,
   log,
-  machineDescription,
+  makeTmpDir,
   nodeArgsForTs,
+  noiseNote,
   numArg,
+  processCpuSeconds,
+  removeTmpDir,
+  requireBuild,
+  runBench,
+  runProcess,
   stopChild,
+  stopChildren,
+  sectionHead,
   table,
+  textFooter,
+  tmp,
   track,
   updateMarkdown,
   viaNpm,
@@ -115,10 +124,6 @@ interface Run {
   otherCpu: number | null;
 }
 
-const epochMs = () => performance.timeOrigin + performance.now();
-
-let tmpDir: string | null = null;
-let keepTmp = false;
 let redis: RedisServer | null = null;
 let backend: Backend | null = null;
 const started = Date.now();
@@ -137,9 +142,7 @@ async function main(): Promise<number> {
       seed: { type: 'string', default: '1' },
       rate: { type: 'string', default: '6000' },
       retries: { type: 'string', default: '1' },
-      write: { type: 'boolean', default: false },
-      keep: { type: 'boolean', default: false },
-      help: { type: 'boolean', default: false },
+      ...COMMON_OPTIONS,
     },
   });
   if (values.help) {
@@ -160,16 +163,16 @@ async function main(): Promise<number> {
   const seed = intArg('seed', values.seed, 0, 2 ** 31);
   const rate = numArg('rate', values.rate, 0, 1_000_000);
   const retries = intArg('retries', values.retries, 0, 3);
-  keepTmp = values.keep;
+  tmp.keep = values.keep;
   const configs: Config[] = counts.map((n) => ({ frontends: n, redis: true }));
   if (contrast > 0) configs.push({ frontends: contrast, redis: false });
   const estimate = configs.length * (warmup + duration + 5);
   if (estimate > 600) throw new Error(`about ${Math.round(estimate)} s of load: lower --duration or fewer --frontends`);
-  if (!existsSync(CLI)) throw new Error(`${path.relative(process.cwd(), CLI)} is missing: run "npm run build" first (or "npm run bench")`);
+  requireBuild();
   const why = redisUnavailable();
   if (why) throw new Error(why);
 
-  tmpDir = await mkdtemp(path.join(os.tmpdir(), 'overquota-bench-cluster-'));
+  const tmpDir = await makeTmpDir('overquota-bench-cluster-');
   redis = await startRedis();
   log(`redis on ${redis.url} (pid ${redis.pid}); temp dir ${tmpDir}`);
 
@@ -247,7 +250,7 @@ async function startFrontends(config: Config, sourceUrl: string, tag: string): P
   try {
     for (let i = 0; i < config.frontends; i++) {
       const port = await freePort();
-      const logFile = path.join(tmpDir!, `${tag}-frontend${i + 1}.log`);
+      const logFile = path.join(tmp.dir!, `${tag}-frontend${i + 1}.log`);
       const out = openSync(logFile, 'w');
       const args = [
         CLI,
@@ -305,7 +308,6 @@ async function runLoadProcess(
     '--rate',
     String(o.rate),
   ];
-  const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
   type Snap = { at: number; frontends: (number | null)[]; redis: number | null; self: NodeJS.CpuUsage; kernel: number | null };
   const snap = (): Snap => ({
     at: performance.now(),
@@ -318,8 +320,7 @@ async function runLoadProcess(
   let last: Snap | null = null;
   let result: ClusterLoadResult | null = null;
   let partial = '';
-  let err = '';
-  proc.stdout!.setEncoding('utf8').on('data', (text: string) => {
+  const onStdout = (text: string) => {
     const lines = (partial + text).split('\n');
     partial = lines.pop() ?? '';
     for (const line of lines) {
@@ -329,17 +330,14 @@ async function runLoadProcess(
       else if (event.event === 'measure-end') last = snap();
       else if (event.event === 'result') result = event as ClusterLoadResult;
     }
-  });
-  proc.stderr!.setEncoding('utf8').on('data', (t: string) => (err += t));
-  const timer = setTimeout(() => proc.kill('SIGKILL'), (o.warmup + o.duration + 20) * 1000);
-  const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
-  clearTimeout(timer);
+  };
+  const { code, err } = await runProcess(process.execPath, args, { cwd: ROOT, limitMs: (o.warmup + o.duration + 20) * 1000, onStdout });
   if ((code !== 0 && code !== 1) || !result || !first || !last) throw new Error(`load generator failed (exit ${code}): ${err.trim()}`);
   for (const f of frontends) if (f.proc.exitCode !== null || f.proc.signalCode !== null) throw new Error(`frontend on port ${f.port} died during the run`);
   const a: Snap = first;
   const b: Snap = last;
   const secs = (b.at - a.at) / 1000;
-  const pctOf = (x: number | null, y: number | null) => (x === null || y === null ? null : Math.round(((y - x) / secs) * 1000) / 10);
+  const pctOf = (x: number | null, y: number | null) => cpuPct(x, y, secs);
   return {
     load: result,
     cpu: {
@@ -523,15 +521,11 @@ function buildReport(o: {
     r.load.machineIdlePct === null ? '?' : `${r.load.machineIdlePct}%`,
     r.otherCpu === null ? '?' : `${r.otherCpu}%`,
   ]);
-  const noisy = o.runs.flatMap((r, i) => ((r.otherCpu ?? 0) > NOISY_OTHER_CPU ? [`#${i + 1}`] : []));
   const short = o.rate > 0 ? o.runs.flatMap((r, i) => (r.load.rps < o.rate * 0.97 ? [`#${i + 1} (${fmtInt(r.load.rps)})`] : [])) : [];
   const shortfall = short.length
     ? ` WARNING: run(s) ${short.join(', ')} did not reach the ${fmtInt(o.rate)} req/s aimed at: their backend figures are not comparable; lower --rate.`
     : '';
-  const noise = noisy.length
-    ? `WARNING: other processes used more than ${NOISY_OTHER_CPU}% of a core during run(s) ${noisy.join(', ')}: the figures are noisy; run again on a quiet machine.`
-    : `No other process used more than ${NOISY_OTHER_CPU}% of a core during any run.`;
-  const notes = noise + shortfall;
+  const notes = noiseNote(o.runs.map((r) => r.otherCpu)) + shortfall;
 
   const shared = o.runs.filter((r) => r.config.redis && r !== base);
   const worst = shared.reduce<Run | null>((w, r) => (w === null || ratio(r) > ratio(w) ? r : w), null);
@@ -550,8 +544,7 @@ function buildReport(o: {
       `Without Redis, ${contrast.config.frontends} frontends ask the backend ${ratio(contrast).toFixed(2)}× as often as one frontend with Redis (${perThousand(contrast).toFixed(1)} against ${perThousand(base).toFixed(1)} requests per 1000 policy requests; ${pct(contrast.redundant, contrast.backendRequests)} redundant): each keeps its own cache, so a mailbox asked at least once per TTL on every frontend is fetched by every frontend, while a cold one (asked less often than that) costs one request either way.`,
     );
   }
-  const command = `node --import tsx bench/cluster.ts ${o.argv.join(' ')}`.trim();
-  const machine = machineDescription();
+  const command = commandLine('cluster.ts', o.argv);
   const text = [
     table(head, rows, false),
     '',
@@ -560,13 +553,10 @@ function buildReport(o: {
     '',
     notes,
     ...sentences,
-    `code: overquota ${codeVersion()}`,
-    `machine: ${machine}`,
+    ...textFooter(),
   ].join('\n');
   const markdown = [
-    '<!-- bench:cluster:start -->',
-    `Last run: ${isoNow()}, overquota ${codeVersion()}, ${machine}.`,
-    '',
+    ...sectionHead('cluster'),
     `Command: \`${command}\`${viaNpm()}. ${o.connections} closed-loop connections in all, spread evenly over the frontends, ${o.rate > 0 ? `paced to ${fmtInt(o.rate)} policy requests/s in all` : 'unpaced (each sends its next request as soon as the reply is in)'}; recipients Zipf (s = ${o.zipf}) over ${fmtInt(o.mailboxes)} mailboxes; backend latency ${o.latencyMs} ms; TTLs under quota ${TTL_UNDER_MS / 1000}s, over quota ${TTL_OVER_MS / 1000}s, memory tier ${MEMORY_TTL_MS} ms; ${o.warmup} s warm-up then ${o.duration} s measured per run; Redis flushed and fresh frontends before each run.`,
     '',
     table(head, rows, true),
@@ -586,26 +576,12 @@ function buildReport(o: {
 // ---------------------------------------------------------------- cleanup
 
 async function cleanup(): Promise<void> {
-  await Promise.all([...children].map((p) => stopChild(p)));
+  await stopChildren();
   await backend?.close().catch(() => undefined);
   backend = null;
   await redis?.stop().catch(() => undefined);
   redis = null;
-  if (tmpDir) {
-    if (keepTmp) log(`kept ${tmpDir}`);
-    else await rm(tmpDir, { recursive: true, force: true });
-    tmpDir = null;
-  }
+  await removeTmpDir();
 }
 
-installCleanup(cleanup);
-
-main()
-  .catch((err: unknown) => {
-    log(`failed: ${(err as Error).message}`);
-    return 1;
-  })
-  .then(async (code) => {
-    await cleanup();
-    process.exitCode = code;
-  });
+runBench(main, cleanup);

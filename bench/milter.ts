@@ -25,30 +25,41 @@
  * mailbox store.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startPostfix, postfixUnavailable, type PostfixInstance } from '../test/helpers/postfix.js';
-import { machineJiffies, processCpuSeconds } from './policy-load.js';
 import {
   BENCHMARKS_MD,
   CLI,
   ROOT,
-  children,
-  codeVersion,
+  COMMON_OPTIONS,
+  commandLine,
   countLines,
+  cpuPct,
+  idlePct,
   kernelThreadsCpuSeconds,
   fmtInt,
   freePort,
-  installCleanup,
   intArg,
-  isoNow,
   log,
-  machineDescription,
+  machineJiffies,
+  makeTmpDir,
+  noiseNote,
+  procStats,
+  processCpuSeconds,
+  removeTmpDir,
+  requireBuild,
+  runBench,
+  runProcess,
   stopChild,
+  stopChildren,
+  sectionHead,
   table,
+  textFooter,
+  tmp,
   track,
   updateMarkdown,
   viaNpm,
@@ -58,8 +69,6 @@ import {
 
 const SMTP_SOURCE = '/usr/sbin/smtp-source';
 const RECIPIENT = 'ok@example.com';
-/** A noisy machine: more than this (% of one core) used by processes outside the run. */
-const NOISY_OTHER_CPU = 20;
 
 type ConfigName = 'no milter' | 'overquota milter';
 
@@ -77,8 +86,6 @@ interface Run {
   otherCpu: number | null;
 }
 
-let tmpDir: string | null = null;
-let keepTmp = false;
 let postfix: PostfixInstance | null = null;
 
 async function main(): Promise<number> {
@@ -88,9 +95,7 @@ async function main(): Promise<number> {
       messages: { type: 'string', default: '2000' },
       rounds: { type: 'string', default: '2' },
       'warmup-messages': { type: 'string', default: '200' },
-      write: { type: 'boolean', default: false },
-      keep: { type: 'boolean', default: false },
-      help: { type: 'boolean', default: false },
+      ...COMMON_OPTIONS,
     },
   });
   if (values.help) {
@@ -101,13 +106,13 @@ async function main(): Promise<number> {
   const messages = intArg('messages', values.messages, 1, 50_000);
   const rounds = intArg('rounds', values.rounds, 1, 5);
   const warmupMessages = intArg('warmup-messages', values['warmup-messages'], 0, 10_000);
-  keepTmp = values.keep;
-  if (!existsSync(CLI)) throw new Error(`${path.relative(process.cwd(), CLI)} is missing: run "npm run build" first (or "npm run bench")`);
+  tmp.keep = values.keep;
+  requireBuild();
   if (!existsSync(SMTP_SOURCE)) throw new Error(`${SMTP_SOURCE} is missing (it ships with Postfix: scripts/install-deps.sh)`);
   const why = postfixUnavailable();
   if (why) throw new Error(why);
 
-  tmpDir = await mkdtemp(path.join(os.tmpdir(), 'overquota-bench-milter-'));
+  const tmpDir = await makeTmpDir('overquota-bench-milter-');
   const spool = path.join(tmpDir, 'mail');
   await mkdir(spool); // empty: every mailbox is empty, with 200M of room
 
@@ -191,14 +196,10 @@ async function smtpSource(port: number, sessions: number, messages: number): Pro
   const script = `"$@"; rc=$?; times >&2; exit $rc`;
   const args = ['-c', script, 'bash', SMTP_SOURCE, '-s', String(sessions), '-m', String(messages), '-t', RECIPIENT, `127.0.0.1:${port}`];
   const started = performance.now();
-  const proc = track(spawn('/bin/bash', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
-  let out = '';
-  proc.stdout!.setEncoding('utf8').on('data', (t: string) => (out += t));
-  proc.stderr!.setEncoding('utf8').on('data', (t: string) => (out += t));
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 120_000);
-  const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+  const run = await runProcess('/bin/bash', args, { limitMs: 120_000 });
   const seconds = (performance.now() - started) / 1000;
-  clearTimeout(timer);
+  const { code } = run;
+  const out = run.out + run.err;
   // `times`: line 1 the shell's own user/sys, line 2 its children's, as "0m0.123s 0m0.456s".
   const times = [...out.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)];
   const child = times[1];
@@ -216,19 +217,11 @@ async function smtpSource(port: number, sessions: number, messages: number): Pro
 function postfixCpuSeconds(masterPid: number): number | null {
   let total = 0;
   let sawMaster = false;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
-    } catch {
-      continue; // gone meanwhile
-    }
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // After ")": state ppid pgrp session ... utime(11) stime(12) cutime(13) cstime(14).
+  for (const { pid, fields: f } of procStats()) {
+    // pgrp(2), utime(11) stime(12) cutime(13) cstime(14).
     if (Number(f[2]) !== masterPid) continue;
     total += Number(f[11]) + Number(f[12]);
-    if (Number(entry) === masterPid) {
+    if (Number(pid) === masterPid) {
       sawMaster = true;
       total += Number(f[13]) + Number(f[14]);
     }
@@ -246,11 +239,11 @@ async function measured(config: ConfigName, pf: PostfixInstance, frontend: Child
   const k1 = kernelThreadsCpuSeconds();
   const f1 = processCpuSeconds(frontend.pid!);
   const p1 = postfixCpuSeconds(pf.pid);
-  const pct = (a: number | null, b: number | null) => (a === null || b === null ? null : Math.round(((b - a) / seconds) * 1000) / 10);
+  const pct = (a: number | null, b: number | null) => cpuPct(a, b, seconds);
   const frontendCpu = pct(f0, f1);
   const postfixCpu = pct(p0, p1);
   const sourceCpu = cpu === null ? null : Math.round((cpu / seconds) * 1000) / 10;
-  const machineIdle = m0 && m1 ? Math.round(((m1[0] - m0[0]) / Math.max(1, m1[1] - m0[1])) * 1000) / 10 : null;
+  const machineIdle = idlePct(m0, m1);
   const kernelCpu = pct(k0, k1);
   const otherCpu =
     machineIdle === null || kernelCpu === null || postfixCpu === null || sourceCpu === null || frontendCpu === null
@@ -342,10 +335,7 @@ function buildReport(o: {
     q(r.machineIdle),
     q(r.otherCpu),
   ]);
-  const noisy = o.runs.flatMap((r, i) => ((r.otherCpu ?? 0) > NOISY_OTHER_CPU ? [`#${i + 1}`] : []));
-  const noise = noisy.length
-    ? `WARNING: other processes used more than ${NOISY_OTHER_CPU}% of a core during run(s) ${noisy.join(', ')}: the figures are noisy; run again on a quiet machine.`
-    : `No other process used more than ${NOISY_OTHER_CPU}% of a core during any run.`;
+  const noise = noiseNote(o.runs.map((r) => r.otherCpu));
   const milterRuns = o.runs.filter((r) => r.config === 'overquota milter');
   const consulted = o.problems.length === 0
     ? `The milter was consulted for every message: ${fmtInt(milterRuns.reduce((a, r) => a + r.decisions, 0))} milter decision lines in the measured runs for ${fmtInt(milterRuns.reduce((a, r) => a + r.messages, 0))} messages (${fmtInt(o.decisionsTotal)} with the warm-up runs), none in the runs without it, no milter warning in the Postfix log.`
@@ -362,8 +352,7 @@ function buildReport(o: {
       ? ` The machine is ${Math.round(idleMilter)}% idle during the milter runs (${Math.round(idleBase)}% without the milter): the milter makes the SMTP sessions wait, it does not run out of CPU.`
       : '';
   const shows = `Through the milter Postfix accepts ${ratio.toFixed(2)}× the messages per second it accepts without it (${fmtInt(mean('overquota milter'))} against ${fmtInt(base)}).${waiting}`;
-  const command = `node --import tsx bench/milter.ts ${o.argv.join(' ')}`.trim();
-  const machine = machineDescription();
+  const command = commandLine('milter.ts', o.argv);
   const load = `\`smtp-source -s ${o.sessions} -m ${o.messages} -t ${RECIPIENT}\``;
   const text = [
     table(head, rows, false),
@@ -374,13 +363,10 @@ function buildReport(o: {
     noise,
     consulted,
     shows,
-    `code: overquota ${codeVersion()}`,
-    `machine: ${machine}`,
+    ...textFooter(),
   ].join('\n');
   const markdown = [
-    '<!-- bench:milter:start -->',
-    `Last run: ${isoNow()}, overquota ${codeVersion()}, ${postfixVersion}, ${machine}.`,
-    '',
+    ...sectionHead('milter', [postfixVersion]),
     `Command: \`${command}\`${viaNpm()}. Each run ${load} (one message per connection), after ${o.warmupMessages} unmeasured messages; ${o.rounds} round(s) of no milter then milter; delivery discarded.`,
     '',
     table(head, rows, true),
@@ -403,24 +389,10 @@ let postfixVersion = 'Postfix (version unknown)';
 // ---------------------------------------------------------------- cleanup
 
 async function cleanup(): Promise<void> {
-  await Promise.all([...children].map((p) => stopChild(p)));
+  await stopChildren();
   await postfix?.stop().catch(() => undefined);
   postfix = null;
-  if (tmpDir) {
-    if (keepTmp) log(`kept ${tmpDir}`);
-    else await rm(tmpDir, { recursive: true, force: true });
-    tmpDir = null;
-  }
+  await removeTmpDir();
 }
 
-installCleanup(cleanup);
-
-main()
-  .catch((err: unknown) => {
-    log(`failed: ${(err as Error).message}`);
-    return 1;
-  })
-  .then(async (code) => {
-    await cleanup();
-    process.exitCode = code;
-  });
+runBench(main, cleanup);

@@ -14,11 +14,9 @@
  * --server-pid makes it read that process's CPU time from /proc over the measured window.
  * Exit status: 0 with no errors, 1 when any request failed, 2 on a usage error or no connection.
  */
-import net from 'node:net';
-import { readFileSync } from 'node:fs';
-import { createHistogram } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { pathToFileURL } from 'node:url';
+import { ClosedLoop, parseTarget } from './closed-loop.js';
+import { cpuPct, idlePct, intArg, isMain, machineJiffies, numArg, processCpuSeconds, prng, sleep } from './shared.js';
 
 export interface LoadOptions {
   host: string;
@@ -64,20 +62,6 @@ export interface LoadResult {
 }
 
 export const DEFAULT_RECIPIENTS = ['alice@example.com', 'bob@example.com', 'carol@example.com', 'dave@example.com'];
-
-const MAX_DISTINCT_ACTIONS = 32;
-
-/** A tiny deterministic PRNG (mulberry32), so every run sends the same requests. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const QUEUE_ID_CHARS = 'BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz0123456789';
 
@@ -145,30 +129,6 @@ export function buildRequestPool(recipients: string[], count = 512, seed = 42): 
   return pool;
 }
 
-/** utime + stime of a process in seconds (all threads), or null when /proc cannot tell. */
-export function processCpuSeconds(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // Fields 14 and 15 of proc(5) (utime, stime), counted from field 3 after the ")".
-    return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
-  } catch {
-    return null;
-  }
-}
-
-/** [idle, total] jiffies of the whole machine, or null. */
-export function machineJiffies(): [number, number] | null {
-  try {
-    const line = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!;
-    const n = line.trim().split(/\s+/).slice(1).map(Number);
-    const idle = (n[3] ?? 0) + (n[4] ?? 0);
-    return [idle, n.reduce((a, b) => a + b, 0)];
-  } catch {
-    return null;
-  }
-}
-
 interface Snapshot {
   at: number;
   client: NodeJS.CpuUsage;
@@ -182,111 +142,26 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   const durationS = opts.durationS ?? 8;
   const timeoutMs = opts.timeoutMs ?? 5000;
   const pool = buildRequestPool(opts.recipients ?? DEFAULT_RECIPIENTS);
-  const histogram = createHistogram();
-  const actions = new Map<string, number>();
-  const errorSamples: string[] = [];
-  let errors = 0;
-  let measuring = false;
-  let stopping = false;
-  let counted = 0;
-
-  const fail = (what: string) => {
-    errors++;
-    if (errorSamples.length < 10) errorSamples.push(what);
-  };
-
-  class Client {
-    socket!: net.Socket;
-    buffer = '';
-    sentAt = 0;
-    inFlight = false;
-    next: number;
-    closedByUs = false;
-
-    constructor(readonly id: number) {
-      this.next = (id * 97) % pool.length;
-    }
-
-    connect(): Promise<void> {
-      this.buffer = '';
-      this.inFlight = false;
-      this.closedByUs = false;
-      const socket = net.connect({ host: opts.host, port: opts.port, noDelay: true });
-      this.socket = socket;
-      socket.setEncoding('latin1');
-      socket.on('data', (text: string) => {
-        if (socket === this.socket) this.onData(text);
-      });
-      const connected = new Promise<void>((resolve, reject) => {
-        socket.once('connect', () => resolve());
-        socket.once('error', reject);
-      });
-      socket.on('error', (err: NodeJS.ErrnoException) => {
-        if (socket === this.socket && !this.closedByUs && !stopping) fail(`connection ${this.id}: ${err.code ?? err.message}`);
-      });
-      socket.on('close', () => {
-        if (socket !== this.socket || this.closedByUs || stopping) return;
-        if (this.inFlight) fail(`connection ${this.id}: closed by the server with a request in flight`);
-        else fail(`connection ${this.id}: closed by the server while idle`);
-        this.replace();
-      });
-      return connected;
-    }
-
-    replace(): void {
-      this.closedByUs = true;
-      this.socket.destroy();
-      if (stopping) return;
-      setTimeout(() => {
-        if (stopping) return;
-        this.connect().then(
-          () => this.send(),
-          () => undefined, // counted by the error handler; the close handler tries again
-        );
-      }, 50);
-    }
-
-    send(): void {
-      if (stopping) return;
-      const request = pool[this.next]!;
-      this.next = this.next + 1 === pool.length ? 0 : this.next + 1;
-      this.inFlight = true;
-      this.sentAt = performance.now();
-      this.socket.write(request);
-    }
-
-    onData(text: string): void {
-      this.buffer = this.buffer === '' ? text : this.buffer + text;
-      for (let end = this.buffer.indexOf('\n\n'); end !== -1; end = this.buffer.indexOf('\n\n')) {
-        const reply = this.buffer.slice(0, end);
-        this.buffer = this.buffer.slice(end + 2);
-        const now = performance.now();
-        if (!this.inFlight || !reply.startsWith('action=')) {
-          fail(`connection ${this.id}: unexpected reply ${JSON.stringify(reply.slice(0, 80))}`);
-          this.replace();
-          return;
-        }
-        this.inFlight = false;
-        if (measuring) {
-          counted++;
-          histogram.record(Math.max(1, Math.round((now - this.sentAt) * 1000)));
-          const action = reply.slice(7);
-          const seen = actions.get(action);
-          if (seen !== undefined) actions.set(action, seen + 1);
-          else if (actions.size < MAX_DISTINCT_ACTIONS) actions.set(action, 1);
-          else actions.set('(other)', (actions.get('(other)') ?? 0) + 1);
-        }
-        this.send();
-      }
-    }
-  }
-
-  const clients = Array.from({ length: connections }, (_, i) => new Client(i));
+  const loop = new ClosedLoop({
+    connections,
+    timeoutMs,
+    idleCloseNote: ' while idle',
+    connection: (id) => {
+      let next = (id * 97) % pool.length;
+      return {
+        host: opts.host,
+        port: opts.port,
+        request: () => {
+          const request = pool[next]!;
+          next = next + 1 === pool.length ? 0 : next + 1;
+          return request;
+        },
+      };
+    },
+  });
   try {
-    await Promise.all(clients.map((c) => c.connect()));
+    await loop.connect();
   } catch (err) {
-    stopping = true;
-    for (const c of clients) c.socket?.destroy();
     throw new Error(`cannot connect to ${opts.host}:${opts.port}: ${(err as Error).message}`);
   }
 
@@ -297,65 +172,37 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     machine: machineJiffies(),
   });
 
-  const watchdog = setInterval(() => {
-    const now = performance.now();
-    for (const c of clients) {
-      if (c.inFlight && now - c.sentAt > timeoutMs) {
-        fail(`connection ${c.id}: no reply within ${timeoutMs} ms`);
-        c.replace();
-      }
-    }
-  }, 250);
-
-  for (const c of clients) c.send();
+  loop.start();
   await sleep(warmupS * 1000);
   const start = snapshot();
-  measuring = true;
+  loop.measuring = true;
   await sleep(durationS * 1000);
-  measuring = false;
+  loop.measuring = false;
   const end = snapshot();
-  stopping = true;
-
-  // Let the requests in flight finish (they do not count), so the server sees clean EOFs.
-  const deadline = performance.now() + timeoutMs;
-  while (clients.some((c) => c.inFlight) && performance.now() < deadline) await sleep(10);
-  clearInterval(watchdog);
-  for (const c of clients) {
-    if (c.inFlight) fail(`connection ${c.id}: no reply within ${timeoutMs} ms at the end of the run`);
-    c.closedByUs = true;
-    c.socket.end();
-    setTimeout(() => c.socket.destroy(), 1000).unref();
-  }
+  await loop.stop();
 
   const windowS = (end.at - start.at) / 1000;
   const cpu = (end.client.user + end.client.system - start.client.user - start.client.system) / 1e6;
   const us = (v: number) => Math.round(v) / 1000;
+  const { histogram } = loop;
   return {
     connections,
     warmupS,
     durationS: Math.round(windowS * 1000) / 1000,
-    requests: counted,
-    rps: Math.round(counted / windowS),
+    requests: loop.counted,
+    rps: Math.round(loop.counted / windowS),
     p50Ms: us(histogram.percentile(50)),
     p90Ms: us(histogram.percentile(90)),
     p99Ms: us(histogram.percentile(99)),
     maxMs: us(histogram.max),
     meanMs: us(histogram.mean),
-    errors,
-    errorSamples,
-    actions: Object.fromEntries(actions),
+    errors: loop.errors,
+    errorSamples: loop.errorSamples,
+    actions: Object.fromEntries(loop.actions),
     clientCpuPct: Math.round((cpu / windowS) * 1000) / 10,
-    serverCpuPct:
-      start.server !== null && end.server !== null ? Math.round(((end.server - start.server) / windowS) * 1000) / 10 : null,
-    machineIdlePct:
-      start.machine && end.machine
-        ? Math.round(((end.machine[0] - start.machine[0]) / Math.max(1, end.machine[1] - start.machine[1])) * 1000) / 10
-        : null,
+    serverCpuPct: cpuPct(start.server, end.server, windowS),
+    machineIdlePct: idlePct(start.machine, end.machine),
   };
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 export function formatResult(r: LoadResult): string {
@@ -369,21 +216,6 @@ export function formatResult(r: LoadResult): string {
       .join(', ')}`,
   ];
   return lines.join('\n');
-}
-
-function parseTarget(text: string): { host: string; port: number } {
-  const m = /^(?:inet:)?(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
-  if (!m) throw new UsageError(`--connect ${text}: expected inet:HOST:PORT`);
-  return { host: m[1] ?? m[2]!, port: Number(m[3]) };
-}
-
-class UsageError extends Error {}
-
-function positive(name: string, text: string, max: number, integer = false): number {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n <= 0 || n > max || (integer && !Number.isInteger(n)))
-    throw new UsageError(`--${name} ${text}: expected a ${integer ? 'whole ' : ''}number above 0 and at most ${max}`);
-  return n;
 }
 
 async function main(): Promise<number> {
@@ -405,16 +237,16 @@ async function main(): Promise<number> {
       console.log('usage: policy-load --connect inet:HOST:PORT [--connections 50] [--warmup 2] [--duration 8] [--recipients a@x,b@x] [--timeout MS] [--server-pid PID] [--json]');
       return 0;
     }
-    if (!values.connect) throw new UsageError('--connect inet:HOST:PORT is required');
+    if (!values.connect) throw new Error('--connect inet:HOST:PORT is required');
     const target = parseTarget(values.connect);
     const result = await runLoad({
       ...target,
-      connections: positive('connections', values.connections, 10_000, true),
-      warmupS: positive('warmup', values.warmup, 60),
-      durationS: positive('duration', values.duration, 60),
+      connections: intArg('connections', values.connections, 1, 10_000),
+      warmupS: numArg('warmup', values.warmup, 0, 60),
+      durationS: numArg('duration', values.duration, 0.1, 60),
       recipients: values.recipients ? values.recipients.split(',').filter(Boolean) : undefined,
-      timeoutMs: positive('timeout', values.timeout, 60_000),
-      serverPid: values['server-pid'] ? positive('server-pid', values['server-pid'], 2 ** 31, true) : undefined,
+      timeoutMs: numArg('timeout', values.timeout, 1, 60_000),
+      serverPid: values['server-pid'] ? intArg('server-pid', values['server-pid'], 1, 2 ** 31) : undefined,
     });
     console.log(values.json ? JSON.stringify(result) : formatResult(result));
     return result.errors > 0 ? 1 : 0;
@@ -424,7 +256,7 @@ async function main(): Promise<number> {
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+if (isMain(import.meta.url)) {
   void main().then((code) => {
     process.exitCode = code;
   });

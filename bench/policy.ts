@@ -24,25 +24,48 @@
  * The machine may be shared: before each run it waits up to 10 s for the machine to be idle, and a
  * run during which other processes used more than 20% of a core is run again (--retries times).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { LoadResult } from './policy-load.js';
+import {
+  BENCHMARKS_MD,
+  CLI,
+  NOISY_OTHER_CPU,
+  QUIET_WAIT_MS,
+  ROOT,
+  COMMON_OPTIONS,
+  commandLine,
+  countLines,
+  fmtInt,
+  freePort,
+  intArg,
+  log,
+  makeTmpDir,
+  nodeArgsForTs,
+  noiseNote,
+  numArg,
+  removeTmpDir,
+  removeTmpDirSync,
+  requireBuild,
+  runBench,
+  runProcess,
+  stopChildren,
+  sectionHead,
+  table,
+  textFooter,
+  tmp,
+  track,
+  updateMarkdown,
+  viaNpm,
+  waitAccepting,
+  waitForQuiet,
+} from './shared.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CLI = path.join(ROOT, 'dist', 'cli.js');
-const MARK_START = '<!-- bench:policy:start -->';
-const MARK_END = '<!-- bench:policy:end -->';
 const TARGET_RATIO = 0.8;
-/** More CPU than this (% of one core) used by other processes during a run makes it noisy. */
-const NOISY_OTHER_CPU = 20;
-/** Longest wait for a quiet machine before each run. */
-const QUIET_WAIT_MS = 10_000;
 const STORE_LIMIT = 1000;
 
 /** The mail spool: bytes already in each mbox (limit 1000); null: no file (an empty mailbox). */
@@ -81,10 +104,6 @@ interface Run {
   result: LoadResult;
 }
 
-const children = new Set<ChildProcess>();
-let tmpDir: string | null = null;
-let keepTmp = false;
-
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
@@ -92,12 +111,10 @@ async function main(): Promise<number> {
       warmup: { type: 'string', default: '2' },
       duration: { type: 'string', default: '8' },
       rounds: { type: 'string', default: '1' },
-      write: { type: 'boolean', default: false },
       'cpu-prof': { type: 'string' },
-      keep: { type: 'boolean', default: false },
       calibrate: { type: 'string', default: '' },
       retries: { type: 'string', default: '1' },
-      help: { type: 'boolean', default: false },
+      ...COMMON_OPTIONS,
     },
   });
   if (values.help) {
@@ -108,7 +125,7 @@ async function main(): Promise<number> {
   const warmup = numArg('warmup', values.warmup, 0.1, 30);
   const duration = numArg('duration', values.duration, 0.5, 30);
   const rounds = intArg('rounds', values.rounds, 1, 5);
-  keepTmp = values.keep;
+  tmp.keep = values.keep;
   const retries = intArg('retries', values.retries, 0, 3);
   const calibrate = values.calibrate
     .split(',')
@@ -118,11 +135,11 @@ async function main(): Promise<number> {
   const runs = rounds * 3 + 1 + calibrate.length;
   const estimate = runs * (1 + retries) * (warmup + duration + 1.5 + QUIET_WAIT_MS / 1000);
   if (estimate > 600) throw new Error(`about ${Math.round(estimate)} s of load: lower --rounds, --warmup or --duration`);
-  if (!existsSync(CLI)) throw new Error(`${path.relative(process.cwd(), CLI)} is missing: run "npm run build" first (or "npm run bench")`);
+  requireBuild();
   const cpuProfDir = values['cpu-prof'] ? path.resolve(values['cpu-prof']) : null;
   if (cpuProfDir) await mkdir(cpuProfDir, { recursive: true });
 
-  tmpDir = await mkdtemp(path.join(os.tmpdir(), 'overquota-bench-'));
+  const tmpDir = await makeTmpDir('overquota-bench-');
   const spool = path.join(tmpDir, 'mail');
   await mkdir(spool);
   for (const [user, bytes] of Object.entries(MAILBOXES)) {
@@ -158,13 +175,13 @@ async function main(): Promise<number> {
     );
   }
 
-  const decisionsLogged = info.logFile ? await countLines(info.logFile, '"msg":"decision"') : 0;
-  await stopAll();
+  const decisionsLogged = info.logFile ? await countLines(info.logFile, ['"msg":"decision"']) : 0;
+  await stopChildren();
 
   const report = buildReport({ results, connections, warmup, duration, rounds, decisionsLogged, argv: process.argv.slice(2) });
   console.log(`\n${report.text}`);
   if (values.write) {
-    updateMarkdown(path.join(ROOT, 'BENCHMARKS.md'), report.markdown);
+    updateMarkdown(BENCHMARKS_MD, 'policy', 'Policy requests per second', '', report.markdown);
     log('BENCHMARKS.md updated');
   }
   if (cpuProfDir) log(`CPU profiles in ${cpuProfDir} (summarise: node --import tsx bench/cpu-profile-summary.ts ${cpuProfDir}/*.cpuprofile)`);
@@ -178,16 +195,6 @@ async function main(): Promise<number> {
 
 // ---------------------------------------------------------------- processes
 
-function nodeArgsForTs(script: string): string[] {
-  return ['--import', 'tsx', path.join(ROOT, 'bench', script)];
-}
-
-function track(proc: ChildProcess): ChildProcess {
-  children.add(proc);
-  proc.once('exit', () => children.delete(proc));
-  return proc;
-}
-
 async function startFixed(workUs = 0): Promise<Target> {
   const args = [...nodeArgsForTs('fixed-server.ts'), ...(workUs > 0 ? ['--work-us', String(workUs)] : [])];
   // stdin stays a pipe: the fixed server exits when it closes (if this process dies).
@@ -199,8 +206,8 @@ async function startFixed(workUs = 0): Promise<Target> {
 
 async function startOverquota(label: string, level: string, spool: string, cpuProfDir: string | null): Promise<Target> {
   const name = `overquota-${level}`;
-  const logFile = path.join(tmpDir!, `${name}.log`);
-  const errFile = path.join(tmpDir!, `${name}.stderr`);
+  const logFile = path.join(tmp.dir!, `${name}.log`);
+  const errFile = path.join(tmp.dir!, `${name}.stderr`);
   const out = openSync(logFile, 'w');
   const err = openSync(errFile, 'w');
   const profile = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=${name}.${Date.now()}.cpuprofile`] : [];
@@ -214,39 +221,12 @@ async function startOverquota(label: string, level: string, spool: string, cpuPr
   const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', out, err] }));
   closeSync(out);
   closeSync(err);
-  const deadline = Date.now() + 15_000;
-  while (!(await accepts(port))) {
-    if (proc.exitCode !== null || proc.signalCode !== null || Date.now() > deadline) {
-      const stderr = await readFile(errFile, 'utf8').catch(() => '');
-      const stdout = await readFile(logFile, 'utf8').catch(() => '');
-      throw new Error(`${label} did not start (exit ${proc.exitCode ?? proc.signalCode}): ${stderr.trim() || stdout.trim() || 'no output'}`);
-    }
-    await sleep(50);
-  }
+  await waitAccepting(port, proc, async () => {
+    const stderr = await readFile(errFile, 'utf8').catch(() => '');
+    const stdout = await readFile(logFile, 'utf8').catch(() => '');
+    return `${label}: ${stderr.trim() || stdout.trim() || 'no output'}`;
+  });
   return { label, kind: 'overquota', listen, pid: proc.pid!, proc, logFile };
-}
-
-/** Listen on 127.0.0.1:0, read the port the kernel chose, close: free unless someone races us. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = net.connect({ host: '127.0.0.1', port });
-    probe.once('connect', () => {
-      probe.end();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
 }
 
 function firstJsonLine(proc: ChildProcess, match: (l: Record<string, unknown>) => boolean, timeoutMs: number): Promise<Record<string, unknown>> {
@@ -296,65 +276,15 @@ async function runLoadProcess(target: Target, o: { connections: number; warmup: 
     String(target.pid),
     '--json',
   ];
-  const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
-  let out = '';
-  let err = '';
-  proc.stdout!.setEncoding('utf8').on('data', (t: string) => (out += t));
-  proc.stderr!.setEncoding('utf8').on('data', (t: string) => (err += t));
-  const limitMs = (o.warmup + o.duration + 20) * 1000;
-  const timer = setTimeout(() => proc.kill('SIGKILL'), limitMs);
-  const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
-  clearTimeout(timer);
+  const { code, out, err } = await runProcess(process.execPath, args, { cwd: ROOT, limitMs: (o.warmup + o.duration + 20) * 1000 });
   if (code !== 0 && code !== 1) throw new Error(`load generator against ${target.label} failed (exit ${code}): ${err.trim()}`);
   if (target.proc.exitCode !== null || target.proc.signalCode !== null) throw new Error(`${target.label} died during the run`);
   return JSON.parse(out) as LoadResult;
 }
 
-async function stopChild(proc: ChildProcess, graceMs = 5000): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  proc.kill('SIGTERM');
-  const timer = setTimeout(() => proc.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
-
-async function stopAll(): Promise<void> {
-  await Promise.all([...children].map((p) => stopChild(p)));
-}
-
 async function cleanup(): Promise<void> {
-  await stopAll();
-  if (tmpDir) {
-    if (keepTmp) log(`kept ${tmpDir}`);
-    else await rm(tmpDir, { recursive: true, force: true });
-    tmpDir = null;
-  }
-}
-
-/** Lines of a file containing `needle`, read in chunks (the info log is large). */
-async function countLines(file: string, needle: string): Promise<number> {
-  const fh = await open(file, 'r');
-  const buf = Buffer.alloc(1 << 20);
-  const pattern = Buffer.from(needle);
-  let n = 0;
-  let carry = Buffer.alloc(0);
-  try {
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-      if (bytesRead === 0) break;
-      const data = Buffer.concat([carry, buf.subarray(0, bytesRead)]);
-      let at = 0;
-      for (let i = data.indexOf(pattern, at); i !== -1; i = data.indexOf(pattern, at)) {
-        n++;
-        at = i + pattern.length;
-      }
-      carry = Buffer.from(data.subarray(Math.max(at, data.length - pattern.length + 1)));
-    }
-  } finally {
-    await fh.close();
-  }
-  return n;
+  await stopChildren();
+  await removeTmpDir();
 }
 
 // ---------------------------------------------------------------- report
@@ -434,17 +364,11 @@ function buildReport(o: {
     otherCpu(r.result) === null ? '?' : `${otherCpu(r.result)}%`,
   ]);
   const runHead = ['#', 'target', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'server CPU', 'client CPU', 'machine idle', 'other CPU'];
-  const noisy = o.results.flatMap((r, i) => ((otherCpu(r.result) ?? 0) > NOISY_OTHER_CPU ? [`#${i + 1}`] : []));
-  const noise = noisy.length
-    ? `WARNING: other processes used more than ${NOISY_OTHER_CPU}% of a core during run(s) ${noisy.join(', ')}: the figures are noisy; run again on a quiet machine.`
-    : `No other process used more than ${NOISY_OTHER_CPU}% of a core during any run.`;
+  const noise = noiseNote(o.results.map((r) => otherCpu(r.result)));
 
   const oqRun = o.results.find((r) => r.target.startsWith('overquota'));
   const actions = oqRun ? actionShares(oqRun.result.actions) : '';
-  const machine = machineDescription();
-  const via = process.env.npm_lifecycle_event === 'bench' ? ' (run by `npm run bench`, which builds first)' : '';
-  const command = `node --import tsx bench/policy.ts ${o.argv.join(' ')}`.trim();
-  const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  const command = commandLine('policy.ts', o.argv);
 
   const text = [
     table(summaryHead, summaryRows, false),
@@ -455,15 +379,12 @@ function buildReport(o: {
     noise,
     `overquota answers (first overquota run): ${actions}`,
     `decision lines in the info log: ${fmtInt(o.decisionsLogged)} (whole run, warm-up included)`,
-    `code: overquota ${codeVersion()}`,
-    `machine: ${machine}`,
+    ...textFooter(),
   ].join('\n');
 
   const markdown = [
-    MARK_START,
-    `Last run: ${date}, overquota ${codeVersion()}, ${machine}.`,
-    '',
-    `Command: \`${command}\`${via}. ${o.connections} persistent connections, ${o.warmup} s warm-up then ${o.duration} s measured per run, ${o.rounds} round(s); the fixed server runs first and last and its figures are the mean of those runs (so are overquota's over its rounds).`,
+    ...sectionHead('policy'),
+    `Command: \`${command}\`${viaNpm()}. ${o.connections} persistent connections, ${o.warmup} s warm-up then ${o.duration} s measured per run, ${o.rounds} round(s); the fixed server runs first and last and its figures are the mean of those runs (so are overquota's over its rounds).`,
     '',
     table(summaryHead, summaryRows, true),
     '',
@@ -474,36 +395,9 @@ function buildReport(o: {
     noise,
     '',
     `overquota's answers in its first run: ${actions}. Decision lines written by the info frontend: ${fmtInt(o.decisionsLogged)} (warm-up included).`,
-    MARK_END,
+    '<!-- bench:policy:end -->',
   ].join('\n');
   return { text, markdown };
-}
-
-/** Waits until the machine is at least 90% idle over one second, or maxMs have passed. */
-async function waitForQuiet(maxMs: number): Promise<void> {
-  const deadline = Date.now() + maxMs;
-  for (;;) {
-    const a = machineJiffies();
-    await sleep(1000);
-    const b = machineJiffies();
-    if (!a || !b) return;
-    const idle = (b[0] - a[0]) / Math.max(1, b[1] - a[1]);
-    if (idle >= 0.9) return;
-    if (Date.now() >= deadline) {
-      log(`    the machine is busy (${Math.round((1 - idle) * 100)}% of all cores): running anyway`);
-      return;
-    }
-  }
-}
-
-/** [idle, total] jiffies of the whole machine (Linux /proc/stat), or null. */
-function machineJiffies(): [number, number] | null {
-  try {
-    const n = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
-    return [(n[3] ?? 0) + (n[4] ?? 0), n.reduce((x, y) => x + y, 0)];
-  } catch {
-    return null;
-  }
 }
 
 /** CPU used by neither the server nor the load generator, in % of one core (noise), or null. */
@@ -521,102 +415,11 @@ function actionShares(actions: Record<string, number>): string {
     .join(', ');
 }
 
-/** The commit the frontend was built from, and whether src/ had uncommitted changes. */
-function codeVersion(): string {
-  try {
-    const git = (...args: string[]) => execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const commit = git('rev-parse', '--short', 'HEAD');
-    const dirty = git('status', '--porcelain', '--', 'src') !== '';
-    return `at commit ${commit}${dirty ? ' with uncommitted changes in src/' : ''}`;
-  } catch {
-    return '(commit unknown)';
-  }
-}
-
-function machineDescription(): string {
-  let model = os.cpus()[0]?.model ?? 'unknown CPU';
-  try {
-    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
-    if (m) model = m[1]!.trim();
-  } catch {
-    // not Linux: os.cpus() it is
-  }
-  return `${os.availableParallelism()} CPU (nproc), ${model}, Node ${process.version}, ${os.type()} ${os.release()}`;
-}
-
-function table(head: string[], rows: string[][], markdown: boolean): string {
-  const numeric = (i: number) => rows.every((r) => /^[\d,.%?]+$/.test(r[i] ?? ''));
-  if (markdown) {
-    const sep = head.map((_, i) => (numeric(i) ? '---:' : '---'));
-    return [head, sep, ...rows].map((r) => `| ${r.join(' | ')} |`).join('\n');
-  }
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (r: string[]) => r.map((c, i) => (numeric(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');
-  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
-}
-
-function updateMarkdown(file: string, section: string): void {
-  const text = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n';
-  const start = text.indexOf(MARK_START);
-  const end = text.indexOf(MARK_END);
-  const next =
-    start !== -1 && end > start
-      ? text.slice(0, start) + section + text.slice(end + MARK_END.length)
-      : `${text.trimEnd()}\n\n## Policy requests per second\n\n${section}\n`;
-  writeFileSync(file, next);
-}
-
 // ---------------------------------------------------------------- small things
-
-function log(text: string): void {
-  process.stderr.write(`bench: ${text}\n`);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 function round3(n: number): number {
   return Math.round(n * 1000) / 1000;
 }
 
-function fmtInt(n: number): string {
-  return n.toLocaleString('en-US');
-}
-
-function numArg(name: string, text: string, min: number, max: number): number {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n < min || n > max) throw new Error(`--${name} ${text}: expected a number from ${min} to ${max}`);
-  return n;
-}
-
-function intArg(name: string, text: string, min: number, max: number): number {
-  const n = numArg(name, text, min, max);
-  if (!Number.isInteger(n)) throw new Error(`--${name} ${text}: expected a whole number`);
-  return n;
-}
-
-let stopping = false;
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    log(`${signal}: stopping the servers`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
-// Last resort if something throws past main(): no server may outlive the bench.
-process.once('exit', () => {
-  for (const p of children) p.kill('SIGKILL');
-  if (tmpDir && !keepTmp) rmSync(tmpDir, { recursive: true, force: true });
-});
-
-main()
-  .catch((err: unknown) => {
-    log(`failed: ${(err as Error).message}`);
-    return 1;
-  })
-  .then(async (code) => {
-    await cleanup();
-    process.exitCode = code;
-  });
+// Last resort if something throws past main(): no server may outlive the bench, no temp dir stays.
+runBench(main, cleanup, { onExit: removeTmpDirSync });

@@ -1,16 +1,16 @@
 /*
- * Small helpers shared by bench/cluster.ts and bench/milter.ts: the same idle-machine wait,
- * machine/commit description, tables and BENCHMARKS.md marker update as bench/policy.ts (which
- * keeps its own copies: it runs its main() on import), plus process bookkeeping.
+ * Helpers shared by the benches (bench/policy.ts, cluster.ts, milter.ts, stores.ts) and their load
+ * generators: the idle-machine wait, /proc CPU accounting, machine/commit description, tables, the
+ * BENCHMARKS.md marker update, child-process and temporary-directory bookkeeping, the main()
+ * runner and argument parsing. Importing it has no side effects.
  */
-import { execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { machineJiffies } from './policy-load.js';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -43,10 +43,60 @@ export async function stopChild(proc: ChildProcess, graceMs = 5000): Promise<voi
 }
 
 /**
- * SIGINT/SIGTERM: run `cleanup` (stop the servers) and exit 130. Last resort on 'exit': SIGKILL
- * every tracked child (the Redis and Postfix helpers have their own exit hooks).
+ * Runs `command args` (tracked, stdin closed) to its end, SIGKILL after `limitMs`: its exit code
+ * and what it wrote. `onStdout` sees stdout as it comes (e.g. JSON event lines).
  */
-export function installCleanup(cleanup: () => Promise<void>): void {
+export async function runProcess(
+  command: string,
+  args: string[],
+  o: { limitMs: number; cwd?: string; onStdout?: (text: string) => void },
+): Promise<{ code: number | null; out: string; err: string }> {
+  const proc = track(spawn(command, args, { cwd: o.cwd, stdio: ['ignore', 'pipe', 'pipe'] }));
+  let out = '';
+  let err = '';
+  proc.stdout!.setEncoding('utf8').on('data', (t: string) => {
+    out += t;
+    o.onStdout?.(t);
+  });
+  proc.stderr!.setEncoding('utf8').on('data', (t: string) => (err += t));
+  const timer = setTimeout(() => proc.kill('SIGKILL'), o.limitMs);
+  const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+  clearTimeout(timer);
+  return { code, out, err };
+}
+
+/** Stops every tracked child process (SIGTERM, then SIGKILL after the grace period). */
+export async function stopChildren(): Promise<void> {
+  await Promise.all([...children].map((p) => stopChild(p)));
+}
+
+/** The bench's temporary directory (makeTmpDir), kept at the end with --keep (tmp.keep). */
+export const tmp: { dir: string | null; keep: boolean } = { dir: null, keep: false };
+
+export async function makeTmpDir(prefix: string): Promise<string> {
+  tmp.dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+  return tmp.dir;
+}
+
+/** Removes the temporary directory, or says where it is kept (--keep). */
+export async function removeTmpDir(): Promise<void> {
+  if (tmp.dir) {
+    if (tmp.keep) log(`kept ${tmp.dir}`);
+    else await rm(tmp.dir, { recursive: true, force: true });
+    tmp.dir = null;
+  }
+}
+
+/** Synchronous last resort (an 'exit' hook): removes the temporary directory unless kept. */
+export function removeTmpDirSync(): void {
+  if (tmp.dir && !tmp.keep) rmSync(tmp.dir, { recursive: true, force: true });
+}
+
+/**
+ * SIGINT/SIGTERM: run `cleanup` (stop the servers) and exit 130. Last resort on 'exit': SIGKILL
+ * every tracked child (the Redis and Postfix helpers have their own exit hooks), then `onExit`.
+ */
+export function installCleanup(cleanup: () => Promise<void>, onExit?: () => void): void {
   let stopping = false;
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {
@@ -58,7 +108,35 @@ export function installCleanup(cleanup: () => Promise<void>): void {
   }
   process.once('exit', () => {
     for (const p of children) p.kill('SIGKILL');
+    onExit?.();
   });
+}
+
+/**
+ * Runs a bench: installCleanup(cleanup), then main(); a throw is logged ("failed: ...", with the
+ * stack when `stack`) and exits 1; cleanup always runs before the exit code is set.
+ */
+export function runBench(main: () => Promise<number>, cleanup: () => Promise<void>, o: { stack?: boolean; onExit?: () => void } = {}): void {
+  installCleanup(cleanup, o.onExit);
+  main()
+    .catch((err: unknown) => {
+      log(`failed: ${(o.stack ? (err as Error).stack : undefined) ?? (err as Error).message}`);
+      return 1;
+    })
+    .then(async (code) => {
+      await cleanup();
+      process.exitCode = code;
+    });
+}
+
+/** True when the module at `importMetaUrl` is the script node was started with. */
+export function isMain(importMetaUrl: string): boolean {
+  return Boolean(process.argv[1]) && importMetaUrl === pathToFileURL(process.argv[1]!).href;
+}
+
+/** Throws unless dist/cli.js is built. */
+export function requireBuild(): void {
+  if (!existsSync(CLI)) throw new Error(`${path.relative(process.cwd(), CLI)} is missing: run "npm run build" first (or "npm run bench")`);
 }
 
 /** Listen on 127.0.0.1:0, read the port the kernel chose, close: free unless someone races us. */
@@ -95,6 +173,61 @@ export async function waitAccepting(port: number, proc: ChildProcess, describe: 
   }
 }
 
+// ---------------------------------------------------------------- /proc CPU accounting (Linux)
+
+/** utime + stime of a process in seconds (all threads), or null when /proc cannot tell. */
+export function processCpuSeconds(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14 and 15 of proc(5) (utime, stime), counted from field 3 after the ")".
+    return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return null;
+  }
+}
+
+/** [idle, total] jiffies of the whole machine, or null. */
+export function machineJiffies(): [number, number] | null {
+  try {
+    const line = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!;
+    const n = line.trim().split(/\s+/).slice(1).map(Number);
+    const idle = (n[3] ?? 0) + (n[4] ?? 0);
+    return [idle, n.reduce((a, b) => a + b, 0)];
+  } catch {
+    return null;
+  }
+}
+
+/** Whole-machine idle between two machineJiffies() readings, % of all cores (one decimal), or null. */
+export function idlePct(a: [number, number] | null, b: [number, number] | null): number | null {
+  return a && b ? Math.round(((b[0] - a[0]) / Math.max(1, b[1] - a[1])) * 1000) / 10 : null;
+}
+
+/** CPU seconds between two readings over `seconds`, in % of one core (one decimal), or null. */
+export function cpuPct(a: number | null, b: number | null, seconds: number): number | null {
+  return a === null || b === null ? null : Math.round(((b - a) / seconds) * 1000) / 10;
+}
+
+/**
+ * Every process's /proc/PID/stat fields after the ")" (state(0) ppid(1) pgrp(2) ... utime(11)
+ * stime(12) cutime(13) cstime(14)); processes gone meanwhile are skipped. Throws without /proc.
+ */
+export function procStats(): { pid: string; fields: string[] }[] {
+  const list: { pid: string; fields: string[] }[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
+    } catch {
+      continue; // gone meanwhile
+    }
+    list.push({ pid: entry, fields: stat.slice(stat.lastIndexOf(')') + 2).split(' ') });
+  }
+  return list;
+}
+
 /** Waits until the machine is at least 90% idle over one second, or maxMs have passed. */
 export async function waitForQuiet(maxMs = QUIET_WAIT_MS): Promise<void> {
   const deadline = Date.now() + maxMs;
@@ -120,17 +253,8 @@ export async function waitForQuiet(maxMs = QUIET_WAIT_MS): Promise<void> {
 export function kernelThreadsCpuSeconds(): number | null {
   let total = 0;
   try {
-    for (const entry of readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      let stat: string;
-      try {
-        stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
-      } catch {
-        continue; // gone meanwhile
-      }
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      // After ")": state(0) ppid(1) ... utime(11) stime(12).
-      if (entry === '2' || f[1] === '2') total += Number(f[11]) + Number(f[12]);
+    for (const { pid, fields: f } of procStats()) {
+      if (pid === '2' || f[1] === '2') total += Number(f[11]) + Number(f[12]);
     }
   } catch {
     return null;
@@ -182,6 +306,24 @@ export function machineDescription(): string {
   return `${os.availableParallelism()} CPU (nproc), ${model}, Node ${process.version}, ${os.type()} ${os.release()}`;
 }
 
+/**
+ * The first lines of a BENCHMARKS.md section: its start marker and "Last run: DATE, overquota
+ * COMMIT, EXTRA..., MACHINE.", then an empty line.
+ */
+export function sectionHead(name: string, extra: string[] = []): string[] {
+  return [`<!-- bench:${name}:start -->`, `Last run: ${[isoNow(), `overquota ${codeVersion()}`, ...extra, machineDescription()].join(', ')}.`, ''];
+}
+
+/** The last lines of a report on the terminal: the commit and the machine. */
+export function textFooter(): string[] {
+  return [`code: overquota ${codeVersion()}`, `machine: ${machineDescription()}`];
+}
+
+/** How the bench was started, for the Command: line. */
+export function commandLine(script: string, argv: string[]): string {
+  return `node --import tsx bench/${script} ${argv.join(' ')}`.trim();
+}
+
 export function isoNow(): string {
   return new Date().toISOString().replace(/\.\d+Z$/, 'Z');
 }
@@ -217,8 +359,16 @@ export function updateMarkdown(file: string, name: string, heading: string, intr
   const next =
     a !== -1 && b > a
       ? text.slice(0, a) + section + text.slice(b + end.length)
-      : `${text.trimEnd()}\n\n## ${heading}\n\n${intro.trim()}\n\n${section}\n`;
+      : `${text.trimEnd()}\n\n## ${heading}\n\n${intro.trim() ? `${intro.trim()}\n\n` : ''}${section}\n`;
   writeFileSync(file, next);
+}
+
+/** The sentence on noise under a report: which runs (#1, #2, ...) had other processes above NOISY_OTHER_CPU. */
+export function noiseNote(otherCpu: (number | null)[]): string {
+  const noisy = otherCpu.flatMap((c, i) => ((c ?? 0) > NOISY_OTHER_CPU ? [`#${i + 1}`] : []));
+  return noisy.length
+    ? `WARNING: other processes used more than ${NOISY_OTHER_CPU}% of a core during run(s) ${noisy.join(', ')}: the figures are noisy; run again on a quiet machine.`
+    : `No other process used more than ${NOISY_OTHER_CPU}% of a core during any run.`;
 }
 
 export function log(text: string): void {
@@ -229,9 +379,33 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Epoch milliseconds (fractional), from performance.timeOrigin: comparable across processes. */
+export function epochMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/** A tiny deterministic PRNG (mulberry32), so every run sends the same requests / writes the same data. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 export function fmtInt(n: number): string {
   return Math.round(n).toLocaleString('en-US');
 }
+
+/** The options every bench takes (parseArgs): --write, --keep and --help. */
+export const COMMON_OPTIONS = {
+  write: { type: 'boolean', default: false },
+  keep: { type: 'boolean', default: false },
+  help: { type: 'boolean', default: false },
+} as const;
 
 export function numArg(name: string, text: string, min: number, max: number): number {
   const n = Number(text);

@@ -26,7 +26,7 @@
  * BENCHMARKS.md between the bench:stores markers (appended with its heading the first time).
  */
 import { closeSync, existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
@@ -34,19 +34,24 @@ import { parseArgs } from 'node:util';
 import { MboxStore } from '../src/sources/mbox.js';
 import { MaildirStore, RACY_MARGIN_MS, type MaildirScanStats } from '../src/sources/maildir.js';
 import type { QuotaSource } from '../src/sources/types.js';
-import { machineJiffies } from './policy-load.js';
 import {
   BENCHMARKS_MD,
   ROOT,
-  codeVersion,
+  COMMON_OPTIONS,
+  commandLine,
   fmtInt,
-  installCleanup,
   intArg,
-  isoNow,
   log,
-  machineDescription,
+  machineJiffies,
+  makeTmpDir,
+  prng,
+  removeTmpDir,
+  runBench,
   sleep,
+  tmp,
+  sectionHead,
   table,
+  textFooter,
   updateMarkdown,
   viaNpm,
   waitForQuiet,
@@ -72,8 +77,6 @@ const NO_SIZE_EVERY = 100;
 const DOVECOT_HELPER = path.join(ROOT, 'test', 'helpers', 'dovecot.ts');
 const DOVEADM_SOURCE = path.join(ROOT, 'src', 'sources', 'doveadm.ts');
 
-let tmpDir: string | null = null;
-let keepTmp = false;
 let stopDovecot: (() => Promise<void>) | null = null;
 
 interface Phase {
@@ -137,9 +140,7 @@ async function main(): Promise<number> {
       concurrency: { type: 'string', default: '16' },
       'dovecot-users': { type: 'string', default: '50' },
       'no-dovecot': { type: 'boolean', default: false },
-      write: { type: 'boolean', default: false },
-      keep: { type: 'boolean', default: false },
-      help: { type: 'boolean', default: false },
+      ...COMMON_OPTIONS,
     },
   });
   if (values.help) {
@@ -159,8 +160,8 @@ async function main(): Promise<number> {
     dovecot: !values['no-dovecot'],
     argv: process.argv.slice(2),
   };
-  keepTmp = values.keep;
-  tmpDir = await mkdtemp(path.join(os.tmpdir(), 'overquota-bench-stores-'));
+  tmp.keep = values.keep;
+  const tmpDir = await makeTmpDir('overquota-bench-stores-');
   log(`temp dir ${tmpDir}`);
 
   const phases: Phase[] = [];
@@ -229,18 +230,6 @@ async function main(): Promise<number> {
 }
 
 // ---------------------------------------------------------------- data
-
-/** Seeded PRNG (mulberry32): the same data and key order on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Spool files from empty to 300 MiB (sparse: ftruncate), a few missing (an empty mailbox). */
 async function makeSpool(spool: string, users: string[]): Promise<void> {
@@ -534,21 +523,17 @@ function buildReport(r: Report): { text: string; markdown: string } {
     `**Warm** lookup of it: the first ${fmtInt(w.lookups)} after the cold scan p50 ${ms(w.p50)} ms, p99 ${ms(w.p99)} ms, max ${ms(w.max)} ms; after 2,000 more, p50 ${ms(st.p50)} ms, p99 ${ms(st.p99)} ms, max ${ms(st.max)} ms (target ≤ ${TARGET_WARM_MS} ms: at p50 ${verdict(w.p50 <= TARGET_WARM_MS && st.p50 <= TARGET_WARM_MS)}; at p99 ${verdict(w.p99 <= TARGET_WARM_MS)} for the first ${fmtInt(w.lookups)}, ${verdict(st.p99 <= TARGET_WARM_MS)} after). During all the warm lookups (warm-ups included) ${fmtInt(r.warmWork.directoriesRead)} directories were read and ${fmtInt(r.warmWork.rootListings)} roots listed; ${fmtInt(r.warmWork.directoriesReused)} directory counts were reused.`,
     `**Event loop** during the cold scans: monitorEventLoopDelay's max ${ms(worstDelay, 1)} ms (its samples include its own 10 ms period: an idle loop reads about 10.1 ms), the 1 ms probe's largest gap ${ms(worstGap, 1)} ms (target: no stall over ${TARGET_STALL_MS} ms: ${verdict(worstDelay < TARGET_STALL_MS && worstGap < TARGET_STALL_MS)}).`,
   ];
-  const command = `node --import tsx bench/stores.ts ${r.o.argv.join(' ')}`.trim();
-  const machine = machineDescription();
+  const command = commandLine('stores.ts', r.o.argv);
   const text = [
     table(head, rows, false),
     '',
     table(coldHead, coldRows, false),
     '',
     ...targets,
-    `code: overquota ${codeVersion()}`,
-    `machine: ${machine}`,
+    ...textFooter(),
   ].join('\n');
   const markdown = [
-    '<!-- bench:stores:start -->',
-    `Last run: ${isoNow()}, overquota ${codeVersion()}, ${machine}.`,
-    '',
+    ...sectionHead('stores'),
     `Command: \`${command}\`${viaNpm()}. ${fmtInt(r.o.users)} mbox spool files and ${fmtInt(r.o.users)} Maildirs with maildirsize, keys drawn at random (seeded); per store ${fmtInt(r.o.lookups)} measured lookups with 1 in flight and ${fmtInt(r.o.lookups * 2)} with ${r.o.concurrency} in flight, each after 500 unmeasured; one Maildir of ${fmtInt(r.o.messages)} messages scanned cold ${r.cold.length} times, then warm. Dovecot: at most 5 s per row.`,
     '',
     table(head, rows, true),
@@ -568,21 +553,7 @@ function buildReport(r: Report): { text: string; markdown: string } {
 async function cleanup(): Promise<void> {
   await stopDovecot?.().catch(() => undefined);
   stopDovecot = null;
-  if (tmpDir) {
-    if (keepTmp) log(`kept ${tmpDir}`);
-    else await rm(tmpDir, { recursive: true, force: true });
-    tmpDir = null;
-  }
+  await removeTmpDir();
 }
 
-installCleanup(cleanup);
-
-main()
-  .catch((err: unknown) => {
-    log(`failed: ${(err as Error).stack ?? (err as Error).message}`);
-    return 1;
-  })
-  .then(async (code) => {
-    await cleanup();
-    process.exitCode = code;
-  });
+runBench(main, cleanup, { stack: true });
