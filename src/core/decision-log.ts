@@ -23,10 +23,13 @@ export interface DecisionContext {
 
 const LEVEL_VALUE = { debug: 20, info: 30, warn: 40 } as const;
 
+/** What JSON.stringify would escape in a string (quotes, backslash, controls, lone surrogates). */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+
 /** One JSON member, or nothing for an absent value (as JSON.stringify drops undefined). */
 function member(name: string, v: string | number | null | undefined): string {
   if (v === undefined) return '';
-  if (typeof v === 'string') return `,"${name}":${JSON.stringify(v)}`;
+  if (typeof v === 'string') return `,"${name}":${NEEDS_ESCAPE.test(v) ? JSON.stringify(v) : `"${v}"`}`;
   return `,"${name}":${v === null ? 'null' : v}`;
 }
 
