@@ -83,8 +83,9 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
+    // A failure after some listeners opened (or Redis connected) would keep the process alive,
+    // half started, holding its ports: end it, so a supervisor sees the failure and restarts it.
+    if (code !== 0) process.exit(code);
   },
-  () => {
-    process.exitCode = 1;
-  },
+  () => process.exit(1),
 );

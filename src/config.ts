@@ -79,6 +79,17 @@ convict.addFormat({
   },
 });
 convict.addFormat({
+  name: 'temporary-reply',
+  validate(v: unknown) {
+    const text = String(v);
+    const problem = replyProblem(text);
+    if (problem) throw new Error(`must be a Postfix access(5) reply such as "DUNNO" or "451 4.3.0 Try again later"; this one ${problem}`);
+    if (/^(5\d\d|REJECT)(\s|$)/i.test(text) || /^\S+\s+5\.\d{1,3}\.\d{1,3}(\s|$)/.test(text)) {
+      throw new Error('must not refuse mail for good: our own trouble gets DUNNO or a 4XX (a 5XX would bounce mail that a retry would deliver)');
+    }
+  },
+});
+convict.addFormat({
   name: 'reply',
   validate(v: unknown) {
     const problem = replyProblem(String(v));
@@ -112,6 +123,8 @@ export interface Backend {
   api_key?: string;
 }
 
+const BACKEND_KEYS = ['domains', 'type', 'url', 'token', 'password', 'api_key'];
+
 /*
  * A list, not an object keyed by domain: convict splits setting paths at dots, so a domain name
  * cannot be a key.
@@ -132,6 +145,8 @@ convict.addFormat({
     const seen = new Set<string>();
     v.forEach((entry: Partial<Backend> | null, i) => {
       if (typeof entry !== 'object' || entry === null) throw new Error(`has entry ${i}, which is not an object`);
+      const unknown = Object.keys(entry).filter((k) => !BACKEND_KEYS.includes(k));
+      if (unknown.length > 0) throw new Error(`has the unknown key ${JSON.stringify(unknown[0])} in entry ${i} (known: ${BACKEND_KEYS.join(', ')})`);
       if (!Array.isArray(entry.domains) || entry.domains.length === 0) throw new Error(`has entry ${i} without a "domains" list`);
       for (const domain of entry.domains) {
         if (typeof domain !== 'string' || domain !== domain.toLowerCase() || !/^\.?[^\s@/]+$/.test(domain)) {
@@ -270,7 +285,7 @@ const schema = {
     over_quota: { doc: 'Reply for a full mailbox, or one the message does not fit. Placeholders: {usage} {limit} {percent} {size}.', format: 'reply', default: '452 4.2.2 Mailbox full, try again later' },
     too_large: { doc: 'Reply for a message larger than the whole quota (it can never be delivered).', format: 'reply', default: '552 5.2.3 Message is larger than the mailbox quota' },
     unknown: { doc: 'Reply for a mailbox the source does not know (aliases arrive unexpanded: keep DUNNO).', format: 'reply', default: 'DUNNO' },
-    on_error: { doc: 'Reply when the source fails or the latency budget is spent. Our trouble must not refuse mail: DUNNO, or a 4XX.', format: 'reply', default: 'DUNNO' },
+    on_error: { doc: 'Reply when the source fails or the latency budget is spent. Our trouble must not refuse mail: DUNNO, or a 4XX.', format: 'temporary-reply', default: 'DUNNO' },
   },
   dry_run: { doc: 'Answer WARN (Postfix logs it, the mail passes) instead of deferring or rejecting: for a safe roll-out.', format: Boolean, default: false },
   latency_budget: { doc: 'Longest time from request to answer; past it the on_error reply is sent.', format: 'duration', default: '2s' },
@@ -336,15 +351,27 @@ export function loadSettings(opts: { file?: string; env?: NodeJS.ProcessEnv; arg
     if (file) config.loadFile(file);
     config.validate({ allowed: 'strict' });
   } catch (err) {
-    throw new ConfigError((err as Error).message);
+    throw new ConfigError(redactText((err as Error).message));
   }
   return config.getProperties() as Settings;
+}
+
+/** Secrets inside an error text (convict prints the offending value, e.g. a backends list). */
+function redactText(text: string): string {
+  return text
+    .replace(/("[a-z_]*(?:token|password|secret|api_key)"\s*:\s*)"(?:[^"\\]|\\.)*"/gi, '$1"[redacted]"')
+    .replace(/(\/\/[^/@\s:"]*:)[^/@\s"]*@/g, '$1[redacted]@');
 }
 
 /** The effective settings as JSON, secrets replaced, for `overquota config`. */
 export function redactedSettings(settings: Settings): Settings {
   return JSON.parse(
-    JSON.stringify(settings, (k, v) => (/(token|password|secret)$/i.test(k) && typeof v === 'string' && v !== '' ? '[redacted]' : v)),
+    JSON.stringify(settings, (k, v) => {
+      if (typeof v !== 'string' || v === '') return v;
+      if (/(token|password|secret|api_key)$/i.test(k)) return '[redacted]';
+      // Credentials inside URLs (redis://user:password@host).
+      return v.replace(/(\/\/[^/@\s:]*:)[^/@\s]*@/g, '$1[redacted]@');
+    }),
   ) as Settings;
 }
 

@@ -73,7 +73,7 @@ function sharedCacheCases(setup: () => Promise<{ redisUrl: string; mode: 'standa
     assert.equal(backend.requests.filter((r) => r.url.endsWith('u=hitone')).length, 1);
     assert.equal((await a.waitForLog((l) => l.msg === 'decision' && l.mailbox === 'hitone')).cache, 'miss');
     assert.equal((await b.waitForLog((l) => l.msg === 'decision' && l.mailbox === 'hitone')).cache, 'redis');
-    assert.match(await redisKeys(), /overquota:v1:\{http:127\.0\.0\.1:\d+\|hitone\}:q/);
+    assert.match(await redisKeys(), /overquota:v1:\{http:127\.0\.0\.1:\d+\/cgi-bin\/quota\.cgi\|hitone\}:q/);
   });
 
   it('N frontends x M concurrent requests for one cold mailbox cost the backend exactly one request', async () => {

@@ -16,8 +16,13 @@ export async function startAdminServer(opts: { host: string; port: number; core:
       res.writeHead(status, { 'content-type': 'application/json' });
       res.end(JSON.stringify(body) + '\n');
     };
-    const url = new URL(req.url ?? '/', 'http://admin');
     req.resume();
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://admin');
+    } catch {
+      return reply(400, { error: 'bad request target' });
+    }
     if (url.pathname === '/health' && req.method === 'GET') return reply(200, { status: 'ok', redis: opts.redisOn });
     if (url.pathname !== '/invalidate') return reply(404, { error: 'no such endpoint' });
     if (req.method !== 'POST') return reply(405, { error: 'use POST' });

@@ -35,11 +35,19 @@ export interface QuotaCacheOptions {
 
 /** Extra life of the cluster lock beyond the source timeout, so it never expires mid-lookup. */
 const LOCK_MARGIN_MS = 100;
+/** Time kept for our own source lookup when another frontend's lookup does not arrive. */
+const OWN_LOOKUP_RESERVE_MS = 500;
 
 export class QuotaCache {
   private readonly memory: MemoryCache<QuotaState>;
   private readonly flights = new SingleFlight<CachedLookup>();
   private readonly redis: RedisTier | undefined;
+  /**
+   * Bumped by every forget(): a lookup that started before an invalidation must not store its
+   * (possibly stale) answer afterwards. Global rather than per mailbox: invalidations are rare,
+   * and a skipped fill only costs one more lookup.
+   */
+  private generation = 0;
 
   constructor(private readonly opts: QuotaCacheOptions) {
     this.memory = new MemoryCache(opts.maxEntries);
@@ -62,22 +70,24 @@ export class QuotaCache {
 
   private async fill(source: QuotaSource, key: string, id: string, timeoutMs: number): Promise<CachedLookup> {
     const redis = this.redis;
+    const generation = this.generation;
     if (!redis) {
       const state = await lookupWithTimeout(source, key, timeoutMs);
-      this.memory.set(id, state, ttlFor(state, this.opts.ttl));
+      if (generation === this.generation) this.memory.set(id, state, ttlFor(state, this.opts.ttl));
       return { state, cache: 'miss' };
     }
     const stored = await redis.get(id);
     if (stored) {
-      this.remember(id, stored);
+      if (generation === this.generation) this.remember(id, stored);
       return { state: stored, cache: 'redis' };
     }
     const deadline = Date.now() + timeoutMs;
     const lock = await redis.tryLock(id, timeoutMs + LOCK_MARGIN_MS);
     if (lock === false) {
-      const theirs = await redis.waitFor(id, deadline);
+      // Stop waiting early enough to ask the source ourselves if the lock holder died.
+      const theirs = await redis.waitFor(id, deadline - Math.min(OWN_LOOKUP_RESERVE_MS, timeoutMs / 3));
       if (theirs) {
-        this.remember(id, theirs);
+        if (generation === this.generation) this.remember(id, theirs);
         return { state: theirs, cache: 'shared' };
       }
     }
@@ -87,13 +97,16 @@ export class QuotaCache {
         // read and our lock: read once more rather than ask the source twice (seen in the bench).
         const late = await redis.get(id);
         if (late) {
-          this.remember(id, late);
+          if (generation === this.generation) this.remember(id, late);
           return { state: late, cache: 'redis' };
         }
       }
       const state = await lookupWithTimeout(source, key, Math.max(1, deadline - Date.now()));
-      this.remember(id, state);
-      await redis.set(id, state, ttlFor(state, this.opts.ttl), source.name);
+      if (generation === this.generation) {
+        this.remember(id, state);
+        // Not awaited: a slow Redis must not delay the answer (its command timeout bounds it).
+        void redis.set(id, state, ttlFor(state, this.opts.ttl), source.name);
+      }
       return { state, cache: 'miss' };
     } finally {
       if (lock) void redis.unlock(id, lock);
@@ -106,7 +119,11 @@ export class QuotaCache {
 
   /** Forgets a mailbox here and in Redis, for each of the given sources. */
   async forget(key: string, sourceNames: string[]): Promise<void> {
-    for (const name of sourceNames) this.memory.delete(cacheId(name, key));
+    this.generation++;
+    for (const name of sourceNames) {
+      this.memory.delete(cacheId(name, key));
+      this.flights.forget(cacheId(name, key));
+    }
     await this.redis?.forget(sourceNames.map((name) => cacheId(name, key)));
   }
 

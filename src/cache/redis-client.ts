@@ -47,7 +47,8 @@ export function parseRedisAddress(text: string): Endpoint {
   const db = url.pathname.length > 1 ? Number(url.pathname.slice(1)) : undefined;
   return {
     host: url.hostname.replace(/^\[|\]$/g, ''),
-    port: url.port ? Number(url.port) : 6379,
+    // No port: the caller's default (6379 for Redis, 26379 for a Sentinel).
+    port: url.port ? Number(url.port) : undefined,
     username: url.username ? decodeURIComponent(url.username) : undefined,
     password: url.password ? decodeURIComponent(url.password) : undefined,
     db: Number.isInteger(db) ? db : undefined,
@@ -74,7 +75,7 @@ export function connectRedis(s: RedisSettings, logger: Logger, name: string): Re
   if (s.mode === 'cluster') {
     const nodes = addresses.map((a) => {
       const e = parseRedisAddress(a);
-      return { host: e.host!, port: e.port! };
+      return { host: e.host!, port: e.port ?? 6379 };
     });
     const { retryStrategy: _r, enableOfflineQueue: _q, ...nodeOptions } = common;
     const options: ClusterOptions = {
@@ -95,7 +96,7 @@ export function connectRedis(s: RedisSettings, logger: Logger, name: string): Re
       sentinelRetryStrategy: retry,
     });
   } else {
-    conn = new Redis({ ...common, host: first.host, port: first.port, path: first.path, db: first.db });
+    conn = new Redis({ ...common, host: first.host, port: first.port ?? 6379, path: first.path, db: first.db });
   }
   watchState(conn, logger, s);
   return conn;

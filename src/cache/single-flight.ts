@@ -12,9 +12,17 @@ export class SingleFlight<T> {
   run(key: string, fn: () => Promise<T>): { promise: Promise<T>; shared: boolean } {
     const existing = this.inFlight.get(key);
     if (existing) return { promise: existing, shared: true };
-    const promise = fn().finally(() => this.inFlight.delete(key));
+    const promise: Promise<T> = fn().finally(() => {
+      // Only our own entry: forget() may have replaced it with a newer run meanwhile.
+      if (this.inFlight.get(key) === promise) this.inFlight.delete(key);
+    });
     this.inFlight.set(key, promise);
     return { promise, shared: false };
+  }
+
+  /** New callers start a fresh run; those already waiting keep theirs. */
+  forget(key: string): void {
+    this.inFlight.delete(key);
   }
 
   get size(): number {

@@ -24,7 +24,8 @@ export async function runFrontend(settings: Settings, stdio: boolean): Promise<n
   const core = await buildDecisionCore(settings, logger, { subscribe: true });
   // Not required to answer (Redis is optional at every moment), but a frontend that starts
   // with Redis reachable should use it from its first request.
-  await core.redisReady(REDIS_STARTUP_WAIT_MS);
+  // Not in spawn mode: one process per SMTP session must answer at once (Redis is optional anyway).
+  if (!stdio) await core.redisReady(REDIS_STARTUP_WAIT_MS);
   const handle = makePolicyHandler(core.checker, { checkEndOfMessage: settings.policy.check_end_of_message, onError: settings.replies.on_error }, logger);
   const limits = {
     maxLineLength: settings.policy.max_line_length,

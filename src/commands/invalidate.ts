@@ -10,6 +10,7 @@ import type { Settings } from '../config.js';
 import { buildDecisionCore } from '../app.js';
 import { createLogger } from '../log.js';
 import { UsageError } from './args.js';
+import { parseListenAddress } from '../listen.js';
 
 const REDIS_WAIT_MS = 2000;
 const ADMIN_TIMEOUT_MS = 5000;
@@ -47,8 +48,10 @@ async function forget(settings: Settings, target: Target): Promise<number> {
     }
   }
   if (settings.admin.listen) {
+    const where = parseListenAddress(settings.admin.listen);
+    const hostPort = typeof where === 'string' || where.kind !== 'inet' ? settings.admin.listen : `${where.host.includes(':') ? `[${where.host}]` : where.host}:${where.port}`;
     const query = 'address' in target ? `address=${encodeURIComponent(target.address)}` : `key=${encodeURIComponent(target.key)}`;
-    const res = await fetch(`http://${settings.admin.listen}/invalidate?${query}`, { method: 'POST', signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS) });
+    const res = await fetch(`http://${hostPort}/invalidate?${query}`, { method: 'POST', signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS) });
     const body = (await res.json()) as { mailbox?: string; error?: string };
     console.log(res.ok ? `mailbox ${body.mailbox}: dropped from the frontend at ${settings.admin.listen}` : `refused: ${body.error}`);
     return res.ok ? 0 : 1;

@@ -73,13 +73,10 @@ export class QuotaChecker {
    * not ours). 'any': one full target defers the alias; 'all': only when every checked target is full.
    */
   private async checkAlias(started: number, size: number, alias: Recipient, targets: string[]): Promise<Decision> {
-    const checked: Decision[] = [];
-    for (const t of targets) {
-      const r = this.recipients.parse(t);
-      if (!r) continue;
-      const d = await this.checkMailbox(started, size, r);
-      if (d.verdict.kind !== 'not_checked') checked.push(d);
-    }
+    // All at once, under the one budget that started with the request.
+    const parsed = targets.map((t) => this.recipients.parse(t)).filter((r): r is Recipient => r !== null);
+    const decisions = await Promise.all(parsed.map((r) => this.checkMailbox(started, size, r)));
+    const checked = decisions.filter((d) => d.verdict.kind !== 'not_checked');
     const full = checked.filter((d) => d.verdict.kind === 'over_quota' || d.verdict.kind === 'too_large');
     const deferWhen = this.opts.aliases!.deferWhen;
     const names = checked.map((d) => d.recipient?.key).join(',');
@@ -87,18 +84,23 @@ export class QuotaChecker {
     if (full.length > 0 && (deferWhen === 'any' || full.length === checked.length)) pick = full[0];
     else pick = checked.find((d) => d.verdict.kind === 'error') ?? checked.find((d) => d.verdict.kind === 'under_quota') ?? checked[0];
     if (!pick) return this.finish(started, size, alias, { kind: 'not_checked', reason: `alias of ${targets.join(', ')}: none served here` });
-    const verdict = { kind: pick.verdict.kind, reason: `alias of ${names} (${full.length} of ${checked.length} full, defer if ${deferWhen}): ${pick.verdict.reason}` };
+    // One mailbox that can never take the message must not refuse the copies for the others for
+    // good: a too-large target defers the alias (452) unless every target is too large.
+    const allTooLarge = checked.length > 0 && checked.every((d) => d.verdict.kind === 'too_large');
+    const kind = pick.verdict.kind === 'too_large' && !allTooLarge ? 'over_quota' : pick.verdict.kind;
+    const verdict = { kind, reason: `alias of ${names} (${full.length} of ${checked.length} full, defer if ${deferWhen}): ${pick.verdict.reason}` };
     const recipient = { ...alias, key: names };
     return this.finish(started, size, recipient, verdict, { source: pick.source, cache: pick.cache, state: pick.state, error: pick.error });
   }
 
   private async lookUp(started: number, size: number, recipient: Recipient, source: QuotaSource): Promise<Decision> {
-    const budget = this.opts.latencyBudgetMs;
+    // What is left of the request's budget (an alias's mailboxes share it).
+    const budget = Math.max(1, this.opts.latencyBudgetMs - (performance.now() - started));
     const timeout = Math.min(this.opts.sourceTimeoutMs, budget);
     let timer: NodeJS.Timeout | undefined;
     try {
       const spent = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new SourceError('SOURCE_TIMEOUT', `latency budget of ${budget} ms spent`)), budget);
+        timer = setTimeout(() => reject(new SourceError('SOURCE_TIMEOUT', `latency budget of ${this.opts.latencyBudgetMs} ms spent`)), budget);
       });
       const { state, cache } = await Promise.race([this.cache.lookup(source, recipient.key, timeout), spent]);
       return this.finish(started, size, recipient, decide(state, size), { source: source.name, cache, state });

@@ -90,9 +90,12 @@ export class PolicyConnection {
     }
   }
 
-  /** The connection has owed or half-received requests. */
+  /**
+   * Nothing is being answered or waiting to be. A half-received request counts as idle too: a
+   * client that stops in the middle of one must not hold its connection for ever.
+   */
   get idle(): boolean {
-    return !this.busy && this.queue.length === 0 && !this.decoder.midRequest;
+    return !this.busy && this.queue.length === 0;
   }
 
   private async drain(): Promise<void> {

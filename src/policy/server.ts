@@ -56,10 +56,9 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
     const id = nextId++;
     const log = opts.logger.child({ conn: id, listener });
     socket.setNoDelay(true);
+    const flow = flowControl(socket, socket);
     const conn = new PolicyConnection(opts.limits, opts.handle, {
-      write: (bytes) => socket.write(bytes),
-      pause: () => socket.pause(),
-      resume: () => socket.resume(),
+      ...flow,
       drop: (err) => {
         if (err) log.warn({ code: err.code, peer: socket.remoteAddress }, `policy client dropped without a reply: ${err.message}`);
         socket.destroy();
@@ -111,9 +110,7 @@ export function servePolicyStdio(opts: { input: Readable; output: Writable; limi
   let settle!: () => void;
   const done = new Promise<void>((resolve) => (settle = resolve));
   const conn = new PolicyConnection(opts.limits, opts.handle, {
-    write: (bytes) => opts.output.write(bytes),
-    pause: () => opts.input.pause(),
-    resume: () => opts.input.resume(),
+    ...flowControl(opts.input, opts.output),
     drop: (err) => {
       if (err) opts.logger.warn({ code: err.code }, `policy client dropped without a reply: ${err.message}`);
       opts.input.destroy();
@@ -126,4 +123,36 @@ export function servePolicyStdio(opts: { input: Readable; output: Writable; limi
   opts.input.on('error', () => conn.finish());
   opts.output.on('error', () => settle());
   return { done, finish: () => conn.finish() };
+}
+
+/**
+ * Reading stops while our replies back up (a client that writes and never reads would otherwise
+ * grow our memory without bound) or while too many requests wait; it resumes when neither holds.
+ */
+function flowControl(input: Readable, output: Writable): { write(bytes: Buffer): void; pause(): void; resume(): void } {
+  let writeBlocked = false;
+  let queueFull = false;
+  const update = () => {
+    if (writeBlocked || queueFull) input.pause();
+    else input.resume();
+  };
+  return {
+    write(bytes) {
+      if (output.write(bytes) || writeBlocked) return;
+      writeBlocked = true;
+      update();
+      output.once('drain', () => {
+        writeBlocked = false;
+        update();
+      });
+    },
+    pause() {
+      queueFull = true;
+      update();
+    },
+    resume() {
+      queueFull = false;
+      update();
+    },
+  };
 }

@@ -42,7 +42,7 @@ export class DoveadmSource implements QuotaSource {
 
   constructor(opts: DoveadmSourceOptions) {
     const url = new URL(opts.url);
-    this.name = opts.name ?? `doveadm:${url.host}`;
+    this.name = opts.name ?? `doveadm:${url.host}${url.pathname}`;
     this.path = url.pathname + url.search;
     this.pool = new Pool(url.origin, { connections: opts.maxConnections, pipelining: 1, keepAliveTimeout: 30_000, headersTimeout: 0, bodyTimeout: 0 });
     this.headers = { 'content-type': 'application/json', accept: 'application/json' };
@@ -104,7 +104,9 @@ function fullestRoot(rows: Row[], name: string): QuotaState {
     const root = String(row.root ?? '');
     const entry = roots.get(root) ?? {};
     const value = figure(row.value, name);
-    const limit = row.limit === '-' || row.limit === undefined ? null : figure(row.limit, name);
+    const figureOrNone = row.limit === '-' || row.limit === undefined ? null : figure(row.limit, name);
+    // "-" and 0 both mean no limit for Dovecot.
+    const limit = figureOrNone === 0 ? null : figureOrNone;
     if (row.type === 'STORAGE') entry.bytes = [value * 1024, limit === null ? null : limit * 1024];
     else if (row.type === 'MESSAGE') entry.messages = [value, limit];
     roots.set(root, entry);

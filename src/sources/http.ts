@@ -27,7 +27,8 @@ export class HttpSource implements QuotaSource {
   constructor(private readonly opts: HttpSourceOptions) {
     const url = new URL(opts.urlTemplate.replaceAll('{key}', 'k'));
     this.origin = url.origin;
-    this.name = opts.name ?? `http:${url.host}`;
+    // Host and path: two CGIs on one host are two backends, with separate cache entries.
+    this.name = opts.name ?? `http:${url.host}${url.pathname}`;
     this.pool = new Pool(this.origin, {
       connections: opts.maxConnections,
       pipelining: 1,

@@ -38,9 +38,11 @@ export function parseJsonAnswer(body: string): QuotaState {
   if (doc.state === 'unknown') return { kind: 'unknown' };
   if (doc.state !== 'ok' && doc.state !== 'overquota') throw new SourceError('SOURCE_BAD_ANSWER', `JSON answer has state ${JSON.stringify(doc.state)}`);
   const usage = count(doc.usage?.bytes, 'usage.bytes', false);
-  return found(usage!, count(doc.limit?.bytes, 'limit.bytes', true), {
+  // A limit of 0 means none, as in the text answer (and Dovecot).
+  const noZero = (n: number | null) => (n === 0 ? null : n);
+  return found(usage!, noZero(count(doc.limit?.bytes, 'limit.bytes', true)), {
     usageMessages: count(doc.usage?.messages, 'usage.messages', true),
-    limitMessages: count(doc.limit?.messages, 'limit.messages', true),
+    limitMessages: noZero(count(doc.limit?.messages, 'limit.messages', true)),
     overQuota: doc.state === 'overquota',
   });
 }
