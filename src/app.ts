@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import type { Settings } from './config.js';
 import { QuotaCache } from './cache/quota-cache.js';
-import { connectRedis, type RedisConnection } from './cache/redis-client.js';
+import type { RedisConnection } from './cache/redis-client.js';
 import { RedisTier } from './cache/redis-tier.js';
 import { QuotaChecker } from './core/checker.js';
 import { parseRecipient, type RecipientRules } from './core/address.js';
@@ -33,7 +33,10 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
   const router = await buildRouter(settings);
   const connections: RedisConnection[] = [];
   let redis: RedisTier | undefined;
-  if (settings.redis.url) {
+  // ioredis (and undici, in sources/factory.ts) are loaded only when configured: together they
+  // are ~26 MB of a frontend's resident memory (BENCHMARKS.md, RSS).
+  const connectRedis = settings.redis.url ? (await import('./cache/redis-client.js')).connectRedis : null;
+  if (connectRedis) {
     const conn = connectRedis(settings.redis, logger, 'overquota');
     connections.push(conn);
     redis = new RedisTier(conn, settings.redis.prefix, logger);
@@ -45,7 +48,7 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     redis,
   });
   const sourceNames = router.sources().map((s) => s.name);
-  if (redis && opts.subscribe) {
+  if (redis && connectRedis && opts.subscribe) {
     const subscriber = connectRedis(settings.redis, logger.child({ role: 'invalidation' }), 'overquota-sub');
     connections.push(subscriber);
     redis.subscribe(subscriber, (key) => {

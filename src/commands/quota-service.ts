@@ -7,7 +7,6 @@ import { parseListenAddress } from '../listen.js';
 import { buildLocalStore } from '../sources/factory.js';
 import { startQuotaService } from '../quota-service/server.js';
 import { keepRunningOnBugs, onStopSignal } from './process.js';
-import { connectRedis } from '../cache/redis-client.js';
 import { RedisTier } from '../cache/redis-tier.js';
 
 export async function runQuotaService(settings: Settings): Promise<number> {
@@ -26,7 +25,7 @@ export async function runQuotaService(settings: Settings): Promise<number> {
       (err: Error) => logger.error({ file: limits.path, error: err.message }, 'limits file not reloaded: the previous limits stay in use'),
     );
   });
-  const redis = settings.redis.url ? connectRedis(settings.redis, logger, 'overquota-quota-service') : null;
+  const redis = settings.redis.url ? (await import('../cache/redis-client.js')).connectRedis(settings.redis, logger, 'overquota-quota-service') : null;
   const tier = redis ? new RedisTier(redis, settings.redis.prefix, logger) : null;
   const service = await startQuotaService({
     host: where.host,

@@ -3,16 +3,21 @@
  * Fails at start-up (throws) on a limits file with bad lines: better than a wrong quota later.
  */
 import type { Backend, Settings } from '../config.js';
-import { DoveadmSource } from './doveadm.js';
-import { HttpSource } from './http.js';
 import { LimitsFile } from './limits.js';
 import { MaildirStore } from './maildir.js';
 import { MboxStore } from './mbox.js';
 import { Router } from './router.js';
 import type { QuotaSource } from './types.js';
 
-export function doveadmSource(url: string, password: string, apiKey: string, maxConnections: number): QuotaSource {
+/** HTTP clients are loaded only when a backend needs one (undici is a large part of start-up memory). */
+export async function doveadmSource(url: string, password: string, apiKey: string, maxConnections: number): Promise<QuotaSource> {
+  const { DoveadmSource } = await import('./doveadm.js');
   return new DoveadmSource({ url, password: password || undefined, apiKey: apiKey || undefined, maxConnections });
+}
+
+async function httpSource(urlTemplate: string, token: string, maxConnections: number): Promise<QuotaSource> {
+  const { HttpSource } = await import('./http.js');
+  return new HttpSource({ urlTemplate, token, maxConnections });
 }
 
 /** The limits file behind the last buildLocalStore, for reloading on SIGHUP (null: none). */
@@ -22,7 +27,7 @@ export interface LocalStore {
 }
 
 export async function buildLocalStore(store: Settings['store'], opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm'] }): Promise<LocalStore> {
-  if (store.type === 'doveadm') return { store: doveadmSource(opts.doveadm.url, opts.doveadm.password, opts.doveadm.api_key, 16), limits: null };
+  if (store.type === 'doveadm') return { store: await doveadmSource(opts.doveadm.url, opts.doveadm.password, opts.doveadm.api_key, 16), limits: null };
   let limits: LimitsFile | undefined;
   if (store.limits_file) {
     limits = new LimitsFile();
@@ -57,8 +62,8 @@ export async function buildRouter(settings: Settings): Promise<Router> {
     let source = byDescription.get(id);
     if (!source) {
       if (b.type === 'local') source = buildLocalStore(settings.store, { writeMaildirsize: false, doveadm: settings.doveadm }).then((l) => l.store);
-      else if (b.type === 'doveadm') source = Promise.resolve(doveadmSource(b.url ?? '', b.password ?? '', b.api_key ?? '', max));
-      else source = Promise.resolve(new HttpSource({ urlTemplate: b.url ?? '', token: b.token ?? '', maxConnections: max }));
+      else if (b.type === 'doveadm') source = doveadmSource(b.url ?? '', b.password ?? '', b.api_key ?? '', max);
+      else source = httpSource(b.url ?? '', b.token ?? '', max);
       byDescription.set(id, source);
     }
     return source;
