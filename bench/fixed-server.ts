@@ -13,7 +13,8 @@
  * i.e. the budget a real server has to stay within a given ratio of this one.
  *
  * Prints one JSON line {"msg":"fixed policy server ready","listen":"inet:HOST:PORT"} when it
- * listens. Exits on SIGTERM/SIGINT, and when its stdin closes (if stdin is a pipe), so it does not
+ * listens, and {"msg":"requests","requests":N} (requests answered so far) on each SIGUSR2.
+ * Exits on SIGTERM/SIGINT, and when its stdin closes (if stdin is a pipe), so it does not
  * outlive a bench run that was killed.
  */
 import net from 'node:net';
@@ -27,12 +28,15 @@ const CR = 0x0d;
 export interface FixedServer {
   /** inet:HOST:PORT, with the real port. */
   listen: string;
+  /** Requests answered so far. */
+  requests(): number;
   close(): Promise<void>;
 }
 
 export async function startFixedServer(host = '127.0.0.1', port = 0, action = 'DUNNO', workUs = 0): Promise<FixedServer> {
   const reply = Buffer.from(`action=${action}\n\n`, 'latin1');
   const sockets = new Set<net.Socket>();
+  let answered = 0;
 
   const server = net.createServer({ noDelay: true }, (socket) => {
     sockets.add(socket);
@@ -52,6 +56,7 @@ export async function startFixedServer(host = '127.0.0.1', port = 0, action = 'D
       }
       const rest = chunk.length - start;
       carry = rest === 0 ? state : state === 0 && rest === 1 && chunk[start] === CR ? 1 : 2;
+      answered += replies;
       if (workUs > 0 && replies > 0) burn(workUs * replies);
       if (replies === 1) socket.write(reply);
       else if (replies > 1) socket.write(Buffer.concat(Array<Buffer>(replies).fill(reply)));
@@ -70,6 +75,7 @@ export async function startFixedServer(host = '127.0.0.1', port = 0, action = 'D
   const bound = server.address() as net.AddressInfo;
   return {
     listen: `inet:${bound.address}:${bound.port}`,
+    requests: () => answered,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -101,6 +107,7 @@ async function main(): Promise<void> {
   const stop = () => {
     void server.close().then(() => process.exit(0));
   };
+  process.on('SIGUSR2', () => process.stdout.write(`${JSON.stringify({ msg: 'requests', requests: server.requests() })}\n`));
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
   if (stdinIsPipe()) {

@@ -9,14 +9,17 @@
  *
  *   node --import tsx bench/policy-load.ts --connect inet:127.0.0.1:10033 \
  *     [--connections 50] [--warmup 2] [--duration 8] [--recipients a@example.com,b@example.com] \
- *     [--server-pid PID] [--json]
+ *     [--server-pid PID] [--server-tree PID,PID] [--json]
  *
  * --server-pid makes it read that process's CPU time from /proc over the measured window.
+ * --server-tree does the same for servers made of several processes (a Dovecot master and its
+ * children; a frontend and its quota service): each PID with all its descendants, reported per PID
+ * in serverTreeCpuPct and summed into serverCpuPct.
  * Exit status: 0 with no errors, 1 when any request failed, 2 on a usage error or no connection.
  */
 import { parseArgs } from 'node:util';
 import { ClosedLoop, parseTarget } from './closed-loop.js';
-import { cpuPct, idlePct, intArg, isMain, machineJiffies, numArg, processCpuSeconds, prng, sleep } from './shared.js';
+import { cpuPct, idlePct, intArg, isMain, machineJiffies, numArg, processCpuSeconds, processTreeCpuSeconds, prng, sleep } from './shared.js';
 
 export interface LoadOptions {
   host: string;
@@ -33,6 +36,8 @@ export interface LoadOptions {
   timeoutMs?: number;
   /** Read this process's CPU time (Linux /proc) over the measured window. */
   serverPid?: number;
+  /** Read the CPU time of each of these processes with all its descendants (instead of serverPid). */
+  serverTree?: number[];
 }
 
 export interface LoadResult {
@@ -57,6 +62,8 @@ export interface LoadResult {
   clientCpuPct: number;
   /** CPU time of --server-pid over the window, % of one core (null if unknown). */
   serverCpuPct: number | null;
+  /** With serverTree: CPU of each root and its descendants over the window, % of one core. */
+  serverTreeCpuPct?: (number | null)[];
   /** Whole-machine idle over the window, % of all cores (null if unknown). */
   machineIdlePct: number | null;
 }
@@ -133,6 +140,7 @@ interface Snapshot {
   at: number;
   client: NodeJS.CpuUsage;
   server: number | null;
+  tree: (number | null)[];
   machine: [number, number] | null;
 }
 
@@ -169,6 +177,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     at: performance.now(),
     client: process.cpuUsage(),
     server: opts.serverPid ? processCpuSeconds(opts.serverPid) : null,
+    tree: opts.serverTree ? processTreeCpuSeconds(opts.serverTree) : [],
     machine: machineJiffies(),
   });
 
@@ -200,9 +209,16 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     errorSamples: loop.errorSamples,
     actions: Object.fromEntries(loop.actions),
     clientCpuPct: Math.round((cpu / windowS) * 1000) / 10,
-    serverCpuPct: cpuPct(start.server, end.server, windowS),
+    ...serverCpu(start, end, windowS, opts.serverTree !== undefined),
     machineIdlePct: idlePct(start.machine, end.machine),
   };
+}
+
+function serverCpu(start: Snapshot, end: Snapshot, windowS: number, tree: boolean): Pick<LoadResult, 'serverCpuPct' | 'serverTreeCpuPct'> {
+  if (!tree) return { serverCpuPct: cpuPct(start.server, end.server, windowS) };
+  const each = start.tree.map((a, i) => cpuPct(a, end.tree[i] ?? null, windowS));
+  const sum = each.every((c) => c !== null) ? Math.round(each.reduce((a: number, c) => a + c!, 0) * 10) / 10 : null;
+  return { serverCpuPct: sum, serverTreeCpuPct: each };
 }
 
 export function formatResult(r: LoadResult): string {
@@ -229,12 +245,13 @@ async function main(): Promise<number> {
         recipients: { type: 'string' },
         timeout: { type: 'string', default: '5000' },
         'server-pid': { type: 'string' },
+        'server-tree': { type: 'string' },
         json: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
     });
     if (values.help) {
-      console.log('usage: policy-load --connect inet:HOST:PORT [--connections 50] [--warmup 2] [--duration 8] [--recipients a@x,b@x] [--timeout MS] [--server-pid PID] [--json]');
+      console.log('usage: policy-load --connect inet:HOST:PORT [--connections 50] [--warmup 2] [--duration 8] [--recipients a@x,b@x] [--timeout MS] [--server-pid PID] [--server-tree PID,PID] [--json]');
       return 0;
     }
     if (!values.connect) throw new Error('--connect inet:HOST:PORT is required');
@@ -247,6 +264,7 @@ async function main(): Promise<number> {
       recipients: values.recipients ? values.recipients.split(',').filter(Boolean) : undefined,
       timeoutMs: numArg('timeout', values.timeout, 1, 60_000),
       serverPid: values['server-pid'] ? intArg('server-pid', values['server-pid'], 1, 2 ** 31) : undefined,
+      serverTree: values['server-tree'] ? values['server-tree'].split(',').map((p) => intArg('server-tree', p, 1, 2 ** 31)) : undefined,
     });
     console.log(values.json ? JSON.stringify(result) : formatResult(result));
     return result.errors > 0 ? 1 : 0;

@@ -24,44 +24,35 @@
  * The machine may be shared: before each run it waits up to 10 s for the machine to be idle, and a
  * run during which other processes used more than 20% of a core is run again (--retries times).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LoadResult } from './policy-load.js';
+import { actionShares, otherCpu, runLoadProcess, startFixed, startFrontend, type Target } from './policy-targets.js';
 import {
   BENCHMARKS_MD,
-  CLI,
   NOISY_OTHER_CPU,
   QUIET_WAIT_MS,
-  ROOT,
   COMMON_OPTIONS,
   commandLine,
   countLines,
   fmtInt,
-  freePort,
   intArg,
   log,
   makeTmpDir,
-  nodeArgsForTs,
   noiseNote,
   numArg,
   removeTmpDir,
   removeTmpDirSync,
   requireBuild,
   runBench,
-  runProcess,
   stopChildren,
   sectionHead,
   table,
   textFooter,
   tmp,
-  track,
   updateMarkdown,
   viaNpm,
-  waitAccepting,
   waitForQuiet,
 } from './shared.js';
 
@@ -89,15 +80,6 @@ const RECIPIENTS = [
   'ghost@example.com',
   'alice+news@example.org',
 ];
-
-interface Target {
-  label: string;
-  kind: 'fixed' | 'overquota';
-  listen: string;
-  pid: number;
-  proc: ChildProcess;
-  logFile?: string;
-}
 
 interface Run {
   target: string;
@@ -164,7 +146,7 @@ async function main(): Promise<number> {
     let result: LoadResult;
     for (let attempt = 0; ; attempt++) {
       await waitForQuiet(QUIET_WAIT_MS);
-      result = await runLoadProcess(target, { connections, warmup, duration });
+      result = await runLoadProcess(target, { connections, warmup, duration, recipients: RECIPIENTS });
       const other = otherCpu(result);
       if (other === null || other <= NOISY_OTHER_CPU || attempt >= retries) break;
       log(`    noisy: other processes used ${other}% of a core (${result.rps} req/s); running it again`);
@@ -195,91 +177,8 @@ async function main(): Promise<number> {
 
 // ---------------------------------------------------------------- processes
 
-async function startFixed(workUs = 0): Promise<Target> {
-  const args = [...nodeArgsForTs('fixed-server.ts'), ...(workUs > 0 ? ['--work-us', String(workUs)] : [])];
-  // stdin stays a pipe: the fixed server exits when it closes (if this process dies).
-  const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] }));
-  const ready = await firstJsonLine(proc, (l) => l.msg === 'fixed policy server ready', 15_000);
-  const label = workUs > 0 ? `fixed + ${workUs} µs/request` : 'fixed server';
-  return { label, kind: 'fixed', listen: String(ready.listen), pid: proc.pid!, proc };
-}
-
-async function startOverquota(label: string, level: string, spool: string, cpuProfDir: string | null): Promise<Target> {
-  const name = `overquota-${level}`;
-  const logFile = path.join(tmp.dir!, `${name}.log`);
-  const errFile = path.join(tmp.dir!, `${name}.stderr`);
-  const out = openSync(logFile, 'w');
-  const err = openSync(errFile, 'w');
-  const profile = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=${name}.${Date.now()}.cpuprofile`] : [];
-  // The ready line is logged at info, so it cannot tell when a warn-level frontend listens: give
-  // it a free port and wait until the port accepts.
-  const port = await freePort();
-  const listen = `inet:127.0.0.1:${port}`;
-  const args = [...profile, CLI, 'frontend', '--policy.listen', listen, '--store.path', spool, '--store.limit', String(STORE_LIMIT), '--log.level', level];
-  // stdout (the JSON log) goes to a file, as a real deployment's would go to a file or journal:
-  // writing one line per decision is part of the cost measured.
-  const proc = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', out, err] }));
-  closeSync(out);
-  closeSync(err);
-  await waitAccepting(port, proc, async () => {
-    const stderr = await readFile(errFile, 'utf8').catch(() => '');
-    const stdout = await readFile(logFile, 'utf8').catch(() => '');
-    return `${label}: ${stderr.trim() || stdout.trim() || 'no output'}`;
-  });
-  return { label, kind: 'overquota', listen, pid: proc.pid!, proc, logFile };
-}
-
-function firstJsonLine(proc: ChildProcess, match: (l: Record<string, unknown>) => boolean, timeoutMs: number): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => reject(new Error(`no ready line within ${timeoutMs} ms: ${err || out}`)), timeoutMs);
-    proc.stderr!.setEncoding('utf8').on('data', (t: string) => (err += t));
-    proc.stdout!.setEncoding('utf8').on('data', (t: string) => {
-      out += t;
-      for (const line of out.split('\n')) {
-        if (!line.startsWith('{')) continue;
-        try {
-          const parsed = JSON.parse(line) as Record<string, unknown>;
-          if (match(parsed)) {
-            clearTimeout(timer);
-            resolve(parsed);
-            return;
-          }
-        } catch {
-          // an incomplete line: wait for the rest
-        }
-      }
-    });
-    proc.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`exited with ${code} before it was ready: ${err || out}`));
-    });
-  });
-}
-
-/** The load generator in its own process (client and servers share the machine's cores). */
-async function runLoadProcess(target: Target, o: { connections: number; warmup: number; duration: number }): Promise<LoadResult> {
-  const args = [
-    ...nodeArgsForTs('policy-load.ts'),
-    '--connect',
-    target.listen,
-    '--connections',
-    String(o.connections),
-    '--warmup',
-    String(o.warmup),
-    '--duration',
-    String(o.duration),
-    '--recipients',
-    RECIPIENTS.join(','),
-    '--server-pid',
-    String(target.pid),
-    '--json',
-  ];
-  const { code, out, err } = await runProcess(process.execPath, args, { cwd: ROOT, limitMs: (o.warmup + o.duration + 20) * 1000 });
-  if (code !== 0 && code !== 1) throw new Error(`load generator against ${target.label} failed (exit ${code}): ${err.trim()}`);
-  if (target.proc.exitCode !== null || target.proc.signalCode !== null) throw new Error(`${target.label} died during the run`);
-  return JSON.parse(out) as LoadResult;
+function startOverquota(label: string, level: string, spool: string, cpuProfDir: string | null): Promise<Target> {
+  return startFrontend(label, `overquota-${level}`, tmp.dir!, ['--store.path', spool, '--store.limit', String(STORE_LIMIT), '--log.level', level], cpuProfDir);
 }
 
 async function cleanup(): Promise<void> {
@@ -398,21 +297,6 @@ function buildReport(o: {
     '<!-- bench:policy:end -->',
   ].join('\n');
   return { text, markdown };
-}
-
-/** CPU used by neither the server nor the load generator, in % of one core (noise), or null. */
-function otherCpu(r: LoadResult): number | null {
-  if (r.machineIdlePct === null || r.serverCpuPct === null) return null;
-  const busy = ((100 - r.machineIdlePct) * os.availableParallelism()) / 100;
-  return Math.round(busy * 100 - r.serverCpuPct - r.clientCpuPct);
-}
-
-function actionShares(actions: Record<string, number>): string {
-  const total = Object.values(actions).reduce((a, b) => a + b, 0) || 1;
-  return Object.entries(actions)
-    .sort((a, b) => b[1] - a[1])
-    .map(([a, n]) => `${Math.round((n * 100) / total)}% \`${a}\``)
-    .join(', ');
 }
 
 // ---------------------------------------------------------------- small things

@@ -228,6 +228,45 @@ export function procStats(): { pid: string; fields: string[] }[] {
   return list;
 }
 
+/**
+ * CPU seconds of each root process and all its live descendants, plus what each root has reaped
+ * (cutime + cstime): e.g. a Dovecot master and its quota-status, auth, log ... processes. One
+ * entry per root, null when the root is gone or /proc cannot tell.
+ */
+export function processTreeCpuSeconds(roots: number[]): (number | null)[] {
+  let stats: { pid: string; fields: string[] }[];
+  try {
+    stats = procStats();
+  } catch {
+    return roots.map(() => null);
+  }
+  const children = new Map<number, number[]>();
+  const cpu = new Map<number, { own: number; reaped: number }>();
+  for (const { pid, fields: f } of stats) {
+    const p = Number(pid);
+    const ppid = Number(f[1]);
+    const list = children.get(ppid);
+    if (list) list.push(p);
+    else children.set(ppid, [p]);
+    cpu.set(p, { own: Number(f[11]) + Number(f[12]), reaped: Number(f[13]) + Number(f[14]) });
+  }
+  return roots.map((root) => {
+    const rootCpu = cpu.get(root);
+    if (!rootCpu) return null;
+    let total = rootCpu.reaped;
+    const stack = [root];
+    const seen = new Set<number>();
+    while (stack.length > 0) {
+      const p = stack.pop()!;
+      if (seen.has(p)) continue;
+      seen.add(p);
+      total += cpu.get(p)?.own ?? 0;
+      for (const c of children.get(p) ?? []) stack.push(c);
+    }
+    return total / 100; // USER_HZ
+  });
+}
+
 /** Waits until the machine is at least 90% idle over one second, or maxMs have passed. */
 export async function waitForQuiet(maxMs = QUIET_WAIT_MS): Promise<void> {
   const deadline = Date.now() + maxMs;

@@ -4,11 +4,21 @@
 #   bench/policy.ts   policy requests/s and latency of `overquota frontend` against the minimal
 #                     server in bench/fixed-server.ts (about 50 s);
 #   bench/cluster.ts  backend requests/s as frontends sharing one Redis go 1 -> 2 -> 4 (about 60 s);
-#   bench/milter.ts   Postfix smtp-source msgs/s with the overquota milter vs without (about 30 s;
-#                     needs root and the postfix package);
+#   bench/milter.ts   Postfix smtp-source msgs/s with the overquota milter, without a milter, and
+#                     with a minimal pymilter doing the same check (about 45 s; needs root and the
+#                     postfix package; installs python3-milter with apt-get when it is missing);
+#   bench/rss.ts      frontend RSS with 1000 idle + 100 busy policy connections, at 100k and 1M
+#                     requests (about 30 s; ulimit -n raised to 8192 if lower: ~2,300 descriptors);
 #   bench/stores.ts   lookups/s and latency per quota store: mbox, Maildir with maildirsize, a
 #                     100k-message Maildir scanned cold and warm, Dovecot HTTP (about 65 s; Dovecot
-#                     rows need root and dovecot-core).
+#                     rows need root and dovecot-core);
+#   bench/peers.ts    policy requests/s and latency at 50 and 200 connections: fixed server,
+#                     overquota warm, overquota with every lookup a miss through the HTTP quota
+#                     service, Dovecot quota-status, on one Maildir data set (about 2 minutes;
+#                     needs root and dovecot-core);
+#   bench/postfix-e2e.ts  Postfix smtp-source msgs/s with no policy check / the fixed server /
+#                     overquota / Dovecot quota-status (about 75 s; needs root, postfix and
+#                     dovecot-core).
 # Extra arguments go to bench/policy.ts, e.g.
 #   npm run bench -- --duration 5 --rounds 2
 # A benchmark that fails does not stop the next ones; the exit status is 1 if any failed.
@@ -19,5 +29,8 @@ status=0
 node --import tsx bench/policy.ts --write "$@" || status=1
 node --import tsx bench/cluster.ts --write || status=1
 node --import tsx bench/milter.ts --write || status=1
+(n=$(ulimit -n); [ "$n" = unlimited ] || [ "$n" -ge 8192 ] || ulimit -n 8192; node --import tsx bench/rss.ts --write) || status=1
 node --import tsx bench/stores.ts --write || status=1
+node --import tsx bench/peers.ts --write || status=1
+node --import tsx bench/postfix-e2e.ts --write || status=1
 exit "$status"
