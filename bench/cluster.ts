@@ -46,7 +46,6 @@ import { startRedis, redisUnavailable, type RedisServer } from '../test/helpers/
 import { startBackend, cgiAnswer, type Backend } from '../test/helpers/http-backend.js';
 import { mailboxName, type ClusterLoadResult } from './cluster-load.js';
 import {
-  BENCHMARKS_MD,
   CLI,
   NOISY_OTHER_CPU,
   ROOT,
@@ -75,10 +74,10 @@ import {
   textFooter,
   tmp,
   track,
-  updateMarkdown,
   viaNpm,
   waitAccepting,
   waitForQuiet,
+  printReport,
 } from './shared.js';
 
 const TARGET_RATIO = 1.1;
@@ -220,11 +219,7 @@ async function main(): Promise<number> {
   }
 
   const report = buildReport({ runs, connections, warmup, duration, mailboxes, zipf, latencyMs, rate, argv: process.argv.slice(2) });
-  console.log(`\n${report.text}`);
-  if (values.write) {
-    updateMarkdown(BENCHMARKS_MD, 'cluster', 'Several frontends on one Redis: backend requests per second', INTRO, report.markdown);
-    log('BENCHMARKS.md updated');
-  }
+  printReport(report, values.write, 'cluster', 'Several frontends on one Redis: backend requests per second', INTRO);
   const errors = runs.reduce((n, r) => n + r.load.errors, 0);
   if (errors > 0) {
     log(`${errors} request(s) failed: the figures are not trustworthy`);

@@ -30,31 +30,22 @@
  * Delivery is discard(8), so messages/s measures smtpd, cleanup, qmgr and the milter, not a
  * mailbox store.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
-import os from 'node:os';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { startPostfix, postfixUnavailable, type PostfixInstance } from '../test/helpers/postfix.js';
+import type { PostfixInstance } from '../test/helpers/postfix.js';
+import { measureSmtpSource, requirePostfix, smtpSource, smtpSourceCommand, startBenchPostfix } from './postfix-runs.js';
 import {
-  BENCHMARKS_MD,
   CLI,
   ROOT,
-  COMMON_OPTIONS,
   commandLine,
   countLines,
-  cpuPct,
-  idlePct,
-  kernelThreadsCpuSeconds,
   fmtInt,
   freePort,
-  intArg,
   log,
-  machineJiffies,
   makeTmpDir,
   noiseNote,
-  procStats,
   processCpuSeconds,
   removeTmpDir,
   requireBuild,
@@ -65,15 +56,13 @@ import {
   sectionHead,
   table,
   textFooter,
-  tmp,
-  track,
-  updateMarkdown,
   viaNpm,
-  waitAccepting,
+  spawnLogged,
   waitForQuiet,
+  printReport,
+  problemsExitCode,
 } from './shared.js';
 
-const SMTP_SOURCE = '/usr/sbin/smtp-source';
 const RECIPIENT = 'ok@example.com';
 
 /** Debian's python3 (the python3-milter package installs the Milter module for it). */
@@ -103,28 +92,11 @@ interface Run {
 let postfix: PostfixInstance | null = null;
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      sessions: { type: 'string', default: '20' },
-      messages: { type: 'string', default: '2000' },
-      rounds: { type: 'string', default: '2' },
-      'warmup-messages': { type: 'string', default: '200' },
-      ...COMMON_OPTIONS,
-    },
-  });
-  if (values.help) {
-    console.log('usage: node --import tsx bench/milter.ts [--sessions 20] [--messages 2000] [--rounds 2] [--warmup-messages 200] [--write] [--keep]');
-    return 0;
-  }
-  const sessions = intArg('sessions', values.sessions, 1, 100);
-  const messages = intArg('messages', values.messages, 1, 50_000);
-  const rounds = intArg('rounds', values.rounds, 1, 5);
-  const warmupMessages = intArg('warmup-messages', values['warmup-messages'], 0, 10_000);
-  tmp.keep = values.keep;
+  const args = smtpSourceCommand('milter.ts', 5);
+  if (!args) return 0;
+  const { sessions, messages, rounds, warmupMessages } = args;
   requireBuild();
-  if (!existsSync(SMTP_SOURCE)) throw new Error(`${SMTP_SOURCE} is missing (it ships with Postfix: scripts/install-deps.sh)`);
-  const why = postfixUnavailable();
-  if (why) throw new Error(why);
+  requirePostfix();
   await ensurePymilter();
 
   const tmpDir = await makeTmpDir('overquota-bench-milter-');
@@ -133,25 +105,18 @@ async function main(): Promise<number> {
 
   const milterPort = await freePort();
   const logFile = path.join(tmpDir, 'frontend.log');
-  const out = openSync(logFile, 'w');
-  const frontend = track(
-    spawn(
-      process.execPath,
-      [CLI, 'frontend', '--milter.listen', `inet:127.0.0.1:${milterPort}`, '--policy.listen', '', '--store.path', spool, '--store.limit', '200M', '--log.level', 'info'],
-      { cwd: ROOT, stdio: ['ignore', out, out] },
-    ),
+  const frontend = await spawnLogged(
+    process.execPath,
+    [CLI, 'frontend', '--milter.listen', `inet:127.0.0.1:${milterPort}`, '--policy.listen', '', '--store.path', spool, '--store.limit', '200M', '--log.level', 'info'],
+    logFile,
+    milterPort,
   );
-  closeSync(out);
-  await waitAccepting(milterPort, frontend, async () => (await readFile(logFile, 'utf8').catch(() => '')).trim() || 'no output');
   const milter = `inet:127.0.0.1:${milterPort}`;
   log(`overquota milter on ${milter} (log ${logFile})`);
 
   const pyPort = await freePort();
   const pyLog = path.join(tmpDir, 'pymilter.log');
-  const pyOut = openSync(pyLog, 'w');
-  const pymilter = track(spawn(PYTHON, [PYMILTER, `inet:${pyPort}@127.0.0.1`, spool, String(200 * 1024 * 1024)], { cwd: ROOT, stdio: ['ignore', pyOut, pyOut] }));
-  closeSync(pyOut);
-  await waitAccepting(pyPort, pymilter, async () => (await readFile(pyLog, 'utf8').catch(() => '')).trim() || 'no output');
+  const pymilter = await spawnLogged(PYTHON, [PYMILTER, `inet:${pyPort}@127.0.0.1`, spool, String(200 * 1024 * 1024)], pyLog, pyPort);
   const pyMilter = `inet:127.0.0.1:${pyPort}`;
   log(`pymilter on ${pyMilter} (log ${pyLog})`);
   const milterOf: Record<ConfigName, { socket: string; proc: ChildProcess | null; count: () => Promise<number> }> = {
@@ -160,12 +125,10 @@ async function main(): Promise<number> {
     pymilter: { socket: pyMilter, proc: pymilter, count: () => countLines(pyLog, ['decision ']) },
   };
 
-  postfix = await startPostfix({
+  ({ postfix, version: postfixVersion } = await startBenchPostfix({
     smtpdRecipientRestrictions: 'reject_unauth_destination, permit',
     extraMain: { milter_default_action: 'tempfail' },
-  });
-  postfixVersion = `Postfix ${(await postfix.postconf('-h', 'mail_version')).trim()}`;
-  log(`${postfixVersion} on 127.0.0.1:${postfix.smtpPort} (${postfix.dir})`);
+  }));
 
   const order: ConfigName[] = [];
   for (let r = 0; r < rounds; r++) order.push(...CONFIGS);
@@ -179,7 +142,7 @@ async function main(): Promise<number> {
       current = wanted;
     }
     log(`[${i + 1}/${order.length}] ${config}: smtp-source -s ${sessions} -m ${messages} (after ${warmupMessages} unmeasured)`);
-    if (warmupMessages > 0) await smtpSource(postfix.smtpPort, sessions, warmupMessages);
+    if (warmupMessages > 0) await smtpSource(postfix.smtpPort, sessions, warmupMessages, RECIPIENT);
     await waitForQuiet();
     // Every milter's decision lines, so a message that went to the wrong one shows.
     const before = await Promise.all(CONFIGS.map((c) => milterOf[c].count()));
@@ -211,16 +174,8 @@ async function main(): Promise<number> {
   if (milterWarnings.length > 0) problems.push(`${milterWarnings.length} milter warning(s) in the Postfix log, e.g. ${milterWarnings[0]}`);
 
   const report = buildReport({ runs, sessions, messages, warmupMessages, rounds, decisionsTotal, pyDecisionsTotal, problems, argv: process.argv.slice(2) });
-  console.log(`\n${report.text}`);
-  if (values.write) {
-    updateMarkdown(BENCHMARKS_MD, 'milter', 'Postfix messages per second through the milter', INTRO, report.markdown);
-    log('BENCHMARKS.md updated');
-  }
-  if (problems.length > 0) {
-    for (const p of problems) log(`problem: ${p}`);
-    return 1;
-  }
-  return 0;
+  printReport(report, args.write, 'milter', 'Postfix messages per second through the milter', INTRO);
+  return problemsExitCode(problems);
 }
 
 // ---------------------------------------------------------------- runs
@@ -251,67 +206,10 @@ async function installPymilter(): Promise<void> {
   }
 }
 
-/** Runs smtp-source; resolves to the seconds it took and its CPU (bash `times`: the child's). */
-async function smtpSource(port: number, sessions: number, messages: number): Promise<{ seconds: number; cpu: number | null }> {
-  // bash runs smtp-source and prints its children's CPU times with the `times` builtin.
-  const script = `"$@"; rc=$?; times >&2; exit $rc`;
-  const args = ['-c', script, 'bash', SMTP_SOURCE, '-s', String(sessions), '-m', String(messages), '-t', RECIPIENT, `127.0.0.1:${port}`];
-  const started = performance.now();
-  const run = await runProcess('/bin/bash', args, { limitMs: 120_000 });
-  const seconds = (performance.now() - started) / 1000;
-  const { code } = run;
-  const out = run.out + run.err;
-  // `times`: line 1 the shell's own user/sys, line 2 its children's, as "0m0.123s 0m0.456s".
-  const times = [...out.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)];
-  const child = times[1];
-  const cpu = child ? Number(child[1]) * 60 + Number(child[2]) + Number(child[3]) * 60 + Number(child[4]) : null;
-  const text = out.replace(/^\d+m[\d.]+s \d+m[\d.]+s$/gm, '').trim();
-  if (code !== 0) throw new Error(`smtp-source exited ${code}: ${text || 'no output'}`);
-  if (text) log(`    smtp-source said: ${text.slice(0, 300)}`);
-  return { seconds, cpu };
-}
-
-/**
- * CPU seconds of a Postfix instance: every live process in master's process group (master leads
- * it), plus what master has reaped (its children's CPU, cutime + cstime).
- */
-function postfixCpuSeconds(masterPid: number): number | null {
-  let total = 0;
-  let sawMaster = false;
-  for (const { pid, fields: f } of procStats()) {
-    // pgrp(2), utime(11) stime(12) cutime(13) cstime(14).
-    if (Number(f[2]) !== masterPid) continue;
-    total += Number(f[11]) + Number(f[12]);
-    if (Number(pid) === masterPid) {
-      sawMaster = true;
-      total += Number(f[13]) + Number(f[14]);
-    }
-  }
-  return sawMaster ? total / 100 : null;
-}
-
 async function measured(config: ConfigName, pf: PostfixInstance, milterProc: ChildProcess | null, sessions: number, messages: number): Promise<Run> {
-  const milterCpuNow = () => (milterProc ? processCpuSeconds(milterProc.pid!) : 0);
-  const m0 = machineJiffies();
-  const k0 = kernelThreadsCpuSeconds();
-  const f0 = milterCpuNow();
-  const p0 = postfixCpuSeconds(pf.pid);
-  const { seconds, cpu } = await smtpSource(pf.smtpPort, sessions, messages);
-  const m1 = machineJiffies();
-  const k1 = kernelThreadsCpuSeconds();
-  const f1 = milterCpuNow();
-  const p1 = postfixCpuSeconds(pf.pid);
-  const pct = (a: number | null, b: number | null) => cpuPct(a, b, seconds);
-  const milterCpu = pct(f0, f1);
-  const postfixCpu = pct(p0, p1);
-  const sourceCpu = cpu === null ? null : Math.round((cpu / seconds) * 1000) / 10;
-  const machineIdle = idlePct(m0, m1);
-  const kernelCpu = pct(k0, k1);
-  const otherCpu =
-    machineIdle === null || kernelCpu === null || postfixCpu === null || sourceCpu === null || milterCpu === null
-      ? null
-      : Math.round((100 - machineIdle) * os.availableParallelism() - kernelCpu - postfixCpu - sourceCpu - milterCpu);
-  return { config, messages, seconds, mps: messages / seconds, decisions: 0, milterCpu, postfixCpu, sourceCpu, kernelCpu, machineIdle, otherCpu };
+  const r = await measureSmtpSource(pf, { sessions, messages, recipient: RECIPIENT, serverCpuSeconds: () => (milterProc ? processCpuSeconds(milterProc.pid!) : 0) });
+  const { seconds, mps, postfixCpu, sourceCpu, kernelCpu, machineIdle, otherCpu } = r;
+  return { config, messages, seconds, mps, decisions: 0, milterCpu: r.serverCpu, postfixCpu, sourceCpu, kernelCpu, machineIdle, otherCpu };
 }
 
 // ---------------------------------------------------------------- report

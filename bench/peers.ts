@@ -22,15 +22,12 @@
  * Needs root, dovecot-core and a build (dist/cli.js). --cpu-prof DIR runs the overquota processes
  * under `node --cpu-prof` (summarise with bench/cpu-profile-summary.ts).
  */
-import { mkdir } from 'node:fs/promises';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { dovecotUnavailable, type DovecotInstance } from '../test/helpers/dovecot.js';
 import type { LoadResult } from './policy-load.js';
 import { dovecotVersion, maildirStoreArgs, recipients, startPeersDovecot } from './peers-data.js';
-import { actionShares, otherCpu, runLoadProcess, startCli, startFixed, startFrontend, type Target } from './policy-targets.js';
+import { actionShares, cpuProfDirOption, finish, otherCpu, runLoadProcess, startCli, startFixed, startFrontend, type Target } from './policy-targets.js';
 import {
-  BENCHMARKS_MD,
   COMMON_OPTIONS,
   NOISY_OTHER_CPU,
   QUIET_WAIT_MS,
@@ -52,9 +49,9 @@ import {
   table,
   textFooter,
   tmp,
-  updateMarkdown,
   viaNpm,
   waitForQuiet,
+  printReport,
 } from './shared.js';
 
 const LABELS = {
@@ -112,8 +109,7 @@ async function main(): Promise<number> {
   requireBuild();
   const why = dovecotUnavailable();
   if (why) throw new Error(why);
-  const cpuProfDir = values['cpu-prof'] ? path.resolve(values['cpu-prof']) : null;
-  if (cpuProfDir) await mkdir(cpuProfDir, { recursive: true });
+  const cpuProfDir = await cpuProfDirOption(values['cpu-prof']);
 
   const tmpDir = await makeTmpDir('overquota-bench-peers-');
   log(`starting a private Dovecot with ${users} Maildirs and quota-status`);
@@ -194,18 +190,11 @@ async function main(): Promise<number> {
   dovecot = null;
 
   const report = buildReport({ runs, counts, warmup, duration, users, recipients: rcpts.length, argv: process.argv.slice(2) });
-  console.log(`\n${report.text}`);
-  if (values.write) {
-    updateMarkdown(BENCHMARKS_MD, 'peers', 'overquota next to its peers: policy requests per second', INTRO, report.markdown);
-    log('BENCHMARKS.md updated');
-  }
-  if (cpuProfDir) log(`CPU profiles in ${cpuProfDir} (summarise: node --import tsx bench/cpu-profile-summary.ts ${cpuProfDir}/*.cpuprofile)`);
-  const errors = runs.reduce((n, r) => n + r.result.errors + (r.httpErrors ?? 0), 0);
-  if (errors > 0) {
-    log(`${errors} request(s) failed: the figures are not trustworthy`);
-    return 1;
-  }
-  return 0;
+  printReport(report, values.write, 'peers', 'overquota next to its peers: policy requests per second', INTRO);
+  return finish(
+    cpuProfDir,
+    runs.reduce((n, r) => n + r.result.errors + (r.httpErrors ?? 0), 0),
+  );
 }
 
 /** Decision lines of the miss frontend, and quota service request lines (all, and 4xx/5xx ones). */

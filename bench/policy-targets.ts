@@ -6,11 +6,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { LoadResult } from './policy-load.js';
-import { CLI, ROOT, freePort, nodeArgsForTs, runProcess, track, waitAccepting } from './shared.js';
+import { CLI, ROOT, freePort, log, nodeArgsForTs, runProcess, track, waitAccepting } from './shared.js';
 
 export interface Target {
   label: string;
@@ -172,4 +172,21 @@ export function actionShares(actions: Record<string, number>): string {
     .sort((a, b) => b[1] - a[1])
     .map(([a, n]) => `${Math.round((n * 100) / total)}% \`${a}\``)
     .join(', ');
+}
+
+/** The --cpu-prof DIR option: its absolute path, created, or null without it. */
+export async function cpuProfDirOption(value: string | undefined): Promise<string | null> {
+  const dir = value ? path.resolve(value) : null;
+  if (dir) await mkdir(dir, { recursive: true });
+  return dir;
+}
+
+/** The last lines of a policy bench: where the CPU profiles are, and exit code 1 when requests failed. */
+export function finish(cpuProfDir: string | null, errors: number): number {
+  if (cpuProfDir) log(`CPU profiles in ${cpuProfDir} (summarise: node --import tsx bench/cpu-profile-summary.ts ${cpuProfDir}/*.cpuprofile)`);
+  if (errors > 0) {
+    log(`${errors} request(s) failed: the figures are not trustworthy`);
+    return 1;
+  }
+  return 0;
 }

@@ -24,13 +24,12 @@
  * The machine may be shared: before each run it waits up to 10 s for the machine to be idle, and a
  * run during which other processes used more than 20% of a core is run again (--retries times).
  */
-import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LoadResult } from './policy-load.js';
-import { actionShares, otherCpu, runLoadProcess, startFixed, startFrontend, type Target } from './policy-targets.js';
+import { RECIPIENTS, STORE_LIMIT, writeSpool } from './policy-spool.js';
+import { actionShares, cpuProfDirOption, finish, otherCpu, runLoadProcess, startFixed, startFrontend, type Target } from './policy-targets.js';
 import {
-  BENCHMARKS_MD,
   NOISY_OTHER_CPU,
   QUIET_WAIT_MS,
   COMMON_OPTIONS,
@@ -51,35 +50,12 @@ import {
   table,
   textFooter,
   tmp,
-  updateMarkdown,
   viaNpm,
   waitForQuiet,
+  printReport,
 } from './shared.js';
 
 const TARGET_RATIO = 0.8;
-const STORE_LIMIT = 1000;
-
-/** The mail spool: bytes already in each mbox (limit 1000); null: no file (an empty mailbox). */
-const MAILBOXES: Record<string, number | null> = {
-  alice: 0,
-  bob: 120,
-  carol: 700, // room, but a message of 300+ bytes does not fit
-  dave: 450,
-  erin: 1000, // full
-  frank: 4096, // over
-  ghost: null,
-};
-/** As Postfix hands them over: mixed case, an address extension, several domains. */
-const RECIPIENTS = [
-  'alice@example.com',
-  'Bob@Example.com',
-  'carol+lists@example.com',
-  'dave@example.org',
-  'erin@example.com',
-  'frank@example.com',
-  'ghost@example.com',
-  'alice+news@example.org',
-];
 
 interface Run {
   target: string;
@@ -118,15 +94,11 @@ async function main(): Promise<number> {
   const estimate = runs * (1 + retries) * (warmup + duration + 1.5 + QUIET_WAIT_MS / 1000);
   if (estimate > 600) throw new Error(`about ${Math.round(estimate)} s of load: lower --rounds, --warmup or --duration`);
   requireBuild();
-  const cpuProfDir = values['cpu-prof'] ? path.resolve(values['cpu-prof']) : null;
-  if (cpuProfDir) await mkdir(cpuProfDir, { recursive: true });
+  const cpuProfDir = await cpuProfDirOption(values['cpu-prof']);
 
   const tmpDir = await makeTmpDir('overquota-bench-');
   const spool = path.join(tmpDir, 'mail');
-  await mkdir(spool);
-  for (const [user, bytes] of Object.entries(MAILBOXES)) {
-    if (bytes !== null) await writeFile(path.join(spool, user), Buffer.alloc(bytes, 'x'));
-  }
+  await writeSpool(spool);
 
   log(`starting servers (temp dir ${tmpDir})`);
   const fixed = await startFixed();
@@ -161,18 +133,11 @@ async function main(): Promise<number> {
   await stopChildren();
 
   const report = buildReport({ results, connections, warmup, duration, rounds, decisionsLogged, argv: process.argv.slice(2) });
-  console.log(`\n${report.text}`);
-  if (values.write) {
-    updateMarkdown(BENCHMARKS_MD, 'policy', 'Policy requests per second', '', report.markdown);
-    log('BENCHMARKS.md updated');
-  }
-  if (cpuProfDir) log(`CPU profiles in ${cpuProfDir} (summarise: node --import tsx bench/cpu-profile-summary.ts ${cpuProfDir}/*.cpuprofile)`);
-  const errors = results.reduce((n, r) => n + r.result.errors, 0);
-  if (errors > 0) {
-    log(`${errors} request(s) failed: the figures are not trustworthy`);
-    return 1;
-  }
-  return 0;
+  printReport(report, values.write, 'policy', 'Policy requests per second', '');
+  return finish(
+    cpuProfDir,
+    results.reduce((n, r) => n + r.result.errors, 0),
+  );
 }
 
 // ---------------------------------------------------------------- processes

@@ -19,46 +19,34 @@
  *   node --import tsx bench/postfix-e2e.ts [--sessions 20] [--messages 2000] [--rounds 2]
  *        [--warmup-messages 200] [--write] [--keep]
  */
-import os from 'node:os';
-import { existsSync, readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { dovecotUnavailable, type DovecotInstance } from '../test/helpers/dovecot.js';
-import { postfixUnavailable, startPostfix, type PostfixInstance } from '../test/helpers/postfix.js';
+import type { PostfixInstance } from '../test/helpers/postfix.js';
 import { sendEnvelope } from '../test/helpers/smtp.js';
 import { dovecotVersion, maildirStoreArgs, startPeersDovecot, userName } from './peers-data.js';
 import { fixedRequests, startFixed, startFrontend, type Target } from './policy-targets.js';
+import { measureSmtpSource, requirePostfix, smtpSource, smtpSourceCommand, startBenchPostfix, type SmtpSourceRun } from './postfix-runs.js';
 import {
-  BENCHMARKS_MD,
-  COMMON_OPTIONS,
   commandLine,
   countLines,
-  cpuPct,
   fmtInt,
-  idlePct,
-  intArg,
-  kernelThreadsCpuSeconds,
   log,
-  machineJiffies,
   makeTmpDir,
   noiseNote,
-  procStats,
   processTreeCpuSeconds,
   removeTmpDir,
   removeTmpDirSync,
   requireBuild,
   runBench,
-  runProcess,
   sectionHead,
   stopChildren,
   table,
   textFooter,
-  tmp,
-  updateMarkdown,
   viaNpm,
   waitForQuiet,
+  printReport,
+  problemsExitCode,
 } from './shared.js';
 
-const SMTP_SOURCE = '/usr/sbin/smtp-source';
 const USERS = 20;
 /** user000: a mailbox with room (every message is accepted); user001: full. */
 const RECIPIENT = `${userName(0)}@example.com`;
@@ -73,21 +61,11 @@ const LABELS = {
 } as const;
 type Key = keyof typeof LABELS;
 
-interface Run {
+interface Run extends SmtpSourceRun {
   key: Key;
   messages: number;
-  seconds: number;
-  mps: number;
   /** Policy requests the server saw during the run (fixed: its count; overquota: decision lines); null: not countable. */
   requests: number | null;
-  serverCpu: number | null;
-  postfixCpu: number | null;
-  sourceCpu: number | null;
-  kernelCpu: number | null;
-  machineIdle: number | null;
-  /** Part of machineIdle spent waiting for disk I/O (iowait), % of all cores. */
-  iowait: number | null;
-  otherCpu: number | null;
 }
 
 let postfix: PostfixInstance | null = null;
@@ -95,28 +73,11 @@ let dovecot: DovecotInstance | null = null;
 let postfixVersion = 'Postfix (version unknown)';
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      sessions: { type: 'string', default: '20' },
-      messages: { type: 'string', default: '2000' },
-      rounds: { type: 'string', default: '2' },
-      'warmup-messages': { type: 'string', default: '200' },
-      ...COMMON_OPTIONS,
-    },
-  });
-  if (values.help) {
-    console.log('usage: node --import tsx bench/postfix-e2e.ts [--sessions 20] [--messages 2000] [--rounds 2] [--warmup-messages 200] [--write] [--keep]');
-    return 0;
-  }
-  const sessions = intArg('sessions', values.sessions, 1, 100);
-  const messages = intArg('messages', values.messages, 1, 50_000);
-  const rounds = intArg('rounds', values.rounds, 1, 4);
-  const warmupMessages = intArg('warmup-messages', values['warmup-messages'], 0, 10_000);
-  tmp.keep = values.keep;
+  const args = smtpSourceCommand('postfix-e2e.ts', 4);
+  if (!args) return 0;
+  const { sessions, messages, rounds, warmupMessages } = args;
   requireBuild();
-  if (!existsSync(SMTP_SOURCE)) throw new Error(`${SMTP_SOURCE} is missing (it ships with Postfix: scripts/install-deps.sh)`);
-  const why = postfixUnavailable() || dovecotUnavailable();
-  if (why) throw new Error(why);
+  requirePostfix(() => dovecotUnavailable());
 
   const tmpDir = await makeTmpDir('overquota-bench-e2e-');
   log(`starting a private Dovecot with ${USERS} Maildirs and quota-status`);
@@ -127,9 +88,7 @@ async function main(): Promise<number> {
   const dove: Target = { label: LABELS.dovecot, kind: 'dovecot', listen: `inet:127.0.0.1:${dovecot.quotaStatusPort}`, pid: dovecot.pid };
   const servers: Record<Exclude<Key, 'none'>, Target> = { fixed, overquota, dovecot: dove };
 
-  postfix = await startPostfix({ smtpdRecipientRestrictions: 'reject_unauth_destination, permit' });
-  postfixVersion = `Postfix ${(await postfix.postconf('-h', 'mail_version')).trim()}`;
-  log(`${postfixVersion} on 127.0.0.1:${postfix.smtpPort} (${postfix.dir})`);
+  ({ postfix, version: postfixVersion } = await startBenchPostfix({ smtpdRecipientRestrictions: 'reject_unauth_destination, permit' }));
 
   const round: Key[] = ['none', 'fixed', 'overquota', 'dovecot'];
   const order: Key[] = [];
@@ -149,7 +108,7 @@ async function main(): Promise<number> {
       problems.push(...(await probe(postfix.smtpPort, key, server)));
     }
     log(`[${i + 1}/${order.length}] ${LABELS[key]}: smtp-source -s ${sessions} -m ${messages} (after ${warmupMessages} unmeasured)`);
-    if (warmupMessages > 0) await smtpSource(postfix.smtpPort, sessions, warmupMessages);
+    if (warmupMessages > 0) await smtpSource(postfix.smtpPort, sessions, warmupMessages, RECIPIENT);
     await waitForQuiet();
     const before = await requestsSeen(server, overquota);
     const run = await measured(key, postfix, server, sessions, messages);
@@ -170,16 +129,8 @@ async function main(): Promise<number> {
   dovecot = null;
 
   const report = buildReport({ runs, sessions, messages, warmupMessages, rounds, problems, argv: process.argv.slice(2) });
-  console.log(`\n${report.text}`);
-  if (values.write) {
-    updateMarkdown(BENCHMARKS_MD, 'postfix', 'Postfix end to end: no policy check, fixed server, overquota, Dovecot quota-status', INTRO, report.markdown);
-    log('BENCHMARKS.md updated');
-  }
-  if (problems.length > 0) {
-    for (const p of problems) log(`problem: ${p}`);
-    return 1;
-  }
-  return 0;
+  printReport(report, args.write, 'postfix', 'Postfix end to end: no policy check, fixed server, overquota, Dovecot quota-status', INTRO);
+  return problemsExitCode(problems);
 }
 
 /** One RCPT TO a full mailbox: 452 from overquota and Dovecot, 250 otherwise (fixed: counted). */
@@ -203,74 +154,9 @@ async function requestsSeen(server: Target | null, overquota: Target): Promise<n
 
 // ---------------------------------------------------------------- runs
 
-/** [iowait, total] jiffies of the whole machine (/proc/stat), or null. */
-function iowaitJiffies(): [number, number] | null {
-  try {
-    const n = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
-    return [n[4] ?? 0, n.reduce((a, b) => a + b, 0)];
-  } catch {
-    return null;
-  }
-}
-
-/** Runs smtp-source; resolves to the seconds it took and its CPU (bash `times`: the child's). */
-async function smtpSource(port: number, sessions: number, messages: number): Promise<{ seconds: number; cpu: number | null }> {
-  const script = `"$@"; rc=$?; times >&2; exit $rc`;
-  const args = ['-c', script, 'bash', SMTP_SOURCE, '-s', String(sessions), '-m', String(messages), '-t', RECIPIENT, `127.0.0.1:${port}`];
-  const started = performance.now();
-  const run = await runProcess('/bin/bash', args, { limitMs: 120_000 });
-  const seconds = (performance.now() - started) / 1000;
-  const out = run.out + run.err;
-  // `times`: line 1 the shell's own user/sys, line 2 its children's, as "0m0.123s 0m0.456s".
-  const times = [...out.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)];
-  const child = times[1];
-  const cpu = child ? Number(child[1]) * 60 + Number(child[2]) + Number(child[3]) * 60 + Number(child[4]) : null;
-  const text = out.replace(/^\d+m[\d.]+s \d+m[\d.]+s$/gm, '').trim();
-  if (run.code !== 0) throw new Error(`smtp-source exited ${run.code}: ${text || 'no output'}`);
-  if (text) log(`    smtp-source said: ${text.slice(0, 300)}`);
-  return { seconds, cpu };
-}
-
-/** CPU seconds of a Postfix instance: every process in master's process group, plus what master reaped. */
-function postfixCpuSeconds(masterPid: number): number | null {
-  let total = 0;
-  let sawMaster = false;
-  for (const { pid, fields: f } of procStats()) {
-    if (Number(f[2]) !== masterPid) continue;
-    total += Number(f[11]) + Number(f[12]);
-    if (Number(pid) === masterPid) {
-      sawMaster = true;
-      total += Number(f[13]) + Number(f[14]);
-    }
-  }
-  return sawMaster ? total / 100 : null;
-}
-
 async function measured(key: Key, pf: PostfixInstance, server: Target | null, sessions: number, messages: number): Promise<Run> {
-  const serverCpuNow = () => (server ? processTreeCpuSeconds([server.pid])[0]! : 0);
-  const m0 = machineJiffies();
-  const w0 = iowaitJiffies();
-  const k0 = kernelThreadsCpuSeconds();
-  const s0 = serverCpuNow();
-  const p0 = postfixCpuSeconds(pf.pid);
-  const { seconds, cpu } = await smtpSource(pf.smtpPort, sessions, messages);
-  const m1 = machineJiffies();
-  const w1 = iowaitJiffies();
-  const k1 = kernelThreadsCpuSeconds();
-  const s1 = serverCpuNow();
-  const p1 = postfixCpuSeconds(pf.pid);
-  const pct = (a: number | null, b: number | null) => cpuPct(a, b, seconds);
-  const serverCpu = pct(s0, s1);
-  const postfixCpu = pct(p0, p1);
-  const sourceCpu = cpu === null ? null : Math.round((cpu / seconds) * 1000) / 10;
-  const machineIdle = idlePct(m0, m1);
-  const iowait = idlePct(w0, w1);
-  const kernelCpu = pct(k0, k1);
-  const otherCpu =
-    machineIdle === null || kernelCpu === null || postfixCpu === null || sourceCpu === null || serverCpu === null
-      ? null
-      : Math.round((100 - machineIdle) * os.availableParallelism() - kernelCpu - postfixCpu - sourceCpu - serverCpu);
-  return { key, messages, seconds, mps: messages / seconds, requests: null, serverCpu: server ? serverCpu : null, postfixCpu, sourceCpu, kernelCpu, machineIdle, iowait, otherCpu };
+  const r = await measureSmtpSource(pf, { sessions, messages, recipient: RECIPIENT, serverCpuSeconds: () => (server ? processTreeCpuSeconds([server.pid])[0]! : 0) });
+  return { key, messages, ...r, requests: null, serverCpu: server ? r.serverCpu : null };
 }
 
 // ---------------------------------------------------------------- report

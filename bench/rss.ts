@@ -28,18 +28,17 @@
  * first snapshot are not the figures to quote. --node-flags "FLAGS" starts the frontend's node with
  * those flags (e.g. --max-semi-space-size=1), to see what V8's settings do to RSS. Needs about 2,300 file descriptors (ulimit -n).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdir, readdir } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ClosedLoop } from './closed-loop.js';
 import { buildRequestPool } from './policy-load.js';
+import { RECIPIENTS, STORE_LIMIT, writeSpool } from './policy-spool.js';
 import {
-  BENCHMARKS_MD,
   CLI,
-  ROOT,
   COMMON_OPTIONS,
   commandLine,
   fmtInt,
@@ -53,35 +52,20 @@ import {
   runBench,
   sectionHead,
   sleep,
+  spawnLogged,
   stopChild,
   stopChildren,
   table,
   textFooter,
   tmp,
-  track,
-  updateMarkdown,
   viaNpm,
-  waitAccepting,
   waitForQuiet,
+  printReport,
 } from './shared.js';
 
 /** Targets from the issue: RSS at most this many bytes, and at most this growth from 100k to the end. */
 const TARGET_RSS_BYTES = 100e6;
 const TARGET_GROWTH_PCT = 10;
-const STORE_LIMIT = 1000;
-
-/** The spool of bench/policy.ts: bytes in each mbox (limit 1000); null: no file. */
-const MAILBOXES: Record<string, number | null> = { alice: 0, bob: 120, carol: 700, dave: 450, erin: 1000, frank: 4096, ghost: null };
-const RECIPIENTS = [
-  'alice@example.com',
-  'Bob@Example.com',
-  'carol+lists@example.com',
-  'dave@example.org',
-  'erin@example.com',
-  'frank@example.com',
-  'ghost@example.com',
-  'alice+news@example.org',
-];
 
 interface Memory {
   rss: number;
@@ -156,20 +140,16 @@ async function main(): Promise<number> {
 
   const tmpDir = await makeTmpDir('overquota-bench-rss-');
   const spool = path.join(tmpDir, 'mail');
-  await mkdir(spool);
-  for (const [name, bytes] of Object.entries(MAILBOXES)) if (bytes !== null) await writeFile(path.join(spool, name), Buffer.alloc(bytes, 0x61));
+  await writeSpool(spool);
   if (snapshotDir) await mkdir(snapshotDir, { recursive: true });
 
   const port = await freePort();
   const logFile = path.join(tmpDir, 'frontend.log');
-  const out = openSync(logFile, 'w');
   const extraFlags = values['node-flags'].split(/\s+/).filter(Boolean);
   const nodeFlags = [...extraFlags, ...(snapshotDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`] : [])];
   const args = [...nodeFlags, CLI, 'frontend', '--policy.listen', `inet:127.0.0.1:${port}`, '--store.path', spool, '--store.limit', String(STORE_LIMIT), '--log.level', 'warn'];
-  frontend = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', out, out] }));
-  closeSync(out);
+  frontend = await spawnLogged(process.execPath, args, logFile, port);
   const pid = frontend.pid!;
-  await waitAccepting(port, frontend, async () => (await readFile(logFile, 'utf8').catch(() => '')).trim() || 'no output');
   log(`frontend pid ${pid} on inet:127.0.0.1:${port}, log ${logFile}`);
   await waitForQuiet();
 
@@ -307,11 +287,7 @@ async function main(): Promise<number> {
     snapshots: snapshotDir !== null,
     argv: process.argv.slice(2),
   });
-  console.log(`\n${report.text}`);
-  if (values.write) {
-    updateMarkdown(BENCHMARKS_MD, 'rss', 'Frontend memory: 1000 idle plus 100 busy connections, 1M requests', INTRO, report.markdown);
-    log('BENCHMARKS.md updated');
-  }
+  printReport(report, values.write, 'rss', 'Frontend memory: 1000 idle plus 100 busy connections, 1M requests', INTRO);
   for (const p of problems) log(`problem: ${p}`);
   return problems.length > 0 ? 1 : 0;
 }

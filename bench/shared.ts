@@ -5,8 +5,8 @@
  * runner and argument parsing. Importing it has no side effects.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -137,6 +137,18 @@ export function isMain(importMetaUrl: string): boolean {
 /** Throws unless dist/cli.js is built. */
 export function requireBuild(): void {
   if (!existsSync(CLI)) throw new Error(`${path.relative(process.cwd(), CLI)} is missing: run "npm run build" first (or "npm run bench")`);
+}
+
+/**
+ * `command args` (tracked, in ROOT) with stdout and stderr to `logFile`; resolves once
+ * 127.0.0.1:port accepts, or throws with what it wrote (waitAccepting).
+ */
+export async function spawnLogged(command: string, args: string[], logFile: string, port: number): Promise<ChildProcess> {
+  const out = openSync(logFile, 'w');
+  const proc = track(spawn(command, args, { cwd: ROOT, stdio: ['ignore', out, out] }));
+  closeSync(out);
+  await waitAccepting(port, proc, async () => (await readFile(logFile, 'utf8').catch(() => '')).trim() || 'no output');
+  return proc;
 }
 
 /** Listen on 127.0.0.1:0, read the port the kernel chose, close: free unless someone races us. */
@@ -400,6 +412,27 @@ export function updateMarkdown(file: string, name: string, heading: string, intr
       ? text.slice(0, a) + section + text.slice(b + end.length)
       : `${text.trimEnd()}\n\n## ${heading}\n\n${intro.trim() ? `${intro.trim()}\n\n` : ''}${section}\n`;
   writeFileSync(file, next);
+}
+
+/**
+ * Prints a bench's report (its text) on stdout; with --write (`write`) also puts its markdown into
+ * BENCHMARKS.md between the bench:NAME markers (updateMarkdown: `heading` and `intro` when new).
+ */
+export function printReport(report: { text: string; markdown: string }, write: boolean, name: string, heading: string, intro: string): void {
+  console.log(`\n${report.text}`);
+  if (write) {
+    updateMarkdown(BENCHMARKS_MD, name, heading, intro, report.markdown);
+    log('BENCHMARKS.md updated');
+  }
+}
+
+/** Logs each problem ("problem: ..."): exit code 1 when there is one, else 0. */
+export function problemsExitCode(problems: string[]): number {
+  if (problems.length > 0) {
+    for (const p of problems) log(`problem: ${p}`);
+    return 1;
+  }
+  return 0;
 }
 
 /** The sentence on noise under a report: which runs (#1, #2, ...) had other processes above NOISY_OTHER_CPU. */

@@ -35,7 +35,6 @@ import { MboxStore } from '../src/sources/mbox.js';
 import { MaildirStore, RACY_MARGIN_MS, type MaildirScanStats } from '../src/sources/maildir.js';
 import type { QuotaSource } from '../src/sources/types.js';
 import {
-  BENCHMARKS_MD,
   ROOT,
   COMMON_OPTIONS,
   commandLine,
@@ -52,9 +51,9 @@ import {
   sectionHead,
   table,
   textFooter,
-  updateMarkdown,
   viaNpm,
   waitForQuiet,
+  printReport,
 } from './shared.js';
 
 const TARGET_COLD_MS = 2000;
@@ -216,11 +215,7 @@ async function main(): Promise<number> {
   if (typeof dovecot === 'string') log(`Dovecot: ${dovecot}`);
 
   const report = buildReport({ phases, cold, warm, steady, warmWork, dovecot, o });
-  console.log(`\n${report.text}`);
-  if (values.write) {
-    updateMarkdown(BENCHMARKS_MD, 'stores', 'Quota stores: lookups per second and latency', INTRO, report.markdown);
-    log('BENCHMARKS.md updated');
-  }
+  printReport(report, values.write, 'stores', 'Quota stores: lookups per second and latency', INTRO);
   const errors = [...phases, ...(typeof dovecot === 'string' ? [] : dovecot)].reduce((n, p) => n + p.errors, 0);
   if (errors > 0) {
     log(`${errors} lookup(s) failed: the figures are not trustworthy`);
