@@ -16,6 +16,7 @@ import {
   expandMailboxTemplate,
   resolveInside,
 } from '../src/sources/mailbox-path.js';
+import { blockingIo, threadPoolIo } from '../src/sources/store-io.js';
 
 test('ordinary user names and addresses are accepted', () => {
   for (const user of ['alice', 'bob.smith', 'carol+tag@example.com', 'd_e-f@mail.example.org', 'josé', 'a..b@example.com']) {
@@ -100,7 +101,7 @@ test('templates without a placeholder, absolute, or with .. are refused', () => 
   assert.match(checkMailboxTemplate('{uid}')!, /unknown placeholder/);
 });
 
-test('resolveInside answers real paths inside the root and nothing outside it', async (t) => {
+for (const [kind, io] of [['on the thread pool', threadPoolIo], ['blocking (quota service)', blockingIo]] as const) test(`resolveInside answers real paths inside the root and nothing outside it (file-system calls ${kind})`, async (t) => {
   const base = await mkdtemp(path.join(os.tmpdir(), 'overquota-path-'));
   t.after(() => rm(base, { recursive: true, force: true }));
   const root = path.join(base, 'root');
@@ -115,16 +116,16 @@ test('resolveInside answers real paths inside the root and nothing outside it', 
   await symlink(path.join(root, 'bob'), path.join(root, 'bob-alias'));
   const realRoot = await realpath(root);
 
-  assert.equal(await resolveInside(root, 'bob'), path.join(realRoot, 'bob'));
-  assert.equal(await resolveInside(root, 'alice/Maildir'), path.join(realRoot, 'alice', 'Maildir'));
-  assert.equal(await resolveInside(root, 'bob-alias'), path.join(realRoot, 'bob'), 'a link inside the root is fine');
-  assert.equal(await resolveInside(root, 'evil'), null, 'symlink to a file outside');
-  assert.equal(await resolveInside(root, 'evildir/secret'), null, 'through a symlinked directory');
-  assert.equal(await resolveInside(root, 'evildir/missing'), null, 'missing file under a symlink out');
-  assert.equal(await resolveInside(root, 'dangling'), null, 'a dangling link could be pointed anywhere');
-  assert.equal(await resolveInside(root, '../outside/secret'), null);
-  assert.equal(await resolveInside(root, '.'), null, 'the root itself is not a mailbox');
-  assert.equal(await resolveInside(root, outside), null, 'absolute paths are refused');
-  assert.equal(await resolveInside(root, 'carol'), path.join(realRoot, 'carol'), 'not created yet');
-  assert.equal(await resolveInside(root, 'dave/Maildir'), null, 'parent missing too');
+  assert.equal(await resolveInside(root, 'bob', io), path.join(realRoot, 'bob'));
+  assert.equal(await resolveInside(root, 'alice/Maildir', io), path.join(realRoot, 'alice', 'Maildir'));
+  assert.equal(await resolveInside(root, 'bob-alias', io), path.join(realRoot, 'bob'), 'a link inside the root is fine');
+  assert.equal(await resolveInside(root, 'evil', io), null, 'symlink to a file outside');
+  assert.equal(await resolveInside(root, 'evildir/secret', io), null, 'through a symlinked directory');
+  assert.equal(await resolveInside(root, 'evildir/missing', io), null, 'missing file under a symlink out');
+  assert.equal(await resolveInside(root, 'dangling', io), null, 'a dangling link could be pointed anywhere');
+  assert.equal(await resolveInside(root, '../outside/secret', io), null);
+  assert.equal(await resolveInside(root, '.', io), null, 'the root itself is not a mailbox');
+  assert.equal(await resolveInside(root, outside, io), null, 'absolute paths are refused');
+  assert.equal(await resolveInside(root, 'carol', io), path.join(realRoot, 'carol'), 'not created yet');
+  assert.equal(await resolveInside(root, 'dave/Maildir', io), null, 'parent missing too');
 });

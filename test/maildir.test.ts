@@ -26,6 +26,13 @@ import {
 import { MaildirScanCache, emptySnapshot, type StopFlag } from '../src/sources/maildir-cache.js';
 import { LimitsFile } from '../src/sources/limits.js';
 import type { QuotaState } from '../src/sources/types.js';
+import { blockingIo, threadPoolIo } from '../src/sources/store-io.js';
+
+/** Lookups make their file-system calls on the thread pool (frontends) or blocking (the quota service). */
+const IO_KINDS = [
+  ['on the thread pool', threadPoolIo],
+  ['blocking, as the quota service', blockingIo],
+] as const;
 
 const live = () => new AbortController().signal;
 
@@ -191,13 +198,13 @@ test('a scan starts over when a directory changes meanwhile, and gives up after 
   assert.equal(restless.stable, false);
 });
 
-test('a trusted maildirsize is answered without scanning, with its own limits', async (t) => {
+for (const [kind, io] of IO_KINDS) test(`a trusted maildirsize is answered without scanning, with its own limits (file-system calls ${kind})`, async (t) => {
   const root = await tempRoot(t);
   const dir = path.join(root, 'alice', 'Maildir');
   await maildir(dir);
   await message(path.join(dir, 'cur'), '1.a.host', 999); // the file says otherwise; it is believed
   await writeFile(path.join(dir, 'maildirsize'), '10000S,100C\n2000 3\n');
-  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: 1 });
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: 1, io });
   const q = expectFound(await store.lookup('alice', live()));
   assert.deepEqual([q.usageBytes, q.limitBytes, q.usageMessages, q.limitMessages, q.overQuota], [2000, 10000, 3, 100, false]);
   assert.equal(store.name, `maildir:${root}`);
@@ -286,19 +293,19 @@ test('a maildirsize with negative sums is recounted', async (t) => {
   assert.deepEqual([q.usageBytes, q.usageMessages, q.limitBytes], [321, 1, 1000]);
 });
 
-test('a path naming a subfolder (maildirfolder present) counts the whole mailbox', async (t) => {
+for (const [kind, io] of IO_KINDS) test(`a path naming a subfolder (maildirfolder present) counts the whole mailbox (file-system calls ${kind})`, async (t) => {
   const root = await tempRoot(t);
   const dir = path.join(root, 'gus', 'Maildir');
   await maildir(dir, '.Sent');
   await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
   await message(path.join(dir, '.Sent', 'cur'), '2.b.host,S=20:2,S', 1);
   await writeFile(path.join(dir, 'maildirsize'), '1000S\n120 2\n');
-  const store = new MaildirStore({ root, mailbox: '{user}/Maildir/.Sent', defaultLimitBytes: null });
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir/.Sent', defaultLimitBytes: null, io });
   const q = expectFound(await store.lookup('gus', live()));
   assert.deepEqual([q.usageBytes, q.limitBytes], [120, 1000]);
 });
 
-test('a mailbox that does not exist, or links outside the root, is unknown', async (t) => {
+for (const [kind, io] of IO_KINDS) test(`a mailbox that does not exist, or links outside the root, is unknown (file-system calls ${kind})`, async (t) => {
   const root = await tempRoot(t);
   const outside = await tempRoot(t);
   await maildir(path.join(outside, 'Maildir'));
@@ -306,10 +313,10 @@ test('a mailbox that does not exist, or links outside the root, is unknown', asy
   await mkdir(path.join(root, 'henry'));
   await symlink(outside, path.join(root, 'henry', 'x'));
   await symlink(outside, path.join(root, 'ivy'));
-  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null, io });
   assert.deepEqual(await store.lookup('nobody', live()), { kind: 'unknown' });
   assert.deepEqual(await store.lookup('ivy', live()), { kind: 'unknown' });
-  const domainStore = new MaildirStore({ root, mailbox: '{domain}/{local}/Maildir', defaultLimitBytes: null });
+  const domainStore = new MaildirStore({ root, mailbox: '{domain}/{local}/Maildir', defaultLimitBytes: null, io });
   assert.deepEqual(await domainStore.lookup('henry', live()), { kind: 'unknown' }, 'no domain in the key');
 });
 

@@ -5,6 +5,7 @@ import type { Settings } from '../config.js';
 import { createLogger } from '../log.js';
 import { parseListenAddress } from '../listen.js';
 import { buildLocalStore } from '../sources/factory.js';
+import { blockingIo } from '../sources/store-io.js';
 import { startQuotaService } from '../quota-service/server.js';
 import { keepRunningOnBugs, onStopSignal } from './process.js';
 import { RedisTier } from '../cache/redis-tier.js';
@@ -14,7 +15,9 @@ export async function runQuotaService(settings: Settings): Promise<number> {
   keepRunningOnBugs(logger);
   const where = parseListenAddress(settings.quota_service.listen);
   if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`quota_service.listen: ${String(where)}`);
-  const { store, limits } = await buildLocalStore(settings.store, { writeMaildirsize: true, doveadm: settings.doveadm });
+  // Blocking file-system calls: thread-pool round trips were most of this service's CPU, and a
+  // frontend bounds its wait on us anyway (store-io.ts).
+  const { store, limits } = await buildLocalStore(settings.store, { writeMaildirsize: true, doveadm: settings.doveadm, io: blockingIo });
   process.on('SIGHUP', () => {
     if (!limits) return;
     limits.reload().then(

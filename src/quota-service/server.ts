@@ -30,6 +30,8 @@ export const DEFAULT_LOOKUP_TIMEOUT_MS = 10_000;
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
 const RETRY_AFTER_SECONDS = '1';
+const LOOKUP_TIMED_OUT = new SourceError('SOURCE_TIMEOUT', 'quota lookup took too long');
+const CLIENT_GONE = new SourceError('SOURCE_TIMEOUT', 'the client closed the connection');
 
 export interface QuotaServiceOptions {
   host: string;
@@ -68,7 +70,7 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
   const tokenDigest = opts.token ? digest(opts.token) : null;
   let active = 0;
 
-  async function answer(req: IncomingMessage, lookupSignal: AbortSignal): Promise<Answer> {
+  async function answer(req: IncomingMessage, res: ServerResponse): Promise<Answer> {
     const target = req.url ?? '';
     if (target.length > MAX_URL_LENGTH) return plain(414, 'ERROR request URL too long');
     const q = target.indexOf('?');
@@ -96,10 +98,16 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
       return { ...fail(503, 'busy, try again', format), headers: { 'retry-after': RETRY_AFTER_SECONDS }, user };
     }
     active++;
-    const budget = AbortSignal.any([lookupSignal, AbortSignal.timeout(timeoutMs)]);
+    // Stopped by our time limit, or when the client hangs up (it no longer needs the figure: stop
+    // a long scan). Set up per lookup, and aborted with a ready-made reason: AbortSignal.any,
+    // AbortSignal.timeout and a DOMException on every close were a sixth of this service's CPU.
+    const budget = new AbortController();
+    const timer = setTimeout(() => budget.abort(LOOKUP_TIMED_OUT), timeoutMs);
+    const gone = () => budget.abort(CLIENT_GONE);
+    res.once('close', gone);
     let state: QuotaState;
     try {
-      state = await opts.store.lookup(user, budget);
+      state = await opts.store.lookup(user, budget.signal);
     } catch (err) {
       const code = err instanceof SourceError ? err.code : 'INTERNAL';
       const status = code === 'SOURCE_BAD_KEY' ? 400 : 503;
@@ -108,6 +116,8 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
       return { ...fail(status, reason, format), user };
     } finally {
       active--;
+      clearTimeout(timer);
+      res.off('close', gone);
     }
     return { ...render(user, state, format, opts.store.name), user };
   }
@@ -130,10 +140,7 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
     const started = performance.now();
     // GET bodies are meaningless here; drain so keep-alive works.
     req.resume();
-    const lookup = new AbortController();
-    // A client that hangs up no longer needs the figure: stop a long scan.
-    res.on('close', () => lookup.abort());
-    answer(req, lookup.signal)
+    answer(req, res)
       .catch((err: unknown): Answer => {
         opts.logger.error({ err }, 'quota service handler failed');
         return plain(500, 'ERROR internal error');

@@ -8,6 +8,7 @@ import { MaildirStore } from './maildir.js';
 import { MboxStore } from './mbox.js';
 import { Router } from './router.js';
 import type { QuotaSource } from './types.js';
+import type { StoreIo } from './store-io.js';
 
 /** HTTP clients are loaded only when a backend needs one (undici is a large part of start-up memory). */
 export async function doveadmSource(url: string, password: string, apiKey: string, maxConnections: number): Promise<QuotaSource> {
@@ -26,7 +27,11 @@ export interface LocalStore {
   limits: LimitsFile | null;
 }
 
-export async function buildLocalStore(store: Settings['store'], opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm'] }): Promise<LocalStore> {
+/** `io`: how lookups touch the disk (store-io.ts); frontends keep the default, the thread pool. */
+export async function buildLocalStore(
+  store: Settings['store'],
+  opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm']; io?: StoreIo },
+): Promise<LocalStore> {
   if (store.type === 'doveadm') return { store: await doveadmSource(opts.doveadm.url, opts.doveadm.password, opts.doveadm.api_key, 16), limits: null };
   let limits: LimitsFile | undefined;
   if (store.limits_file) {
@@ -47,10 +52,11 @@ export async function buildLocalStore(store: Settings['store'], opts: { writeMai
       trashFolders: store.trash_folders,
       scanCacheMailboxes: store.scan_cache_mailboxes,
       writeMaildirsize: opts.writeMaildirsize,
+      io: opts.io,
     });
     return { store: maildir, limits: limits ?? null };
   }
-  return { store: new MboxStore({ root: store.path, mailbox: store.mailbox, defaultLimitBytes, limits }), limits: limits ?? null };
+  return { store: new MboxStore({ root: store.path, mailbox: store.mailbox, defaultLimitBytes, limits, io: opts.io }), limits: limits ?? null };
 }
 
 /** The frontend's router: the default source plus one source per served domain (shared when equal). */

@@ -11,7 +11,7 @@
  */
 
 import { SourceError } from './types.js';
-import { lstat, realpath } from 'node:fs/promises';
+import { threadPoolIo, type StoreIo } from './store-io.js';
 import path from 'node:path';
 
 /** Most file systems cap a path component at 255 bytes; a longer key cannot be a mailbox. */
@@ -156,6 +156,23 @@ function isMissing(err: unknown): boolean {
   return code === 'ENOENT' || code === 'ENOTDIR';
 }
 
+/*
+ * The store root's real path, resolved at most once a second: it is the same on every lookup, and
+ * a root that is moved or re-pointed (a symlink) is still followed within a second.
+ */
+const ROOT_RECHECK_MS = 1000;
+const realRoots = new Map<string, { real: string; atMs: number }>();
+
+async function realRootOf(root: string, io: StoreIo): Promise<string> {
+  const now = Date.now();
+  const known = realRoots.get(root);
+  if (known && now - known.atMs < ROOT_RECHECK_MS) return known.real;
+  const real = await io.realpath(root);
+  if (realRoots.size > 100) realRoots.clear();
+  realRoots.set(root, { real, atMs: now });
+  return real;
+}
+
 /**
  * The real path of `relative` under `root`, only if it lies strictly inside the real root.
  * - exists, inside: its realpath;
@@ -164,28 +181,23 @@ function isMissing(err: unknown): boolean {
  *   (or is) the root, so a caller can tell "mailbox not created yet" from "no such place"; else null.
  * An unreadable root throws (a configuration problem, not an unknown mailbox).
  */
-export async function resolveInside(root: string, relative: string): Promise<string | null> {
-  const realRoot = await realpath(root);
+export async function resolveInside(root: string, relative: string, io: StoreIo = threadPoolIo): Promise<string | null> {
+  const realRoot = await realRootOf(root, io);
   if (path.isAbsolute(relative)) return null;
   const lexical = path.resolve(realRoot, relative);
   if (!isStrictlyInside(realRoot, lexical)) return null;
   try {
-    const real = await realpath(lexical);
+    const real = await io.realpath(lexical);
     return isStrictlyInside(realRoot, real) ? real : null;
   } catch (err) {
     if (!isMissing(err)) throw err;
   }
   // realpath failed: either the name is free, or it is a dangling symlink whose target could
   // appear later (anywhere on the host). Only the first is acceptable.
-  try {
-    await lstat(lexical);
-    return null;
-  } catch (err) {
-    if (!isMissing(err)) throw err;
-  }
+  if ((await io.lstat(lexical)) !== null) return null;
   let realParent: string;
   try {
-    realParent = await realpath(path.dirname(lexical));
+    realParent = await io.realpath(path.dirname(lexical));
   } catch (err) {
     if (isMissing(err)) return null;
     throw err;

@@ -12,13 +12,14 @@
  * (one small file) and never cached here: the delivery agent appends to it.
  *
  * This module must never follow a symlink out of the root, never block the event loop for
- * long (async directory reads, a turn every SCAN_SLICE_MS of scanning), and never write
+ * long (directory reads on the thread pool, a turn every SCAN_SLICE_MS of scanning; the few
+ * calls of each lookup are made as `io` says, store-io.ts), and never write
  * anything unless `writeMaildirsize` is set: a frontend reading a mail store over NFS must
  * not rewrite files it does not own. Parsing and scanning live in maildir-scan.ts.
  */
 
-import { constants, type BigIntStats, type Stats } from 'node:fs';
-import { chmod, chown, lstat, open, realpath, rename, unlink, writeFile } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { chmod, chown, lstat, rename, unlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import {
@@ -50,6 +51,7 @@ import {
 } from './maildir-cache.js';
 import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
 import { ioError, throwIfAborted } from './store-errors.js';
+import { threadPoolIo, type StoreIo } from './store-io.js';
 
 export {
   DEFAULT_TRASH_FOLDERS,
@@ -88,6 +90,8 @@ export interface MaildirStoreOptions {
   writeMaildirsize?: boolean;
   /** Mailboxes whose scan results are kept for the next lookup (LRU, ~5 KB each); 0: none. Default 5,000. */
   scanCacheMailboxes?: number;
+  /** How each lookup's file-system calls are made (store-io.ts). Default: on the thread pool. */
+  io?: StoreIo;
 }
 
 /** What the scans of one store cost so far (for tests, benchmarks and diagnostics). */
@@ -127,6 +131,7 @@ export class MaildirStore implements QuotaSource {
   private readonly writeMaildirsize: boolean;
   private readonly trashKey: string;
   private readonly scanCache: MaildirScanCache;
+  private readonly io: StoreIo;
   /** Totals over every scan this store ran. */
   readonly scanStats: MaildirScanStats = { scans: 0, directoriesRead: 0, directoriesReused: 0, rootListings: 0, entries: 0 };
   /** The last failure to rewrite maildirsize (the answer was still given); for diagnostics. */
@@ -143,6 +148,7 @@ export class MaildirStore implements QuotaSource {
     this.writeMaildirsize = options.writeMaildirsize ?? false;
     this.trashKey = trashKeyOf(this.trashFolders);
     this.scanCache = new MaildirScanCache(options.scanCacheMailboxes ?? DEFAULT_SCAN_CACHE_MAILBOXES);
+    this.io = options.io ?? threadPoolIo;
     this.name = `maildir:${options.root}`;
   }
 
@@ -237,25 +243,28 @@ export class MaildirStore implements QuotaSource {
     let root: DirectoryStamp;
     let prefetched: PrefetchedStats | undefined;
     try {
-      dir = await resolveInside(this.root, relative);
+      dir = await resolveInside(this.root, relative, this.io);
       if (dir === null) return null;
       // A known mailbox: its directories are stated together with the root (one round trip).
       const known = this.scanCache.peek(dir, this.trashKey);
       prefetched = known?.root ? prefetchTargets(known) : undefined;
       const readAtMs = Date.now();
-      const st = await lstatOrNull(dir);
+      const st = await this.io.lstat(dir);
       if (st === null || !st.isDirectory()) return null;
       root = { ino: st.ino, mtimeNs: st.mtimeNs, readAtMs };
       if (known && !known.rootHas.maildirsize && !known.rootHas.maildirfolder && rootUnchanged(known, root, RACY_MARGIN_MS)) {
         return { dir, current: null, root, prefetched };
       }
       let subfolder: boolean;
-      [subfolder, current] = await Promise.all([exists(path.join(dir, 'maildirfolder')), settle(readMaildirsize(dir))]);
+      [subfolder, current] = await Promise.all([
+        this.io.lstat(path.join(dir, 'maildirfolder')).then((s) => s !== null),
+        settle(this.readMaildirsize(dir)),
+      ]);
       // A path that names a Maildir++ subfolder (.Sent) counts against the whole mailbox.
       if (subfolder) {
         const parent = path.dirname(dir);
-        if (!isStrictlyInside(await realpath(this.root), parent)) return null;
-        return { dir: parent, current: await readMaildirsize(parent) };
+        if (!isStrictlyInside(await this.io.realpath(this.root), parent)) return null;
+        return { dir: parent, current: await this.readMaildirsize(parent) };
       }
     } catch (err) {
       if (err instanceof SourceError) throw err;
@@ -263,6 +272,18 @@ export class MaildirStore implements QuotaSource {
     }
     if ('error' in current) throw current.error;
     return { dir, current: current.value, root, prefetched };
+  }
+
+  /* maildirsize read without following a symlink; null when missing (or a symlink: not trusted). */
+  private async readMaildirsize(dir: string): Promise<CurrentFile | null> {
+    let file;
+    try {
+      file = await this.io.readNoFollow(path.join(dir, 'maildirsize'), MAILDIRSIZE_READ_LIMIT);
+    } catch (err) {
+      throw ioError('cannot read maildirsize', err);
+    }
+    if (file === null || !file.stats.isFile()) return null;
+    return { parsed: parseMaildirsize(file.bytes.toString('latin1')), stats: file.stats };
   }
 
   private async rewrite(dir: string, current: CurrentFile, bytes: number, messages: number): Promise<void> {
@@ -288,28 +309,6 @@ export class MaildirStore implements QuotaSource {
   }
 }
 
-/* maildirsize read without following a symlink; null when missing (or a symlink: not trusted). */
-async function readMaildirsize(dir: string): Promise<CurrentFile | null> {
-  let handle;
-  try {
-    handle = await open(path.join(dir, 'maildirsize'), constants.O_RDONLY | constants.O_NOFOLLOW);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ELOOP') return null;
-    throw ioError('cannot open maildirsize', err);
-  }
-  try {
-    const stats = await handle.stat();
-    if (!stats.isFile()) return null;
-    const buf = Buffer.alloc(Math.min(stats.size, MAILDIRSIZE_READ_LIMIT));
-    const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
-    return { parsed: parseMaildirsize(buf.subarray(0, bytesRead).toString('latin1')), stats };
-  } catch (err) {
-    throw ioError('cannot read maildirsize', err);
-  } finally {
-    await handle.close();
-  }
-}
 
 type Settled<T> = { value: T } | { error: unknown };
 
@@ -321,30 +320,9 @@ function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
   );
 }
 
-async function lstatOrNull(p: string): Promise<BigIntStats | null> {
-  try {
-    return await lstat(p, { bigint: true });
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
-    throw err;
-  }
-}
-
 async function isDirectory(p: string): Promise<boolean> {
   try {
     return (await lstat(p)).isDirectory();
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
-    throw err;
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await lstat(p);
-    return true;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return false;

@@ -8,11 +8,11 @@
  * the path through resolveInside(), and the final stat does not follow a symlink.
  */
 
-import { lstat } from 'node:fs/promises';
 import { checkMailboxTemplate, mailboxPathFor, resolveInside } from './mailbox-path.js';
 import { limitFromFile, type LimitsFile } from './limits.js';
 import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
 import { ioError, throwIfAborted } from './store-errors.js';
+import { threadPoolIo, type StoreIo } from './store-io.js';
 
 export interface MboxStoreOptions {
   /** The spool directory, e.g. /var/mail. */
@@ -22,6 +22,8 @@ export interface MboxStoreOptions {
   /** Bytes; null: unlimited unless the limits file says otherwise. */
   defaultLimitBytes: number | null;
   limits?: LimitsFile;
+  /** How each lookup's file-system calls are made (store-io.ts). Default: on the thread pool. */
+  io?: StoreIo;
 }
 
 export class MboxStore implements QuotaSource {
@@ -30,6 +32,7 @@ export class MboxStore implements QuotaSource {
   private readonly template: string;
   private readonly defaultLimitBytes: number | null;
   private readonly limits: LimitsFile | undefined;
+  private readonly io: StoreIo;
 
   constructor(options: MboxStoreOptions) {
     this.root = options.root;
@@ -38,6 +41,7 @@ export class MboxStore implements QuotaSource {
     if (bad) throw new Error(`mbox mailbox template "${this.template}": ${bad}`);
     this.defaultLimitBytes = options.defaultLimitBytes;
     this.limits = options.limits;
+    this.io = options.io ?? threadPoolIo;
     this.name = `mbox:${options.root}`;
   }
 
@@ -48,7 +52,7 @@ export class MboxStore implements QuotaSource {
 
     let file: string | null;
     try {
-      file = await resolveInside(this.root, relative);
+      file = await resolveInside(this.root, relative, this.io);
     } catch (err) {
       throw ioError(`cannot resolve the mbox under ${this.root}`, err);
     }
@@ -59,15 +63,14 @@ export class MboxStore implements QuotaSource {
     let usageBytes: number;
     try {
       // lstat: if the name was swapped for a symlink since resolveInside(), do not follow it.
-      const st = await lstat(file);
-      if (st.isSymbolicLink()) return { kind: 'unknown' };
-      if (!st.isFile()) throw new SourceError('SOURCE_IO', `mbox for this user is not a regular file (check the mailbox template)`);
-      usageBytes = st.size;
+      const st = await this.io.lstat(file);
+      if (st === null) usageBytes = 0;
+      else if (st.isSymbolicLink()) return { kind: 'unknown' };
+      else if (!st.isFile()) throw new SourceError('SOURCE_IO', `mbox for this user is not a regular file (check the mailbox template)`);
+      else usageBytes = Number(st.size);
     } catch (err) {
       if (err instanceof SourceError) throw err;
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT') throw ioError('cannot stat the mbox', err);
-      usageBytes = 0;
+      throw ioError('cannot stat the mbox', err);
     }
     throwIfAborted(signal, 'mbox lookup');
 
