@@ -70,6 +70,21 @@ test('a request split at every byte offset decodes the same', () => {
   }
 });
 
+test('the attributes a decision reads are the same, split anywhere, after another request, repeated or look-alike', () => {
+  // The decoder notes where these are on its pass; any other name is searched for. Both must agree.
+  const names = ['recipient', 'protocol_state', 'size', 'queue_id', 'client_address', 'sender'];
+  const first = (r: PolicyRequest, name: string) => r.entries().find(([n]) => n === name)?.[1];
+  const tricky = 'sender_x=no\nsenders=no\nrecipient=r1@x\nprotocol_state=RCPT\nrecipient=r2@x\nsize=7\nsender=\nclient_address=::1\n\n';
+  const bytes = Buffer.concat([Buffer.from('protocol_state=RCPT\nrecipient=a@x\n\n'), Buffer.from(POSTFIX_3_REQUEST), Buffer.from(tricky)]);
+  for (let cut = 0; cut <= bytes.length; cut++) {
+    const got = decodeAll([bytes.subarray(0, cut), bytes.subarray(cut)]);
+    assert.equal(got.length, 3, `cut at ${cut}`);
+    for (const r of got) for (const name of names) assert.equal(r.get(name), first(r, name), `${name}, cut at ${cut}`);
+  }
+  const last = decodeAll([bytes])[2]!;
+  assert.deepEqual([last.get('recipient'), last.get('sender'), last.get('queue_id'), last.get('senders')], ['r1@x', '', undefined, 'no']);
+});
+
 test('a request fed one byte at a time decodes the same', () => {
   const bytes = Buffer.from(POSTFIX_3_REQUEST);
   const got = decodeAll([...bytes].map((b) => Uint8Array.of(b)));
