@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadSettings, redactedSettings } from './config.js';
-import { parseArgs, UsageError } from './commands/args.js';
+import { flagIsOn, parseArgs, UsageError } from './commands/args.js';
 import { COMMANDS, commandHelp, mainHelp } from './commands/help.js';
 import { runFrontend } from './commands/frontend.js';
 import { runQuotaService } from './commands/quota-service.js';
@@ -23,7 +23,8 @@ function version(): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const stdio = argv.includes('--stdio');
+  // Known before parsing: in spawn mode even a usage error must not reach stderr (smtpd reads it).
+  const stdio = flagIsOn(argv, 'stdio');
   const complain = (text: string) => {
     if (!stdio) process.stderr.write(`overquota: ${text}\n`);
   };

@@ -175,8 +175,8 @@ test('a backend that is down gets the on_error reply, logged as a warning with i
   assert.equal(line.error, 'SOURCE_UNREACHABLE');
 });
 
-async function stdioSession(args: string[], input: string): Promise<{ stdout: string; stderr: string; code: number | null; proc: Running['proc'] }> {
-  const run = runOverquota(['frontend', '--stdio', ...args]);
+async function stdioSession(args: string[], input: string, flag = '--stdio'): Promise<{ stdout: string; stderr: string; code: number | null; proc: Running['proc'] }> {
+  const run = runOverquota(['frontend', flag, ...args]);
   let stdout = '';
   run.proc.stdout!.removeAllListeners('data');
   run.proc.stdout!.on('data', (d: string) => (stdout += d));
@@ -190,6 +190,15 @@ test('spawn mode answers on stdout and never writes to stderr', async () => {
   assert.equal(r.stdout, 'action=452 4.2.2 Mailbox full, try again later\n\naction=DUNNO\n\n');
   assert.equal(r.stderr, '');
   assert.equal(r.code, 0);
+});
+
+test('--stdio=true is spawn mode too (no log line on the protocol channel), --stdio=maybe a usage error', async () => {
+  const r = await stdioSession(store(), 'protocol_state=RCPT\nrecipient=full@example.com\n\n', '--stdio=true');
+  assert.equal(r.stdout, 'action=452 4.2.2 Mailbox full, try again later\n\n');
+  assert.equal(r.stderr, '');
+  const bad = await stdioSession(store(), '', '--stdio=maybe');
+  assert.equal(bad.code, 64);
+  assert.match(bad.stderr, /--stdio=maybe: expected true or false/);
 });
 
 test('spawn mode stays silent on stderr for bad input and for a bad configuration', async () => {

@@ -14,6 +14,22 @@ export interface ParsedArgs {
 
 export class UsageError extends Error {}
 
+/** --NAME alone, or --NAME=true|yes|1 is on; --NAME=false|no|0 is off; anything else a usage error. */
+export function booleanValue(name: string, inline: string | undefined): boolean {
+  if (inline === undefined || /^(true|yes|1)$/i.test(inline)) return true;
+  if (/^(false|no|0)$/i.test(inline)) return false;
+  throw new UsageError(`--${name}=${inline}: expected true or false`);
+}
+
+/** Whether a boolean flag is on in these words, before (and whatever) the full parse says. */
+export function flagIsOn(words: string[], name: string): boolean {
+  const on = words.filter((w) => w === `--${name}` || w.startsWith(`--${name}=`)).map((w) => {
+    const eq = w.indexOf('=');
+    return eq === -1 || /^(true|yes|1)$/i.test(w.slice(eq + 1));
+  });
+  return on.length > 0 && on[on.length - 1]!;
+}
+
 export function parseArgs(words: string[], own: { boolean: string[]; valued: string[] }): ParsedArgs {
   const settings = new Set(describeSettings().map((s) => s.path));
   const out: ParsedArgs = { positional: [], flags: new Map(), settingArgs: [] };
@@ -35,7 +51,10 @@ export function parseArgs(words: string[], own: { boolean: string[]; valued: str
       if (next === undefined) throw new UsageError(`--${name} needs a value`);
       return next;
     };
-    if (own.boolean.includes(name)) out.flags.set(name, true);
+    if (own.boolean.includes(name)) {
+      if (booleanValue(name, inline)) out.flags.set(name, true);
+      else out.flags.delete(name);
+    }
     else if (own.valued.includes(name)) out.flags.set(name, takeValue());
     else if (settings.has(name)) given.set(name, takeValue());
     else throw new UsageError(`unknown option --${name} (settings are --path.of.setting VALUE; see --help)`);
