@@ -10,6 +10,7 @@ import { RedisTier } from './cache/redis-tier.js';
 import { QuotaChecker } from './core/checker.js';
 import { parseRecipient, type RecipientRules } from './core/address.js';
 import { buildRouter } from './sources/factory.js';
+import { reloadLimits, type LimitsFile } from './sources/limits.js';
 import { AliasMap } from './core/aliases.js';
 import type { Router } from './sources/router.js';
 
@@ -22,7 +23,7 @@ export interface DecisionCore {
   invalidate(address: string): Promise<{ key: string; published: boolean } | null>;
   /** The same for a mailbox key (as Dovecot's %u names it). */
   invalidateKey(key: string): Promise<{ key: string; published: boolean }>;
-  /** Re-reads files that operators edit in place (the alias map); keeps the old contents on error. */
+  /** Re-reads files that operators edit in place (limits, alias map); keeps the old contents on error. */
   reload(): Promise<void>;
   /** Resolves once Redis is connected (true), or after timeoutMs or without Redis (false). */
   redisReady(timeoutMs: number): Promise<boolean>;
@@ -30,7 +31,8 @@ export interface DecisionCore {
 }
 
 export async function buildDecisionCore(settings: Settings, logger: Logger, opts: { subscribe: boolean }): Promise<DecisionCore> {
-  const router = await buildRouter(settings);
+  const limitsFiles: LimitsFile[] = [];
+  const router = await buildRouter(settings, limitsFiles);
   const connections: RedisConnection[] = [];
   let redis: RedisTier | undefined;
   // ioredis (and undici, in sources/factory.ts) are loaded only when configured: together they
@@ -85,6 +87,8 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
       return { key, published: await cache.invalidate(key, sourceNames) };
     },
     async reload() {
+      // Cached figures keep the limit they were found with until their TTL runs out.
+      for (const limits of limitsFiles) await reloadLimits(limits, logger);
       if (!aliases) return;
       try {
         await aliases.load();

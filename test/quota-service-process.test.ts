@@ -1,11 +1,13 @@
 /*
- * `overquota quota-service` as a process: limits file reload on SIGHUP, loopback by default.
+ * `overquota quota-service` as a process: limits file reload on SIGHUP, loopback by default;
+ * and the same reload in a frontend that reads a local store itself.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { startQuotaServiceProcess, runToEnd } from './helpers/overquota.js';
+import { startFrontend, startQuotaServiceProcess, runToEnd } from './helpers/overquota.js';
+import { PolicyClient, rcpt } from './helpers/policy-client.js';
 import { tempDir } from './helpers/tmp.js';
 
 test('the limits file is re-read on SIGHUP; a broken edit keeps the previous limits', async () => {
@@ -29,6 +31,32 @@ test('the limits file is re-read on SIGHUP; a broken edit keeps the previous lim
     assert.equal(await get(), 'OK alice 5000 1048576\n');
   } finally {
     await qs.stop();
+    await tmp.cleanup();
+  }
+});
+
+test('a frontend on a local store re-reads its limits file on SIGHUP too; a broken edit keeps the previous limits', async () => {
+  const tmp = await tempDir('overquota-fe-hup-');
+  const mail = path.join(tmp.path, 'mail');
+  await fs.mkdir(mail);
+  for (const user of ['alice', 'bob', 'carol']) await fs.writeFile(path.join(mail, user), Buffer.alloc(5000));
+  const limits = path.join(tmp.path, 'limits');
+  await fs.writeFile(limits, 'alice 1K\n');
+  const fe = await startFrontend(['--policy.listen', 'inet:127.0.0.1:0', '--store.path', mail, '--store.limit', '1M', '--store.limits_file', limits]);
+  try {
+    const client = await PolicyClient.connect(fe.listeners[0]!);
+    assert.equal(await client.ask(rcpt('alice@example.com')), '452 4.2.2 Mailbox full, try again later');
+    await fs.writeFile(limits, 'alice 1K\nbob 1K\n');
+    fe.proc.kill('SIGHUP');
+    await fe.waitForLog((l) => l.msg === 'limits file reloaded');
+    assert.equal(await client.ask(rcpt('bob@example.com')), '452 4.2.2 Mailbox full, try again later', 'the new line is in force');
+    await fs.writeFile(limits, 'carol lots\n');
+    fe.proc.kill('SIGHUP');
+    await fe.waitForLog((l) => l.msg === 'limits file not reloaded: the previous limits stay in use');
+    assert.equal(await client.ask(rcpt('carol@example.com')), 'DUNNO', 'the default limit, as before the broken edit');
+    client.close();
+  } finally {
+    await fe.stop();
     await tmp.cleanup();
   }
 });

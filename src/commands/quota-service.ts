@@ -6,6 +6,7 @@ import { createLogger } from '../log.js';
 import { parseListenAddress } from '../listen.js';
 import { buildLocalStore } from '../sources/factory.js';
 import { blockingIo } from '../sources/store-io.js';
+import { reloadLimits } from '../sources/limits.js';
 import { startQuotaService } from '../quota-service/server.js';
 import { keepRunningOnBugs, onStopSignal } from './process.js';
 import { RedisTier } from '../cache/redis-tier.js';
@@ -19,14 +20,7 @@ export async function runQuotaService(settings: Settings): Promise<number> {
   // frontend bounds its wait on us anyway (store-io.ts).
   const { store, limits } = await buildLocalStore(settings.store, { writeMaildirsize: true, doveadm: settings.doveadm, io: blockingIo });
   process.on('SIGHUP', () => {
-    if (!limits) return;
-    limits.reload().then(
-      (errors) => {
-        if (errors.length === 0) logger.info({ file: limits.path, users: limits.size }, 'limits file reloaded');
-        else logger.error({ file: limits.path, errors: limits.describeErrors() }, 'limits file not reloaded: the previous limits stay in use');
-      },
-      (err: Error) => logger.error({ file: limits.path, error: err.message }, 'limits file not reloaded: the previous limits stay in use'),
-    );
+    if (limits) void reloadLimits(limits, logger);
   });
   const redis = settings.redis.url ? (await import('../cache/redis-client.js')).connectRedis(settings.redis, logger, 'overquota-quota-service') : null;
   const tier = redis ? new RedisTier(redis, settings.redis.prefix, logger) : null;

@@ -59,15 +59,23 @@ export async function buildLocalStore(
   return { store: new MboxStore({ root: store.path, mailbox: store.mailbox, defaultLimitBytes, limits, io: opts.io }), limits: limits ?? null };
 }
 
-/** The frontend's router: the default source plus one source per served domain (shared when equal). */
-export async function buildRouter(settings: Settings): Promise<Router> {
+/**
+ * The frontend's router: the default source plus one source per served domain (shared when equal).
+ * The limits files of its local stores are added to `limitsFiles`, for reloading on SIGHUP.
+ */
+export async function buildRouter(settings: Settings, limitsFiles: LimitsFile[] = []): Promise<Router> {
   const byDescription = new Map<string, Promise<QuotaSource>>();
   const max = settings.source.max_connections;
   const make = (b: Omit<Backend, 'domains'>): Promise<QuotaSource> => {
     const id = JSON.stringify([b.type, b.url, b.token, b.password, b.api_key]);
     let source = byDescription.get(id);
     if (!source) {
-      if (b.type === 'local') source = buildLocalStore(settings.store, { writeMaildirsize: false, doveadm: settings.doveadm }).then((l) => l.store);
+      if (b.type === 'local') {
+        source = buildLocalStore(settings.store, { writeMaildirsize: false, doveadm: settings.doveadm }).then((l) => {
+          if (l.limits) limitsFiles.push(l.limits);
+          return l.store;
+        });
+      }
       else if (b.type === 'doveadm') source = doveadmSource(b.url ?? '', b.password ?? '', b.api_key ?? '', max);
       else source = httpSource(b.url ?? '', b.token ?? '', max);
       byDescription.set(id, source);

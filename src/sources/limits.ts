@@ -14,6 +14,7 @@
  * line is reported as `file:line: reason: text` so the operator can fix it.
  */
 
+import type { Logger } from 'pino';
 import { readFile } from 'node:fs/promises';
 
 /** A limit for one mailbox; null means unlimited. */
@@ -150,4 +151,15 @@ export class LimitsFile {
 /** The limit a store applies when the mailbox itself records none: the file's entry, else the default. */
 export function limitFromFile(limits: LimitsFile | undefined, user: string, defaultLimitBytes: number | null): UserLimit {
   return limits?.limitFor(user) ?? { bytes: defaultLimitBytes, messages: null };
+}
+
+/** SIGHUP: re-reads a limits file and says how it went; a file with bad lines keeps the previous limits. */
+export async function reloadLimits(limits: LimitsFile, logger: Logger): Promise<void> {
+  try {
+    const errors = await limits.reload();
+    if (errors.length === 0) logger.info({ file: limits.path, users: limits.size }, 'limits file reloaded');
+    else logger.error({ file: limits.path, errors: limits.describeErrors() }, 'limits file not reloaded: the previous limits stay in use');
+  } catch (err) {
+    logger.error({ file: limits.path, error: (err as Error).message }, 'limits file not reloaded: the previous limits stay in use');
+  }
 }
