@@ -8,6 +8,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { startFrontend, startQuotaServiceProcess, runToEnd } from './helpers/overquota.js';
 import { PolicyClient, rcpt } from './helpers/policy-client.js';
+import { startBackend } from './helpers/http-backend.js';
 import { tempDir } from './helpers/tmp.js';
 
 test('the limits file is re-read on SIGHUP; a broken edit keeps the previous limits', async () => {
@@ -58,6 +59,32 @@ test('a frontend on a local store re-reads its limits file on SIGHUP too; a brok
   } finally {
     await fe.stop();
     await tmp.cleanup();
+  }
+});
+
+test('SIGTERM lets a lookup in flight finish: its answer goes out, then the service exits 0', async () => {
+  // A doveadm backend that takes 700 ms: the lookup is surely in flight when SIGTERM comes.
+  let arrived!: () => void;
+  const atBackend = new Promise<void>((resolve) => (arrived = resolve));
+  const dovecot = await startBackend((_url, req, res) => {
+    req.resume();
+    arrived();
+    setTimeout(() => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('[["doveadmResponse",[{"root":"User quota","type":"STORAGE","value":"10","limit":"1024","percent":"0"}],"q"]]');
+    }, 700);
+  });
+  const qs = await startQuotaServiceProcess(['--store.type', 'doveadm', '--doveadm.url', dovecot.url('/doveadm/v1'), '--doveadm.password', 'pw']);
+  try {
+    const exited = new Promise<number | null>((resolve) => qs.proc.once('exit', resolve));
+    const answer = fetch(`${qs.baseUrl}/quota?u=alice`).then(async (r) => [r.status, await r.text()]);
+    await atBackend;
+    qs.proc.kill('SIGTERM');
+    assert.deepEqual(await answer, [200, 'OK alice 10240 1048576\n']);
+    assert.equal(await exited, 0);
+  } finally {
+    await qs.stop();
+    await dovecot.close();
   }
 });
 

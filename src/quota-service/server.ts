@@ -30,6 +30,8 @@ export const DEFAULT_LOOKUP_TIMEOUT_MS = 10_000;
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
 const RETRY_AFTER_SECONDS = '1';
+/* Under Postfix's own policy timeout and a frontend's latency budget: their lookups get answers. */
+const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
 const LOOKUP_TIMED_OUT = new SourceError('SOURCE_TIMEOUT', 'quota lookup took too long');
 const CLIENT_GONE = new SourceError('SOURCE_TIMEOUT', 'the client closed the connection');
 
@@ -45,6 +47,8 @@ export interface QuotaServiceOptions {
   lookupTimeoutMs?: number;
   /** Publishes "forget USER" to the frontends' shared cache; absent without Redis. */
   publishInvalidation?: (user: string) => Promise<boolean>;
+  /** Longest wait at close() for requests being answered before their connections are cut. */
+  shutdownGraceMs?: number;
 }
 
 export interface QuotaService {
@@ -69,6 +73,9 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
   const timeoutMs = opts.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS;
   const tokenDigest = opts.token ? digest(opts.token) : null;
   let active = 0;
+  /** Requests received and not yet answered (lookups, and the rest). */
+  let inFlight = 0;
+  let closing = false;
 
   async function answer(req: IncomingMessage, res: ServerResponse): Promise<Answer> {
     const target = req.url ?? '';
@@ -138,6 +145,8 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
 
   const server = createServer((req, res) => {
     const started = performance.now();
+    inFlight++;
+    res.once('close', () => inFlight--);
     // GET bodies are meaningless here; drain so keep-alive works.
     req.resume();
     answer(req, res)
@@ -146,6 +155,8 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
         return plain(500, 'ERROR internal error');
       })
       .then((a) => {
+        // Shutting down: this answer is the connection's last (the frontend opens a new one elsewhere).
+        if (closing) res.shouldKeepAlive = false;
         send(res, a);
         const ms = Math.round((performance.now() - started) * 10) / 10;
         const line = { user: a.user, status: a.status, ms, path: safePath(req.url), error: a.error };
@@ -179,12 +190,17 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
 
   return {
     port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        // Frontends keep connections alive; do not wait for them to go idle.
-        server.closeAllConnections();
-      }),
+    async close() {
+      // Stop accepting, close idle keep-alive connections (frontends hold them open), answer the
+      // requests already being looked up, then cut whatever is left.
+      closing = true;
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const deadline = Date.now() + (opts.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS);
+      while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      server.closeAllConnections();
+      await closed;
+    },
   };
 }
 
