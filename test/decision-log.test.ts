@@ -44,6 +44,19 @@ test('the hand-written decision line is valid JSON in pino format, whatever the 
   });
 });
 
+test('source names and reply texts from the configuration are escaped too, and absent fields left out', () => {
+  const { logger, lines } = capture();
+  const odd = { ...decision, source: 'mbox:/var/"mail\\x', action: '452 4.2.2 "Mailbox" full\\', cache: null, state: null };
+  logDecision(logger, () => ({ face: 'milter', size: 0 }), odd);
+  logDecision(logger, () => ({ face: 'milter', size: 0 }), odd);
+  for (const line of lines) {
+    const doc = JSON.parse(line) as Record<string, unknown>;
+    assert.equal(doc.source, 'mbox:/var/"mail\\x');
+    assert.equal(doc.action, '452 4.2.2 "Mailbox" full\\');
+    assert.deepEqual(['cache', 'usage', 'limit', 'queue_id', 'sender'].filter((k) => k in doc), []);
+  }
+});
+
 test('no decision line below the configured level, and the context is not even gathered', () => {
   const { logger, lines } = capture('warn');
   let gathered = false;

@@ -26,11 +26,23 @@ const LEVEL_VALUE = { debug: 20, info: 30, warn: 40 } as const;
 /** What JSON.stringify would escape in a string (quotes, backslash, controls, lone surrogates). */
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
-/** One JSON member, or nothing for an absent value (as JSON.stringify drops undefined). */
-function member(name: string, v: string | number | null | undefined): string {
-  if (v === undefined) return '';
-  if (typeof v === 'string') return `,"${name}":${NEEDS_ESCAPE.test(v) ? JSON.stringify(v) : `"${v}"`}`;
-  return `,"${name}":${v === null ? 'null' : v}`;
+/** A JSON string: most values need no escaping, and a regex test is cheaper than JSON.stringify. */
+function str(v: string): string {
+  return NEEDS_ESCAPE.test(v) ? JSON.stringify(v) : `"${v}"`;
+}
+
+/*
+ * Strings from the configuration (source names, reply texts) are few: each is escaped once.
+ * Bounded, in case a reply template carries figures ({usage}) and every text is new.
+ */
+const escapedOnce = new Map<string, string>();
+function configured(v: string): string {
+  let json = escapedOnce.get(v);
+  if (json === undefined) {
+    json = JSON.stringify(v);
+    if (escapedOnce.size < 1000) escapedOnce.set(v, json);
+  }
+  return json;
 }
 
 interface PinoInternals {
@@ -38,7 +50,12 @@ interface PinoInternals {
   [pino.symbols.chindingsSym]: string;
 }
 
-/** @param context called only when the line is written: gathering it costs time too. */
+/**
+ * @param context called only when the line is written: gathering it costs time too.
+ * Written as few template pieces as the optional fields allow: every piece of a string
+ * concatenation costs (measured: ~0.7 us a line against ~1.1 us with a helper call per field).
+ * face, verdict and cache come from fixed sets of plain words and need no escaping.
+ */
 export function logDecision(logger: Logger, context: () => DecisionContext, d: Decision): void {
   const kind = d.verdict.kind;
   const level = kind === 'error' ? 'warn' : kind === 'not_checked' ? 'debug' : 'info';
@@ -46,25 +63,21 @@ export function logDecision(logger: Logger, context: () => DecisionContext, d: D
   const ctx = context();
   const found = d.state?.kind === 'found' ? d.state : null;
   const internals = logger as unknown as PinoInternals;
+  const mailbox = d.recipient?.key;
   const line =
-    `{"level":${LEVEL_VALUE[level]},"time":${Date.now()}${internals[pino.symbols.chindingsSym]}` +
-    member('face', ctx.face) +
-    member('queue_id', ctx.queue_id || undefined) +
-    member('client_address', ctx.client_address) +
-    member('sender', ctx.sender) +
-    member('recipient', ctx.recipient) +
-    member('state', ctx.state) +
-    member('size', ctx.size) +
-    member('mailbox', d.recipient?.key) +
-    member('verdict', kind) +
-    member('reason', d.verdict.reason) +
-    member('source', d.source ?? undefined) +
-    member('cache', d.cache ?? undefined) +
-    member('usage', found?.usageBytes) +
-    member('limit', found?.limitBytes) +
-    member('error', d.error?.code) +
-    member('ms', d.ms) +
-    member('action', d.action) +
-    ',"msg":"decision"}\n';
+    `{"level":${LEVEL_VALUE[level]},"time":${Date.now()}${internals[pino.symbols.chindingsSym]},"face":"${ctx.face}"` +
+    (ctx.queue_id ? `,"queue_id":${str(ctx.queue_id)}` : '') +
+    (ctx.client_address === undefined ? '' : `,"client_address":${str(ctx.client_address)}`) +
+    (ctx.sender === undefined ? '' : `,"sender":${str(ctx.sender)}`) +
+    (ctx.recipient === undefined ? '' : `,"recipient":${str(ctx.recipient)}`) +
+    (ctx.state === undefined ? '' : `,"state":${str(ctx.state)}`) +
+    `,"size":${ctx.size}` +
+    (mailbox === undefined ? '' : `,"mailbox":${str(mailbox)}`) +
+    `,"verdict":"${kind}","reason":${str(d.verdict.reason)}` +
+    (d.source === null ? '' : `,"source":${configured(d.source)}`) +
+    (d.cache === null ? '' : `,"cache":"${d.cache}"`) +
+    (found === null ? '' : `,"usage":${found.usageBytes},"limit":${found.limitBytes}`) +
+    (d.error === null ? '' : `,"error":${str(d.error.code)}`) +
+    `,"ms":${d.ms},"action":${configured(d.action)},"msg":"decision"}\n`;
   internals[pino.symbols.streamSym].write(line);
 }
