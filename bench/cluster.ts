@@ -34,7 +34,9 @@
  * mailbox asked again while its previous answer should still be cached (less than its TTL - 100 ms
  * after that answer), or while another request for it was still in flight. One frontend with Redis
  * has none; each of them is a backend request the shared tier failed to save.
- * --write puts the tables into BENCHMARKS.md between the bench:cluster markers.
+ * --write puts the tables into BENCHMARKS.md between the bench:cluster markers. With
+ * OVERQUOTA_BENCH_RESULTS=DIR it also writes DIR/cluster.json (bench/results.ts): every run's
+ * policy and backend requests/s, and the checks "≤ 1.1× one frontend", for bench/summary.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
@@ -45,6 +47,7 @@ import { parseArgs } from 'node:util';
 import { startRedis, redisUnavailable, type RedisServer } from '../test/helpers/redis.js';
 import { startBackend, cgiAnswer, type Backend } from '../test/helpers/http-backend.js';
 import { mailboxName, type ClusterLoadResult } from './cluster-load.js';
+import { ratioCheck, saveResults, type ClusterFigure, type ResultsOfRun } from './results.js';
 import {
   CLI,
   NOISY_OTHER_CPU,
@@ -220,6 +223,7 @@ async function main(): Promise<number> {
 
   const report = buildReport({ runs, connections, warmup, duration, mailboxes, zipf, latencyMs, rate, argv: process.argv.slice(2) });
   printReport(report, values.write, 'cluster', 'Several frontends on one Redis: backend requests per second', INTRO);
+  saveResults('cluster', report.results);
   const errors = runs.reduce((n, r) => n + r.load.errors, 0);
   if (errors > 0) {
     log(`${errors} request(s) failed: the figures are not trustworthy`);
@@ -451,7 +455,7 @@ function buildReport(o: {
   latencyMs: number;
   rate: number;
   argv: string[];
-}): { text: string; markdown: string } {
+}): { text: string; markdown: string; results: ResultsOfRun<ClusterFigure> } {
   const base = o.runs.find((r) => r.config.frontends === 1 && r.config.redis)!;
   const ratio = (r: Run) => (base.backendRps > 0 ? r.backendRps / base.backendRps : 0);
   const ratioPer1000 = (r: Run) => (perThousand(base) > 0 ? perThousand(r) / perThousand(base) : 0);
@@ -565,7 +569,23 @@ function buildReport(o: {
     sentences.join(' '),
     '<!-- bench:cluster:end -->',
   ].join('\n');
-  return { text, markdown };
+  const results: ResultsOfRun<ClusterFigure> = {
+    command,
+    figures: o.runs.map((r) => ({
+      frontends: r.config.frontends,
+      redis: r.config.redis,
+      policyRps: Math.round(r.load.rps),
+      backendRps: Math.round(r.backendRps),
+      backendPer1000: Math.round(perThousand(r) * 10) / 10,
+      redundant: r.redundant,
+      p99Ms: r.load.p99Ms,
+      errors: r.load.errors,
+    })),
+    checks: shared.map((r) => ratioCheck(`backend req/s with ${r.config.frontends} frontends on one Redis / with 1`, r.backendRps, base.backendRps, 'backend req/s', '<=', TARGET_RATIO)),
+    problems: [...(short.length ? [`run(s) ${short.join(', ')} did not reach the ${fmtInt(o.rate)} req/s aimed at`] : []), ...(o.runs.some((r) => r.load.errors > 0) ? ['failed policy requests'] : [])],
+    noise: notes,
+  };
+  return { text, markdown, results };
 }
 
 // ---------------------------------------------------------------- cleanup

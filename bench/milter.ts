@@ -14,18 +14,22 @@
  *   - the contrast: bench/pymilter_quota.py under Debian's /usr/bin/python3 (package python3-milter,
  *     installed with apt-get when missing and we are root), on the same spool with the same limit,
  *     one short line per recipient to a file (as overquota's decision line; counted the same way).
- * Then, alternating (a, b, c, a, b, c with --rounds 2): (a) `smtpd_milters` empty, (b)
- * `smtpd_milters = inet:127.0.0.1:PORT` (overquota), (c) the pymilter's port, switched with
- * postconf + `postfix reload`; each run is
+ * Then, in interleaved rounds (a, b, c, then c, b, a, then a, b, c with the default --rounds 3):
+ * (a) `smtpd_milters` empty, (b) `smtpd_milters = inet:127.0.0.1:PORT` (overquota), (c) the
+ * pymilter's port, switched with postconf + `postfix reload`; each run is
  * `/usr/sbin/smtp-source -s 20 -m 2000 -t ok@example.com 127.0.0.1:SMTPPORT`, timed, after a short
- * unmeasured warm-up run (--warmup-messages) so both configurations start with running smtpd
- * processes. Reports messages/s per configuration (mean of its runs), the ratios b / a and b / c
- * (target: overquota ≥ 1.5× the pymilter); --write
- * puts them into BENCHMARKS.md between the bench:milter markers.
+ * unmeasured warm-up run (--warmup-messages) so every configuration starts with running smtpd
+ * processes. Reports messages/s per configuration (the median of its runs, with their spread
+ * min–max), the ratios of the medians b / a and b / c (target: overquota ≥ 1.5× the pymilter), and
+ * b / c within each round; --write puts them into BENCHMARKS.md between the bench:milter markers.
+ * Before each run it waits for a quiet machine (10 s at most, 20 s in all). About 70 s with 3 rounds.
  *
- *   npm run bench      # build, then bench/policy.ts, bench/cluster.ts and this, with --write
- *   node --import tsx bench/milter.ts [--sessions 20] [--messages 2000] [--rounds 2]
+ *   npm run bench      # build, then every bench with --write
+ *   node --import tsx bench/milter.ts [--sessions 20] [--messages 2000] [--rounds 3]
  *        [--warmup-messages 200] [--write] [--keep]
+ *
+ * With OVERQUOTA_BENCH_RESULTS=DIR it also writes DIR/milter.json (bench/results.ts): each
+ * configuration's median, spread and runs, and the target check, for bench/summary.ts.
  *
  * Delivery is discard(8), so messages/s measures smtpd, cleanup, qmgr and the milter, not a
  * mailbox store.
@@ -35,7 +39,8 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { PostfixInstance } from '../test/helpers/postfix.js';
-import { measureSmtpSource, requirePostfix, smtpSource, smtpSourceCommand, startBenchPostfix } from './postfix-runs.js';
+import { fmtSpread, interleavedOrder, measureSmtpSource, msgsFigure, quietWaiter, medianOrNull, perRoundRatios, requirePostfix, smtpSource, smtpSourceCommand, spreadOf, startBenchPostfix, type SmtpSourceRun, type Spread } from './postfix-runs.js';
+import { ratioCheck, saveResults, versionsOf, type MsgsFigure, type ResultsOfRun } from './results.js';
 import {
   CLI,
   ROOT,
@@ -58,7 +63,6 @@ import {
   textFooter,
   viaNpm,
   spawnLogged,
-  waitForQuiet,
   printReport,
   problemsExitCode,
 } from './shared.js';
@@ -70,29 +74,28 @@ const PYTHON = '/usr/bin/python3';
 const PYMILTER = path.join(ROOT, 'bench', 'pymilter_quota.py');
 /** Target: Postfix msgs/s with the overquota milter at least this many times the pymilter's. */
 const TARGET_VS_PYMILTER = 1.5;
+/** Rounds by default: 9 runs, about 70 s in all. */
+const DEFAULT_ROUNDS = 3;
+/** Waiting for a quiet machine before the runs: at most this much in all (quietWaiter). */
+const QUIET_BUDGET_MS = 20_000;
 
 type ConfigName = 'no milter' | 'overquota milter' | 'pymilter';
 const CONFIGS: ConfigName[] = ['no milter', 'overquota milter', 'pymilter'];
+/** The keys of the configurations in the results (bench/results.ts). */
+const RESULT_KEYS: Record<ConfigName, string> = { 'no milter': 'none', 'overquota milter': 'overquota', pymilter: 'pymilter' };
 
-interface Run {
-  config: ConfigName;
+/** serverCpu: the CPU of the milter process of this configuration (the frontend or the pymilter). */
+interface Run extends SmtpSourceRun {
+  key: ConfigName;
+  round: number;
   messages: number;
-  seconds: number;
-  mps: number;
   decisions: number;
-  /** CPU of the milter process of this configuration (the frontend or the pymilter). */
-  milterCpu: number | null;
-  postfixCpu: number | null;
-  sourceCpu: number | null;
-  kernelCpu: number | null;
-  machineIdle: number | null;
-  otherCpu: number | null;
 }
 
 let postfix: PostfixInstance | null = null;
 
 async function main(): Promise<number> {
-  const args = smtpSourceCommand('milter.ts', 5);
+  const args = smtpSourceCommand('milter.ts', DEFAULT_ROUNDS, 8);
   if (!args) return 0;
   const { sessions, messages, rounds, warmupMessages } = args;
   requireBuild();
@@ -130,11 +133,11 @@ async function main(): Promise<number> {
     extraMain: { milter_default_action: 'tempfail' },
   }));
 
-  const order: ConfigName[] = [];
-  for (let r = 0; r < rounds; r++) order.push(...CONFIGS);
+  const order = interleavedOrder(CONFIGS, rounds);
   const runs: Run[] = [];
+  const waitQuiet = quietWaiter(QUIET_BUDGET_MS);
   let current: string | null = null;
-  for (const [i, config] of order.entries()) {
+  for (const [i, { key: config, round }] of order.entries()) {
     const wanted = milterOf[config].socket;
     if (current !== wanted) {
       await postfix.postconf('-e', `smtpd_milters = ${wanted}`);
@@ -143,10 +146,10 @@ async function main(): Promise<number> {
     }
     log(`[${i + 1}/${order.length}] ${config}: smtp-source -s ${sessions} -m ${messages} (after ${warmupMessages} unmeasured)`);
     if (warmupMessages > 0) await smtpSource(postfix.smtpPort, sessions, warmupMessages, RECIPIENT);
-    await waitForQuiet();
+    await waitQuiet();
     // Every milter's decision lines, so a message that went to the wrong one shows.
     const before = await Promise.all(CONFIGS.map((c) => milterOf[c].count()));
-    const run = await measured(config, postfix, milterOf[config].proc, sessions, messages);
+    const run = await measured(config, round, postfix, milterOf[config].proc, sessions, messages);
     const after = await Promise.all(CONFIGS.map((c) => milterOf[c].count()));
     run.decisions = after.reduce((a, n, j) => a + n - before[j]!, 0);
     runs.push(run);
@@ -166,8 +169,8 @@ async function main(): Promise<number> {
 
   const problems: string[] = [];
   for (const [i, r] of runs.entries()) {
-    const expected = r.config === 'no milter' ? 0 : r.messages;
-    if (r.decisions !== expected) problems.push(`run #${i + 1} (${r.config}): ${r.decisions} milter decisions logged, expected ${expected}`);
+    const expected = r.key === 'no milter' ? 0 : r.messages;
+    if (r.decisions !== expected) problems.push(`run #${i + 1} (${r.key}): ${r.decisions} milter decisions logged, expected ${expected}`);
   }
   if (notAccepted > 0) problems.push(`${notAccepted} milter decision(s) were errors`);
   if (pyTempfails > 0) problems.push(`${pyTempfails} pymilter decision(s) were 452 (every mailbox should have room)`);
@@ -175,6 +178,7 @@ async function main(): Promise<number> {
 
   const report = buildReport({ runs, sessions, messages, warmupMessages, rounds, decisionsTotal, pyDecisionsTotal, problems, argv: process.argv.slice(2) });
   printReport(report, args.write, 'milter', 'Postfix messages per second through the milter', INTRO);
+  saveResults('milter', { ...report.results, problems });
   return problemsExitCode(problems);
 }
 
@@ -206,10 +210,9 @@ async function installPymilter(): Promise<void> {
   }
 }
 
-async function measured(config: ConfigName, pf: PostfixInstance, milterProc: ChildProcess | null, sessions: number, messages: number): Promise<Run> {
+async function measured(key: ConfigName, round: number, pf: PostfixInstance, milterProc: ChildProcess | null, sessions: number, messages: number): Promise<Run> {
   const r = await measureSmtpSource(pf, { sessions, messages, recipient: RECIPIENT, serverCpuSeconds: () => (milterProc ? processCpuSeconds(milterProc.pid!) : 0) });
-  const { seconds, mps, postfixCpu, sourceCpu, kernelCpu, machineIdle, otherCpu } = r;
-  return { config, messages, seconds, mps, decisions: 0, milterCpu: r.serverCpu, postfixCpu, sourceCpu, kernelCpu, machineIdle, otherCpu };
+  return { key, round, messages, decisions: 0, ...r };
 }
 
 // ---------------------------------------------------------------- report
@@ -242,17 +245,18 @@ pymilter**.
   sessions, 2000 messages, one message (one recipient) per SMTP connection, so each message is also
   one milter connection. Timed from start to exit; before each measured run an unmeasured one of 200
   messages, so both configurations start with smtpd processes running.
-- **Order**: no milter, overquota, pymilter, then again (\`smtpd_milters\` switched with \`postconf\`
-  and \`postfix reload\`); each configuration's figure is the mean of its runs.
+- **Order**: no milter, overquota, pymilter, then the reverse, then forward again: 3 rounds
+  (\`smtpd_milters\` switched with \`postconf\` and \`postfix reload\`); each configuration's figure is
+  the **median** of its runs, with their spread (min–max); the ratios are those of the medians.
 - CPU columns (in % of one core over the run): the milter (the frontend or the pymilter process); Postfix (every process of the instance,
   including the ones that exited); smtp-source; kernel threads (ksoftirqd, kworker, jbd2: network
   and disk work, e.g. Postfix's queue files, charged to no process); other = busy cores minus all
   of those: other processes on the machine.
 
-**Reproduce.** \`npm run bench\` runs it last with \`--write\`, which rewrites the section below
-between its markers; alone: \`node --import tsx bench/milter.ts [--write]\` (about 45 s, needs root
+**Reproduce.** \`npm run bench\` runs it with \`--write\`, which rewrites the section below
+between its markers; alone: \`node --import tsx bench/milter.ts [--write]\` (about 70 s, needs root
 and the Debian postfix package) after \`npm run build\`. Options: \`--sessions 20\`, \`--messages
-2000\`, \`--rounds 2\`, \`--warmup-messages 200\`, \`--keep\` (keep the milters' logs).
+2000\`, \`--rounds 3\`, \`--warmup-messages 200\`, \`--keep\` (keep the milters' logs).
 `;
 
 function buildReport(o: {
@@ -265,42 +269,46 @@ function buildReport(o: {
   pyDecisionsTotal: number;
   problems: string[];
   argv: string[];
-}): { text: string; markdown: string } {
-  const runsOf = (c: ConfigName) => o.runs.filter((r) => r.config === c);
-  const mean = (c: ConfigName) => runsOf(c).reduce((a, r) => a + r.mps, 0) / Math.max(1, runsOf(c).length);
-  const base = mean('no milter');
-  const oq = mean('overquota milter');
-  const py = mean('pymilter');
-  const cpuMean = (c: ConfigName, f: (r: Run) => number | null) => {
-    const xs = runsOf(c).map(f);
-    return xs.every((x) => x !== null) ? `${Math.round((xs as number[]).reduce((a, b) => a + b, 0) / xs.length)}%` : '?';
+}): { text: string; markdown: string; results: ResultsOfRun<MsgsFigure> } {
+  const runsOf = (c: ConfigName) => o.runs.filter((r) => r.key === c);
+  const spread = Object.fromEntries(CONFIGS.map((c) => [c, spreadOf(runsOf(c))])) as Record<ConfigName, Spread>;
+  const mps = (c: ConfigName) => spread[c].median;
+  const base = mps('no milter');
+  const oq = mps('overquota milter');
+  const py = mps('pymilter');
+  const cpuMedian = (c: ConfigName, f: (r: Run) => number | null) => {
+    const m = medianOrNull(runsOf(c).map(f));
+    return m === null ? '?' : `${m}%`;
   };
-  const vsPy = py > 0 ? oq / py : 0;
-  const verdict = `${vsPy.toFixed(2)} ${vsPy >= TARGET_VS_PYMILTER ? 'meets' : 'MISSES'} ≥ ${TARGET_VS_PYMILTER}`;
-  const head = ['configuration', 'runs', 'msgs/s (mean)', 'each run', 'vs no milter', 'overquota vs pymilter', 'milter CPU', 'Postfix CPU', 'smtp-source CPU'];
+  const check = ratioCheck('Postfix msgs/s with the overquota milter / with the pymilter', oq, py, 'msgs/s', '>=', TARGET_VS_PYMILTER);
+  const vsPy = check.ratio!;
+  const verdict = `${vsPy.toFixed(2)} ${check.met ? 'meets' : 'MISSES'} ≥ ${TARGET_VS_PYMILTER} (per round ${perRoundRatios(o.runs, 'overquota milter', 'pymilter')})`;
+  const head = ['configuration', 'runs', 'msgs/s (median)', 'min–max', 'each run', 'vs no milter', 'overquota vs pymilter', 'milter CPU', 'Postfix CPU', 'smtp-source CPU'];
   const rows = CONFIGS.map((c) => [
     c,
     String(runsOf(c).length),
-    fmtInt(mean(c)),
+    fmtInt(mps(c)),
+    fmtSpread(spread[c]),
     runsOf(c)
       .map((r) => fmtInt(r.mps))
       .join(', '),
-    c === 'no milter' ? '1.00' : (base > 0 ? mean(c) / base : 0).toFixed(2),
+    c === 'no milter' ? '1.00' : (base > 0 ? mps(c) / base : 0).toFixed(2),
     c === 'overquota milter' ? verdict : c === 'pymilter' ? '(contrast)' : '-',
-    c === 'no milter' ? '-' : cpuMean(c, (r) => r.milterCpu),
-    cpuMean(c, (r) => r.postfixCpu),
-    cpuMean(c, (r) => r.sourceCpu),
+    c === 'no milter' ? '-' : cpuMedian(c, (r) => r.serverCpu),
+    cpuMedian(c, (r) => r.postfixCpu),
+    cpuMedian(c, (r) => r.sourceCpu),
   ]);
-  const runHead = ['#', 'configuration', 'messages', 'seconds', 'msgs/s', 'milter decisions logged', 'milter CPU', 'Postfix CPU', 'smtp-source CPU', 'kernel threads', 'machine idle', 'other CPU'];
+  const runHead = ['#', 'round', 'configuration', 'messages', 'seconds', 'msgs/s', 'milter decisions logged', 'milter CPU', 'Postfix CPU', 'smtp-source CPU', 'kernel threads', 'machine idle', 'other CPU'];
   const q = (x: number | null) => (x === null ? '?' : `${x}%`);
   const runRows = o.runs.map((r, i) => [
     String(i + 1),
-    r.config,
+    String(r.round + 1),
+    r.key,
     fmtInt(r.messages),
     r.seconds.toFixed(2),
     fmtInt(r.mps),
     fmtInt(r.decisions),
-    r.config === 'no milter' ? '-' : q(r.milterCpu),
+    r.key === 'no milter' ? '-' : q(r.serverCpu),
     q(r.postfixCpu),
     q(r.sourceCpu),
     q(r.kernelCpu),
@@ -313,10 +321,7 @@ function buildReport(o: {
     o.problems.length === 0
       ? `Each milter was consulted for every message of its runs: ${sum('overquota milter', (r) => r.decisions)} overquota decision lines for ${sum('overquota milter', (r) => r.messages)} messages (${fmtInt(o.decisionsTotal)} with the warm-up runs), ${sum('pymilter', (r) => r.decisions)} pymilter lines for ${sum('pymilter', (r) => r.messages)} messages (${fmtInt(o.pyDecisionsTotal)} with the warm-up runs), none in the runs without a milter, no milter warning in the Postfix log.`
       : `PROBLEMS: ${o.problems.join('; ')}.`;
-  const idleOf = (c: ConfigName) => {
-    const xs = runsOf(c).map((r) => r.machineIdle);
-    return xs.every((x) => x !== null) ? (xs as number[]).reduce((a, b) => a + b, 0) / xs.length : null;
-  };
+  const idleOf = (c: ConfigName) => medianOrNull(runsOf(c).map((r) => r.machineIdle));
   const waitingFor = (c: ConfigName) => {
     const idle = idleOf(c);
     const idleBase = idleOf('no milter');
@@ -325,9 +330,9 @@ function buildReport(o: {
       : '';
   };
   const shows =
-    `Through the overquota milter Postfix accepts ${(base > 0 ? oq / base : 0).toFixed(2)}× the messages per second it accepts without a milter (${fmtInt(oq)} against ${fmtInt(base)}), ` +
+    `Through the overquota milter Postfix accepts ${(base > 0 ? oq / base : 0).toFixed(2)}× the messages per second it accepts without a milter (medians ${fmtInt(oq)} against ${fmtInt(base)}), ` +
     `and ${vsPy.toFixed(2)}× what it accepts through the minimal pymilter (${fmtInt(py)} msgs/s, ${(base > 0 ? py / base : 0).toFixed(2)}× no milter): ` +
-    `the target of ≥ ${TARGET_VS_PYMILTER}× the pymilter is ${vsPy >= TARGET_VS_PYMILTER ? 'met' : 'MISSED'}.${waitingFor('overquota milter')}${waitingFor('pymilter')}`;
+    `the target of ≥ ${TARGET_VS_PYMILTER}× the pymilter is ${check.met ? 'met' : 'MISSED'}.${waitingFor('overquota milter')}${waitingFor('pymilter')}`;
   const command = commandLine('milter.ts', o.argv);
   const load = `\`smtp-source -s ${o.sessions} -m ${o.messages} -t ${RECIPIENT}\``;
   const text = [
@@ -343,7 +348,7 @@ function buildReport(o: {
   ].join('\n');
   const markdown = [
     ...sectionHead('milter', [postfixVersion, pythonVersion]),
-    `Command: \`${command}\`${viaNpm()}. Each run ${load} (one message per connection), after ${o.warmupMessages} unmeasured messages; ${o.rounds} round(s) of no milter, overquota milter, pymilter; delivery discarded.`,
+    `Command: \`${command}\`${viaNpm()}. Each run ${load} (one message per connection), after ${o.warmupMessages} unmeasured messages; ${o.rounds} round(s) of no milter, overquota milter, pymilter, every other one in reverse order; delivery discarded. Each configuration's msgs/s is the median of its runs (min–max: their spread); the ratios are those of the medians.`,
     '',
     table(head, rows, true),
     '',
@@ -356,7 +361,14 @@ function buildReport(o: {
     `${shows} ${consulted}`,
     '<!-- bench:milter:end -->',
   ].join('\n');
-  return { text, markdown };
+  const results: ResultsOfRun<MsgsFigure> = {
+    command,
+    figures: CONFIGS.map((c) => msgsFigure(RESULT_KEYS[c], c, runsOf(c), o)),
+    checks: [check],
+    noise,
+    versions: versionsOf(postfixVersion, pythonVersion),
+  };
+  return { text, markdown, results };
 }
 
 /** "Postfix 3.7.11", read with postconf once the instance runs. */

@@ -20,13 +20,17 @@
  *        [--retries 1] [--cpu-prof DIR] [--write] [--keep]
  *
  * Needs root, dovecot-core and a build (dist/cli.js). --cpu-prof DIR runs the overquota processes
- * under `node --cpu-prof` (summarise with bench/cpu-profile-summary.ts).
+ * under `node --cpu-prof` (summarise with bench/cpu-profile-summary.ts). With
+ * OVERQUOTA_BENCH_RESULTS=DIR it also writes DIR/peers.json (bench/results.ts): every
+ * configuration's req/s and latency at each connection count, and the target checks, for
+ * bench/summary.ts.
  */
 import { parseArgs } from 'node:util';
 import { dovecotUnavailable, type DovecotInstance } from '../test/helpers/dovecot.js';
 import type { LoadResult } from './policy-load.js';
 import { dovecotVersion, maildirStoreArgs, recipients, startPeersDovecot } from './peers-data.js';
 import { actionShares, cpuProfDirOption, finish, otherCpu, runLoadProcess, startCli, startFixed, startFrontend, type Target } from './policy-targets.js';
+import { figureCheck, fmtMs, fmtRatio, fmtTarget, fmtVerdict, ratioCheck, saveResults, versionsOf, type Check, type PolicyFigure, type ResultsOfRun } from './results.js';
 import {
   COMMON_OPTIONS,
   NOISY_OTHER_CPU,
@@ -191,6 +195,7 @@ async function main(): Promise<number> {
 
   const report = buildReport({ runs, counts, warmup, duration, users, recipients: rcpts.length, argv: process.argv.slice(2) });
   printReport(report, values.write, 'peers', 'overquota next to its peers: policy requests per second', INTRO);
+  saveResults('peers', report.results);
   return finish(
     cpuProfDir,
     runs.reduce((n, r) => n + r.result.errors + (r.httpErrors ?? 0), 0),
@@ -297,14 +302,6 @@ function summarise(key: Key, connections: number, runs: Run[]): Summary {
   };
 }
 
-function fmtMs(ms: number): string {
-  return ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2);
-}
-
-function fmtRatio(x: number): string {
-  return x >= 10 ? x.toFixed(1) : x.toFixed(2);
-}
-
 function buildReport(o: {
   runs: Run[];
   counts: number[];
@@ -313,7 +310,7 @@ function buildReport(o: {
   users: number;
   recipients: number;
   argv: string[];
-}): { text: string; markdown: string } {
+}): { text: string; markdown: string; results: ResultsOfRun<PolicyFigure> } {
   const summaries: Summary[] = [];
   for (const c of o.counts) {
     for (const key of Object.keys(LABELS) as Key[]) {
@@ -340,24 +337,29 @@ function buildReport(o: {
     s.key === 'dovecot' ? '1.00' : fmtRatio(ratio(s, find('dovecot', s.connections))),
   ]);
 
-  // The issue's targets, each row: what, measured, target, verdict.
-  const checks: string[][] = [];
-  const verdict = (ok: boolean) => (ok ? 'meets' : 'MISSES');
+  // The issue's targets, each row: connections, what, measured, target, verdict.
+  const targetChecks: { connections: number; what: string; check: Check }[] = [];
+  const add = (connections: number, what: string, check: Check) => targetChecks.push({ connections, what, check });
   for (const c of o.counts) {
     const fixed = find('fixed', c);
     const dove = find('dovecot', c);
+    const at = `, ${c} connections`;
     for (const key of ['info', 'warn'] as Key[]) {
       const s = find(key, c);
-      const vf = ratio(s, fixed);
-      const vd = ratio(s, dove);
-      checks.push([String(c), `${LABELS[key]} / fixed server`, `${fmtRatio(vf)}×`, `≥ ${TARGETS.warmVsFixed}×`, verdict(vf >= TARGETS.warmVsFixed)]);
-      checks.push([String(c), `${LABELS[key]} / Dovecot quota-status`, `${fmtRatio(vd)}×`, `≥ ${TARGETS.warmVsDovecot}×`, verdict(vd >= TARGETS.warmVsDovecot)]);
-      if (c === 50) checks.push([String(c), `${LABELS[key]}: p99`, `${fmtMs(s.p99)} ms`, `≤ ${TARGETS.warmP99Ms} ms`, verdict(s.p99 <= TARGETS.warmP99Ms)]);
+      add(c, `${LABELS[key]} / fixed server`, ratioCheck(`${LABELS[key]} / fixed server${at}`, s.rps, fixed.rps, 'req/s', '>=', TARGETS.warmVsFixed));
+      add(c, `${LABELS[key]} / Dovecot quota-status`, ratioCheck(`${LABELS[key]} / Dovecot quota-status${at}`, s.rps, dove.rps, 'req/s', '>=', TARGETS.warmVsDovecot));
+      if (c === 50) add(c, `${LABELS[key]}: p99`, figureCheck(`${LABELS[key]}: p99${at}`, s.p99, 'ms', '<=', TARGETS.warmP99Ms));
     }
     const m = find('miss', c);
-    const vm = ratio(m, dove);
-    checks.push([String(c), `${LABELS.miss} / Dovecot quota-status`, `${fmtRatio(vm)}×`, `≥ ${TARGETS.missVsDovecot}×`, verdict(vm >= TARGETS.missVsDovecot)]);
+    add(c, `${LABELS.miss} / Dovecot quota-status`, ratioCheck(`${LABELS.miss} / Dovecot quota-status${at}`, m.rps, dove.rps, 'req/s', '>=', TARGETS.missVsDovecot));
   }
+  const checks = targetChecks.map(({ connections, what, check }) => [
+    String(connections),
+    what,
+    check.ratio === null ? `${fmtMs(check.measured ?? NaN)} ms` : `${fmtRatio(check.ratio)}×`,
+    fmtTarget(check),
+    fmtVerdict(check),
+  ]);
   const checkHead = ['connections', 'ratio or figure', 'measured', 'target', 'verdict'];
 
   const runHead = ['#', 'connections', 'target', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'server CPU', 'client CPU', 'machine idle', 'other CPU'];
@@ -432,7 +434,15 @@ function buildReport(o: {
     `Answers in the first run of each: ${answers.join('; ')}. Every lookup a miss: ${missNote}.`,
     '<!-- bench:peers:end -->',
   ].join('\n');
-  return { text, markdown };
+  const results: ResultsOfRun<PolicyFigure> = {
+    command,
+    figures: summaries.map((s) => ({ key: s.key, label: LABELS[s.key], connections: s.connections, runs: s.runs, rps: s.rps, p50Ms: s.p50, p99Ms: s.p99, maxMs: s.max, errors: s.errors })),
+    checks: targetChecks.map((c) => c.check),
+    problems: summaries.flatMap((s) => (s.errors > 0 ? [`${LABELS[s.key]} at ${s.connections} connections: ${s.errors} failed request(s)`] : [])),
+    noise,
+    versions: versionsOf(dovecotVersion()),
+  };
+  return { text, markdown, results };
 }
 
 // Last resort if something throws past main(): no server may outlive the bench, no temp dir stays.

@@ -23,12 +23,16 @@
  *
  * The machine may be shared: before each run it waits up to 10 s for the machine to be idle, and a
  * run during which other processes used more than 20% of a core is run again (--retries times).
+ *
+ * With OVERQUOTA_BENCH_RESULTS=DIR it also writes DIR/policy.json (bench/results.ts): each
+ * target's req/s and latency, and the checks overquota / fixed server ≥ 0.8, for bench/summary.ts.
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LoadResult } from './policy-load.js';
 import { RECIPIENTS, STORE_LIMIT, writeSpool } from './policy-spool.js';
 import { actionShares, cpuProfDirOption, finish, otherCpu, runLoadProcess, startFixed, startFrontend, type Target } from './policy-targets.js';
+import { ratioCheck, saveResults, type PolicyFigure, type ResultsOfRun } from './results.js';
 import {
   NOISY_OTHER_CPU,
   QUIET_WAIT_MS,
@@ -56,6 +60,9 @@ import {
 } from './shared.js';
 
 const TARGET_RATIO = 0.8;
+/** The targets' labels (startFixed names the fixed server so) and their keys in the results. */
+const LABELS = { fixed: 'fixed server', info: 'overquota (log info)', warn: 'overquota (log warn)' } as const;
+const KEYS = new Map<string, string>(Object.entries(LABELS).map(([key, label]) => [label, key]));
 
 interface Run {
   target: string;
@@ -104,8 +111,8 @@ async function main(): Promise<number> {
   const fixed = await startFixed();
   const calibrated: Target[] = [];
   for (const us of calibrate) calibrated.push(await startFixed(us));
-  const info = await startOverquota('overquota (log info)', 'info', spool, cpuProfDir);
-  const warn = await startOverquota('overquota (log warn)', 'warn', spool, cpuProfDir);
+  const info = await startOverquota(LABELS.info, 'info', spool, cpuProfDir);
+  const warn = await startOverquota(LABELS.warn, 'warn', spool, cpuProfDir);
 
   const order: Target[] = [];
   for (let r = 0; r < rounds; r++) order.push(fixed, info, warn);
@@ -134,6 +141,7 @@ async function main(): Promise<number> {
 
   const report = buildReport({ results, connections, warmup, duration, rounds, decisionsLogged, argv: process.argv.slice(2) });
   printReport(report, values.write, 'policy', 'Policy requests per second', '');
+  saveResults('policy', report.results);
   return finish(
     cpuProfDir,
     results.reduce((n, r) => n + r.result.errors, 0),
@@ -189,7 +197,7 @@ function buildReport(o: {
   rounds: number;
   decisionsLogged: number;
   argv: string[];
-}): { text: string; markdown: string } {
+}): { text: string; markdown: string; results: ResultsOfRun<PolicyFigure> } {
   const labels = [...new Set(o.results.map((r) => r.target))];
   const summaries = labels.map((l) =>
     summarise(
@@ -197,7 +205,7 @@ function buildReport(o: {
       o.results.filter((r) => r.target === l).map((r) => r.result),
     ),
   );
-  const fixed = summaries.find((s) => s.label === 'fixed server')!;
+  const fixed = summaries.find((s) => s.label === LABELS.fixed)!;
   const ratio = (s: Summary) => (fixed.rps > 0 ? s.rps / fixed.rps : 0);
   const verdict = (s: Summary) => (s === fixed ? '(ceiling)' : `${ratio(s).toFixed(2)} ${ratio(s) >= TARGET_RATIO ? 'meets' : 'MISSES'} ≥ ${TARGET_RATIO}`);
 
@@ -261,7 +269,17 @@ function buildReport(o: {
     `overquota's answers in its first run: ${actions}. Decision lines written by the info frontend: ${fmtInt(o.decisionsLogged)} (warm-up included).`,
     '<!-- bench:policy:end -->',
   ].join('\n');
-  return { text, markdown };
+  const at = `, ${o.connections} connections`;
+  const results: ResultsOfRun<PolicyFigure> = {
+    command,
+    figures: summaries.map((s) => ({ key: KEYS.get(s.label) ?? s.label, label: s.label, connections: o.connections, runs: s.runs, rps: s.rps, p50Ms: s.p50, p99Ms: s.p99, maxMs: s.max, errors: s.errors })),
+    checks: summaries
+      .filter((s) => s.label === LABELS.info || s.label === LABELS.warn)
+      .map((s) => ratioCheck(`${s.label} / fixed server${at}`, s.rps, fixed.rps, 'req/s', '>=', TARGET_RATIO)),
+    problems: summaries.flatMap((s) => (s.errors > 0 ? [`${s.label}: ${s.errors} failed request(s)`] : [])),
+    noise,
+  };
+  return { text, markdown, results };
 }
 
 // ---------------------------------------------------------------- small things

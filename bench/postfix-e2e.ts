@@ -11,20 +11,29 @@
  *   the others: reject_unauth_destination, check_policy_service inet:127.0.0.1:PORT, permit
  * and each run is `smtp-source -s 20 -m 2000 -t user000@example.com 127.0.0.1:SMTPPORT` (a
  * mailbox with room), timed, after an unmeasured warm-up of 200 messages (running smtpd processes,
- * their policy connections open). Rounds go none, fixed, overquota, Dovecot, then back in reverse
- * order, so drift of the machine partly cancels. Before the measured runs of a policy
+ * their policy connections open). Rounds (--rounds, 6 by default: about 2.5 minutes in all) go
+ * none, fixed, overquota, Dovecot, then back in reverse order, and so on, so drift of the machine
+ * falls on every configuration alike. Postfix's own messages/s scatter by ±25% from run to run
+ * (BENCHMARKS.md), so each configuration's figure is the median of its runs, shown with their
+ * spread (min–max), and the ratios are those of the medians; the target table also gives the
+ * range of the ratio within each round. Before each run it waits for a quiet machine (10 s at
+ * most, 20 s in all: quietWaiter in bench/postfix-runs.ts). Before the measured runs of a policy
  * configuration one RCPT TO a full mailbox must get the server's 452 (fixed: 250, and the fixed
  * server must count the requests): proof that Postfix asks it.
  *
- *   node --import tsx bench/postfix-e2e.ts [--sessions 20] [--messages 2000] [--rounds 2]
+ *   node --import tsx bench/postfix-e2e.ts [--sessions 20] [--messages 2000] [--rounds 6]
  *        [--warmup-messages 200] [--write] [--keep]
+ *
+ * With OVERQUOTA_BENCH_RESULTS=DIR it also writes DIR/postfix.json (bench/results.ts): each
+ * configuration's median, spread and runs, and the two target checks, for bench/summary.ts.
  */
 import { dovecotUnavailable, type DovecotInstance } from '../test/helpers/dovecot.js';
 import type { PostfixInstance } from '../test/helpers/postfix.js';
 import { sendEnvelope } from '../test/helpers/smtp.js';
 import { dovecotVersion, maildirStoreArgs, startPeersDovecot, userName } from './peers-data.js';
 import { fixedRequests, startFixed, startFrontend, type Target } from './policy-targets.js';
-import { measureSmtpSource, requirePostfix, smtpSource, smtpSourceCommand, startBenchPostfix, type SmtpSourceRun } from './postfix-runs.js';
+import { fmtSpread, interleavedOrder, measureSmtpSource, msgsFigure, quietWaiter, medianOrNull, perRoundRatios, requirePostfix, smtpSource, smtpSourceCommand, spreadOf, startBenchPostfix, type SmtpSourceRun, type Spread } from './postfix-runs.js';
+import { fmtTarget, fmtVerdict, ratioCheck, saveResults, versionsOf, type MsgsFigure, type ResultsOfRun } from './results.js';
 import {
   commandLine,
   countLines,
@@ -42,7 +51,6 @@ import {
   table,
   textFooter,
   viaNpm,
-  waitForQuiet,
   printReport,
   problemsExitCode,
 } from './shared.js';
@@ -52,6 +60,10 @@ const USERS = 20;
 const RECIPIENT = `${userName(0)}@example.com`;
 const FULL = `${userName(1)}@example.com`;
 const TARGETS = { vsFixed: 0.95, vsDovecot: 1.4 };
+/** Rounds by default: 24 runs, about 2.5 minutes with the start-up of Dovecot and Postfix. */
+const DEFAULT_ROUNDS = 6;
+/** Waiting for a quiet machine before the runs: at most this much in all (quietWaiter). */
+const QUIET_BUDGET_MS = 20_000;
 
 const LABELS = {
   none: 'no policy check',
@@ -63,6 +75,7 @@ type Key = keyof typeof LABELS;
 
 interface Run extends SmtpSourceRun {
   key: Key;
+  round: number;
   messages: number;
   /** Policy requests the server saw during the run (fixed: its count; overquota: decision lines); null: not countable. */
   requests: number | null;
@@ -73,7 +86,7 @@ let dovecot: DovecotInstance | null = null;
 let postfixVersion = 'Postfix (version unknown)';
 
 async function main(): Promise<number> {
-  const args = smtpSourceCommand('postfix-e2e.ts', 4);
+  const args = smtpSourceCommand('postfix-e2e.ts', DEFAULT_ROUNDS, 12);
   if (!args) return 0;
   const { sessions, messages, rounds, warmupMessages } = args;
   requireBuild();
@@ -90,13 +103,12 @@ async function main(): Promise<number> {
 
   ({ postfix, version: postfixVersion } = await startBenchPostfix({ smtpdRecipientRestrictions: 'reject_unauth_destination, permit' }));
 
-  const round: Key[] = ['none', 'fixed', 'overquota', 'dovecot'];
-  const order: Key[] = [];
-  for (let r = 0; r < rounds; r++) order.push(...(r % 2 === 0 ? round : [...round].reverse()));
+  const order = interleavedOrder(Object.keys(LABELS) as Key[], rounds);
   const runs: Run[] = [];
+  const waitQuiet = quietWaiter(QUIET_BUDGET_MS);
   const problems: string[] = [];
   let current: Key | null = null;
-  for (const [i, key] of order.entries()) {
+  for (const [i, { key, round }] of order.entries()) {
     const server = key === 'none' ? null : servers[key];
     if (current !== key) {
       const restrictions = server
@@ -109,9 +121,9 @@ async function main(): Promise<number> {
     }
     log(`[${i + 1}/${order.length}] ${LABELS[key]}: smtp-source -s ${sessions} -m ${messages} (after ${warmupMessages} unmeasured)`);
     if (warmupMessages > 0) await smtpSource(postfix.smtpPort, sessions, warmupMessages, RECIPIENT);
-    await waitForQuiet();
+    await waitQuiet();
     const before = await requestsSeen(server, overquota);
-    const run = await measured(key, postfix, server, sessions, messages);
+    const run = await measured(key, round, postfix, server, sessions, messages);
     const after = await requestsSeen(server, overquota);
     run.requests = before === null || after === null ? null : after - before;
     if (run.requests !== null && run.requests < messages) problems.push(`run #${i + 1} (${LABELS[key]}): the policy server saw ${run.requests} requests for ${messages} messages`);
@@ -130,6 +142,7 @@ async function main(): Promise<number> {
 
   const report = buildReport({ runs, sessions, messages, warmupMessages, rounds, problems, argv: process.argv.slice(2) });
   printReport(report, args.write, 'postfix', 'Postfix end to end: no policy check, fixed server, overquota, Dovecot quota-status', INTRO);
+  saveResults('postfix', { ...report.results, problems });
   return problemsExitCode(problems);
 }
 
@@ -154,9 +167,9 @@ async function requestsSeen(server: Target | null, overquota: Target): Promise<n
 
 // ---------------------------------------------------------------- runs
 
-async function measured(key: Key, pf: PostfixInstance, server: Target | null, sessions: number, messages: number): Promise<Run> {
+async function measured(key: Key, round: number, pf: PostfixInstance, server: Target | null, sessions: number, messages: number): Promise<Run> {
   const r = await measureSmtpSource(pf, { sessions, messages, recipient: RECIPIENT, serverCpuSeconds: () => (server ? processTreeCpuSeconds([server.pid])[0]! : 0) });
-  return { key, messages, ...r, requests: null, serverCpu: server ? r.serverCpu : null };
+  return { key, round, messages, ...r, requests: null, serverCpu: server ? r.serverCpu : null };
 }
 
 // ---------------------------------------------------------------- report
@@ -178,8 +191,10 @@ Targets (ratios within one run): with overquota ≥ 0.95× the messages/s with t
   Maildirs (20 users, 100 KiB quota each).
 - **Load**: \`/usr/sbin/smtp-source -s 20 -m 2000 -t user000@example.com 127.0.0.1:PORT\` (a mailbox
   with room; one message, one recipient, one SMTP connection each), timed from start to exit,
-  after an unmeasured run of 200 messages. Order: none, fixed, overquota, Dovecot, then the reverse;
-  each configuration's figure is the mean of its runs.
+  after an unmeasured run of 200 messages. Order: none, fixed, overquota, Dovecot, then the reverse,
+  6 rounds; each configuration's figure is the **median** of its 6 runs, with their spread
+  (min–max), and the ratios are those of the medians (the target table also gives the ratio's
+  range within single rounds).
 - **Checks**: after each switch one \`RCPT TO:<user001@example.com>\` (a full mailbox) must get 452
   from overquota and Dovecot, 250 otherwise, and the fixed server must count it; during the runs
   the fixed server's request count and overquota's decision lines must reach the message count;
@@ -189,8 +204,8 @@ Targets (ratios within one run): with overquota ≥ 0.95× the messages/s with t
   other = busy cores minus all of those.
 
 **Reproduce.** \`npm run bench\` runs it with \`--write\`, which rewrites the section below between its
-markers; alone: \`node --import tsx bench/postfix-e2e.ts [--write]\` (about 1 minute; root, postfix,
-dovecot-core) after \`npm run build\`. Options: \`--sessions 20\`, \`--messages 2000\`, \`--rounds 2\`,
+markers; alone: \`node --import tsx bench/postfix-e2e.ts [--write]\` (about 2.5 minutes; root, postfix,
+dovecot-core) after \`npm run build\`. Options: \`--sessions 20\`, \`--messages 2000\`, \`--rounds 6\`,
 \`--warmup-messages 200\`, \`--keep\`.`;
 
 function buildReport(o: {
@@ -201,37 +216,42 @@ function buildReport(o: {
   rounds: number;
   problems: string[];
   argv: string[];
-}): { text: string; markdown: string } {
+}): { text: string; markdown: string; results: ResultsOfRun<MsgsFigure> } {
   const keys = Object.keys(LABELS) as Key[];
-  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-  const meanOrNull = (xs: (number | null)[]) => (xs.every((x) => x !== null) && xs.length > 0 ? Math.round(mean(xs as number[])) : null);
   const by = Object.fromEntries(keys.map((k) => [k, o.runs.filter((r) => r.key === k)])) as Record<Key, Run[]>;
-  const mps = Object.fromEntries(keys.map((k) => [k, mean(by[k].map((r) => r.mps))])) as Record<Key, number>;
+  const spread = Object.fromEntries(keys.map((k) => [k, spreadOf(by[k])])) as Record<Key, Spread>;
+  const mps = Object.fromEntries(keys.map((k) => [k, spread[k].median])) as Record<Key, number>;
   const pctOrDash = (x: number | null) => (x === null ? '-' : `${x}%`);
-  const head = ['configuration', 'runs', 'msgs/s (mean)', 'each run', 'vs no policy', 'vs fixed', 'vs Dovecot', 'policy server CPU', 'Postfix CPU', 'smtp-source CPU'];
+  const head = ['configuration', 'runs', 'msgs/s (median)', 'min–max', 'each run', 'vs no policy', 'vs fixed', 'vs Dovecot', 'policy server CPU', 'Postfix CPU', 'smtp-source CPU'];
   const rows = keys.map((k) => [
     LABELS[k],
     String(by[k].length),
     fmtInt(mps[k]),
+    fmtSpread(spread[k]),
     by[k].map((r) => fmtInt(r.mps)).join(', '),
     (mps[k] / mps.none).toFixed(2),
     (mps[k] / mps.fixed).toFixed(2),
     (mps[k] / mps.dovecot).toFixed(2),
-    pctOrDash(meanOrNull(by[k].map((r) => r.serverCpu))),
-    pctOrDash(meanOrNull(by[k].map((r) => r.postfixCpu))),
-    pctOrDash(meanOrNull(by[k].map((r) => r.sourceCpu))),
+    pctOrDash(medianOrNull(by[k].map((r) => r.serverCpu))),
+    pctOrDash(medianOrNull(by[k].map((r) => r.postfixCpu))),
+    pctOrDash(medianOrNull(by[k].map((r) => r.sourceCpu))),
   ]);
-  const vf = mps.overquota / mps.fixed;
-  const vd = mps.overquota / mps.dovecot;
-  const verdict = (ok: boolean) => (ok ? 'meets' : 'MISSES');
-  const checks = [
-    ['overquota / fixed-answer server', `${vf.toFixed(2)}×`, `≥ ${TARGETS.vsFixed}×`, verdict(vf >= TARGETS.vsFixed)],
-    ['overquota / Dovecot quota-status', `${vd.toFixed(2)}×`, `≥ ${TARGETS.vsDovecot}×`, verdict(vd >= TARGETS.vsDovecot)],
+  const targetChecks = [
+    { check: ratioCheck('Postfix msgs/s with overquota / with the fixed-answer server', mps.overquota, mps.fixed, 'msgs/s', '>=', TARGETS.vsFixed), base: 'fixed' as Key },
+    { check: ratioCheck('Postfix msgs/s with overquota / with Dovecot quota-status', mps.overquota, mps.dovecot, 'msgs/s', '>=', TARGETS.vsDovecot), base: 'dovecot' as Key },
   ];
-  const checkHead = ['msgs/s ratio', 'measured', 'target', 'verdict'];
-  const runHead = ['#', 'configuration', 'messages', 'seconds', 'msgs/s', 'policy requests', 'policy server CPU', 'Postfix CPU', 'smtp-source CPU', 'kernel threads', 'machine idle', 'of which iowait', 'other CPU'];
+  const checks = targetChecks.map(({ check, base }) => [
+    `overquota / ${LABELS[base]}`,
+    `${check.ratio!.toFixed(2)}×`,
+    perRoundRatios(o.runs, 'overquota', base),
+    fmtTarget(check),
+    fmtVerdict(check),
+  ]);
+  const checkHead = ['msgs/s ratio (of the medians)', 'measured', 'within each round', 'target', 'verdict'];
+  const runHead = ['#', 'round', 'configuration', 'messages', 'seconds', 'msgs/s', 'policy requests', 'policy server CPU', 'Postfix CPU', 'smtp-source CPU', 'kernel threads', 'machine idle', 'of which iowait', 'other CPU'];
   const runRows = o.runs.map((r, i) => [
     String(i + 1),
+    String(r.round + 1),
     LABELS[r.key],
     fmtInt(r.messages),
     r.seconds.toFixed(2),
@@ -248,10 +268,11 @@ function buildReport(o: {
   const noise = noiseNote(o.runs.map((r) => r.otherCpu));
   const problems = o.problems.length === 0 ? 'Checks: every probe got the expected reply, the fixed server and overquota saw every recipient, no policy warning in the Postfix log.' : `PROBLEMS: ${o.problems.join('; ')}.`;
   const load = `\`smtp-source -s ${o.sessions} -m ${o.messages} -t ${RECIPIENT}\``;
+  const command = commandLine('postfix-e2e.ts', o.argv);
   const text = [table(head, rows, false), '', table(checkHead, checks, false), '', 'Runs, in order:', table(runHead, runRows, false), '', noise, problems, ...textFooter()].join('\n');
   const markdown = [
     ...sectionHead('postfix', [postfixVersion, dovecotVersion()]),
-    `Command: \`${commandLine('postfix-e2e.ts', o.argv)}\`${viaNpm()}. Each run ${load}, after ${o.warmupMessages} unmeasured messages; ${o.rounds} round(s), the second in reverse order; delivery discarded.`,
+    `Command: \`${command}\`${viaNpm()}. Each run ${load}, after ${o.warmupMessages} unmeasured messages; ${o.rounds} round(s), every other one in reverse order; delivery discarded. Each configuration's msgs/s is the median of its runs (min–max: their spread); the ratios are those of the medians.`,
     '',
     table(head, rows, true),
     '',
@@ -268,7 +289,14 @@ function buildReport(o: {
     problems,
     '<!-- bench:postfix:end -->',
   ].join('\n');
-  return { text, markdown };
+  const results: ResultsOfRun<MsgsFigure> = {
+    command,
+    figures: keys.map((k) => msgsFigure(k, LABELS[k], by[k], o)),
+    checks: targetChecks.map((c) => c.check),
+    noise,
+    versions: versionsOf(postfixVersion, dovecotVersion()),
+  };
+  return { text, markdown, results };
 }
 
 async function cleanup(): Promise<void> {

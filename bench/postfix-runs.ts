@@ -1,43 +1,46 @@
 /*
  * The Postfix side shared by bench/milter.ts and bench/postfix-e2e.ts: their command line (--sessions,
  * --messages, --rounds, --warmup-messages, --write, --keep), the checks for smtp-source and Postfix, the private
- * Postfix instance and its version, timed smtp-source runs, and the CPU accounting around a
- * measured run. Importing it has no side effects.
+ * Postfix instance and its version, timed smtp-source runs, the CPU accounting around a
+ * measured run, the interleaved order of the runs and the median and spread of each configuration's
+ * runs. Importing it has no side effects.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
+import type { MsgsFigure } from './results.js';
 import { startPostfix, postfixUnavailable, type PostfixInstance, type StartPostfixOptions } from '../test/helpers/postfix.js';
-import { COMMON_OPTIONS, cpuPct, idlePct, intArg, kernelThreadsCpuSeconds, log, machineJiffies, procStats, runProcess, tmp } from './shared.js';
+import { COMMON_OPTIONS, QUIET_WAIT_MS, cpuPct, idlePct, intArg, kernelThreadsCpuSeconds, log, machineJiffies, procStats, runProcess, tmp, waitForQuiet } from './shared.js';
 
 export const SMTP_SOURCE = '/usr/sbin/smtp-source';
 
 const SMTP_SOURCE_OPTIONS = {
   sessions: { type: 'string', default: '20' },
   messages: { type: 'string', default: '2000' },
-  rounds: { type: 'string', default: '2' },
+  rounds: { type: 'string' },
   'warmup-messages': { type: 'string', default: '200' },
   ...COMMON_OPTIONS,
 } as const;
 
 /**
- * The command line of both benches: --sessions, --messages, --rounds (1 to `maxRounds`),
- * --warmup-messages and COMMON_OPTIONS, checked (--keep sets tmp.keep); null after printing the
- * usage of bench/SCRIPT for --help.
+ * The command line of both benches: --sessions, --messages, --rounds (`defaultRounds`, 1 to
+ * `maxRounds`), --warmup-messages and COMMON_OPTIONS, checked (--keep sets tmp.keep); null after
+ * printing the usage of bench/SCRIPT for --help.
  */
 export function smtpSourceCommand(
   script: string,
+  defaultRounds: number,
   maxRounds: number,
 ): { sessions: number; messages: number; rounds: number; warmupMessages: number; write: boolean } | null {
   const { values } = parseArgs({ options: SMTP_SOURCE_OPTIONS });
   if (values.help) {
-    console.log(`usage: node --import tsx bench/${script} [--sessions 20] [--messages 2000] [--rounds 2] [--warmup-messages 200] [--write] [--keep]`);
+    console.log(`usage: node --import tsx bench/${script} [--sessions 20] [--messages 2000] [--rounds ${defaultRounds}] [--warmup-messages 200] [--write] [--keep]`);
     return null;
   }
   const parsed = {
     sessions: intArg('sessions', values.sessions, 1, 100),
     messages: intArg('messages', values.messages, 1, 50_000),
-    rounds: intArg('rounds', values.rounds, 1, maxRounds),
+    rounds: intArg('rounds', values.rounds ?? String(defaultRounds), 1, maxRounds),
     warmupMessages: intArg('warmup-messages', values['warmup-messages'], 0, 10_000),
     write: values.write,
   };
@@ -158,4 +161,82 @@ export async function measureSmtpSource(
       ? null
       : Math.round((100 - machineIdle) * os.availableParallelism() - kernelCpu - postfixCpu - sourceCpu - serverCpu);
   return { seconds, mps: o.messages / seconds, serverCpu, postfixCpu, sourceCpu, kernelCpu, machineIdle, iowait, otherCpu };
+}
+
+// ---------------------------------------------------------------- order and statistics of the runs
+
+/**
+ * waitForQuiet() before each run, but at most `totalMs` of waiting beyond its 1 s sample over the
+ * whole bench: on a machine that stays busy the runs go ahead (their noise is reported) instead of
+ * waiting 10 s each.
+ */
+export function quietWaiter(totalMs: number): () => Promise<void> {
+  let left = totalMs;
+  return async () => {
+    const started = performance.now();
+    await waitForQuiet(Math.max(1000, Math.min(QUIET_WAIT_MS, left)));
+    left -= Math.max(0, performance.now() - started - 1000);
+  };
+}
+
+/**
+ * The runs of `rounds` rounds: every configuration once per round, in `configs` order in the 1st,
+ * 3rd ... round and in reverse order in the 2nd, 4th ...: a drift of the machine during the bench
+ * falls on every configuration alike, and no configuration always runs first after a switch.
+ */
+export function interleavedOrder<K>(configs: readonly K[], rounds: number): { key: K; round: number }[] {
+  const order: { key: K; round: number }[] = [];
+  for (let round = 0; round < rounds; round++) {
+    for (const key of round % 2 === 0 ? configs : [...configs].reverse()) order.push({ key, round });
+  }
+  return order;
+}
+
+export function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/** The median of the readings, rounded, or null when one is missing. */
+export function medianOrNull(xs: (number | null)[]): number | null {
+  return xs.length > 0 && xs.every((x) => x !== null) ? Math.round(median(xs as number[])) : null;
+}
+
+/** A configuration's runs: their msgs/s in order, median, min and max. */
+export interface Spread {
+  each: number[];
+  median: number;
+  min: number;
+  max: number;
+}
+
+export function spreadOf(runs: SmtpSourceRun[]): Spread {
+  const each = runs.map((r) => r.mps);
+  return { each, median: median(each), min: Math.min(...each), max: Math.max(...each) };
+}
+
+/** A configuration's figure for the results (bench/results.ts): its runs' spread (exact, as the ratios of the report use it). */
+export function msgsFigure(key: string, label: string, runs: SmtpSourceRun[], o: { sessions: number; messages: number }): MsgsFigure {
+  return { key, label, runs: runs.length, ...spreadOf(runs), sessions: o.sessions, messages: o.messages };
+}
+
+/** "657–691" (min–max, rounded) */
+export function fmtSpread(s: Spread): string {
+  return `${Math.round(s.min).toLocaleString('en-US')}–${Math.round(s.max).toLocaleString('en-US')}`;
+}
+
+/**
+ * a / b of the msgs/s within each round (the runs of one round are close in time): their range,
+ * "0.82–1.10", or '-' when no round has both.
+ */
+export function perRoundRatios<K>(runs: (SmtpSourceRun & { key: K; round: number })[], a: K, b: K): string {
+  const rounds = [...new Set(runs.map((r) => r.round))];
+  const ratios = rounds.flatMap((round) => {
+    const x = runs.find((r) => r.round === round && r.key === a);
+    const y = runs.find((r) => r.round === round && r.key === b);
+    return x && y && y.mps > 0 ? [x.mps / y.mps] : [];
+  });
+  return ratios.length === 0 ? '-' : `${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}`;
 }

@@ -27,6 +27,10 @@
  * DevTools, Memory tab, "Comparison"); writing a snapshot inflates RSS, so the readings after the
  * first snapshot are not the figures to quote. --node-flags "FLAGS" starts the frontend's node with
  * those flags (e.g. --max-semi-space-size=1), to see what V8's settings do to RSS. Needs about 2,300 file descriptors (ulimit -n).
+ *
+ * With OVERQUOTA_BENCH_RESULTS=DIR it also writes DIR/rss.json (bench/results.ts): RSS at the
+ * checkpoint and at the end, the highest reading, the growth, and the two target checks, for
+ * bench/summary.ts.
  */
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -37,6 +41,7 @@ import { parseArgs } from 'node:util';
 import { ClosedLoop } from './closed-loop.js';
 import { buildRequestPool } from './policy-load.js';
 import { RECIPIENTS, STORE_LIMIT, writeSpool } from './policy-spool.js';
+import { figureCheck, saveResults, type Check, type ResultsOfRun, type RssFigure } from './results.js';
 import {
   CLI,
   COMMON_OPTIONS,
@@ -244,7 +249,10 @@ async function main(): Promise<number> {
     const last = readings[readings.length - 1]!;
     log(`    ${fmtInt(loop.counted)} replies, ${((performance.now() - loadStart) / 1000).toFixed(0)} s; RSS at ${last.label}: ${mb(last.rss)} MB`);
   }, 5000);
-  const timedOut = await Promise.race([finished.then(() => false), sleep(maxSeconds * 1000).then(() => true)]);
+  // A timer, not sleep(): it must not keep the process alive for --max-seconds once the load is done.
+  let stopAt: NodeJS.Timeout | undefined;
+  const timedOut = await Promise.race([finished.then(() => false), new Promise<boolean>((resolve) => (stopAt = setTimeout(() => resolve(true), maxSeconds * 1000)))]);
+  clearTimeout(stopAt);
   clearInterval(progress);
   const loadSeconds = (performance.now() - loadStart) / 1000;
   const cpu1 = processCpuSeconds(pid);
@@ -288,6 +296,7 @@ async function main(): Promise<number> {
     argv: process.argv.slice(2),
   });
   printReport(report, values.write, 'rss', 'Frontend memory: 1000 idle plus 100 busy connections, 1M requests', INTRO);
+  saveResults('rss', { ...report.results, problems });
   for (const p of problems) log(`problem: ${p}`);
   return problems.length > 0 ? 1 : 0;
 }
@@ -341,7 +350,7 @@ function buildReport(o: {
   problems: string[];
   snapshots: boolean;
   argv: string[];
-}): { text: string; markdown: string } {
+}): { text: string; markdown: string; results: ResultsOfRun<RssFigure> } {
   const mb = (b: number) => (b / 1e6).toFixed(1);
   const at = (n: number) => o.readings.find((r) => r.requests === n && r.label.endsWith(' requests'));
   const first = at(o.checkpoint);
@@ -401,7 +410,33 @@ function buildReport(o: {
     `${sentence} ${checks}${caveat}`,
     '<!-- bench:rss:end -->',
   ].join('\n');
-  return { text, markdown };
+  const mbNum = (b: number) => Math.round(b / 1e5) / 10;
+  const conns = `${fmtInt(o.idle)} idle + ${fmtInt(o.busy)} busy connections`;
+  const targetChecks: Check[] = [
+    figureCheck(`frontend RSS, highest reading (${conns}, up to ${fmtInt(o.requests)} requests)`, max / 1e6, 'MB', '<=', TARGET_RSS_BYTES / 1e6),
+    // null (the run stopped short of the requests): not measured, so missed.
+    figureCheck(`frontend RSS growth from ${fmtInt(o.checkpoint)} to ${fmtInt(o.requests)} requests`, growth, '%', '<=', TARGET_GROWTH_PCT),
+  ];
+  const results: ResultsOfRun<RssFigure> = {
+    command,
+    figures: [
+      {
+        idle: o.idle,
+        busy: o.busy,
+        requests: o.requests,
+        checkpoint: o.checkpoint,
+        served: o.served,
+        rps: Math.round(o.served / o.loadSeconds),
+        rssAtCheckpointMB: first ? mbNum(first.rss) : null,
+        rssAtEndMB: last ? mbNum(last.rss) : null,
+        highestRssMB: mbNum(max),
+        peakHwmMB: mbNum(peak),
+        growthPct: growth === null ? null : Math.round(growth * 10) / 10,
+      },
+    ],
+    checks: targetChecks,
+  };
+  return { text, markdown, results };
 }
 
 // ---------------------------------------------------------------- cleanup

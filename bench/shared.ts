@@ -346,15 +346,19 @@ export function codeVersion(): string {
   }
 }
 
-export function machineDescription(): string {
-  let model = os.cpus()[0]?.model ?? 'unknown CPU';
+/** The CPU's model name (/proc/cpuinfo, else os.cpus()). */
+export function cpuModel(): string {
   try {
     const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
-    if (m) model = m[1]!.trim();
+    if (m) return m[1]!.trim();
   } catch {
     // not Linux: os.cpus() it is
   }
-  return `${os.availableParallelism()} CPU (nproc), ${model}, Node ${process.version}, ${os.type()} ${os.release()}`;
+  return os.cpus()[0]?.model ?? 'unknown CPU';
+}
+
+export function machineDescription(): string {
+  return `${os.availableParallelism()} CPU (nproc), ${cpuModel()}, Node ${process.version}, ${os.type()} ${os.release()}`;
 }
 
 /**
@@ -373,6 +377,12 @@ export function textFooter(): string[] {
 /** How the bench was started, for the Command: line. */
 export function commandLine(script: string, argv: string[]): string {
   return `node --import tsx bench/${script} ${argv.join(' ')}`.trim();
+}
+
+/** `file` relative to the current directory when it is below it, else as it is. */
+export function shownPath(file: string): string {
+  const rel = path.relative(process.cwd(), file);
+  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
 }
 
 export function isoNow(): string {

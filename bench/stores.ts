@@ -24,6 +24,9 @@
  * Before each section it waits up to 10 s for the machine to be idle; this process's CPU and the
  * rest of the machine's during each measurement are reported. --write puts the tables into
  * BENCHMARKS.md between the bench:stores markers (appended with its heading the first time).
+ * With OVERQUOTA_BENCH_RESULTS=DIR it also writes DIR/stores.json (bench/results.ts): every
+ * measured phase, the cold scans, and the checks (cold ≤ 2 s, warm ≤ 1 ms at p50 and p99, no
+ * stall over 50 ms), for bench/summary.ts.
  */
 import { closeSync, existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { mkdir, truncate, writeFile } from 'node:fs/promises';
@@ -34,6 +37,7 @@ import { parseArgs } from 'node:util';
 import { MboxStore } from '../src/sources/mbox.js';
 import { MaildirStore, RACY_MARGIN_MS, type MaildirScanStats } from '../src/sources/maildir.js';
 import type { QuotaSource } from '../src/sources/types.js';
+import { figureCheck, saveResults, type ResultsOfRun, type StoreFigure } from './results.js';
 import {
   ROOT,
   COMMON_OPTIONS,
@@ -217,6 +221,7 @@ async function main(): Promise<number> {
   const report = buildReport({ phases, cold, warm, steady, warmWork, dovecot, o });
   printReport(report, values.write, 'stores', 'Quota stores: lookups per second and latency', INTRO);
   const errors = [...phases, ...(typeof dovecot === 'string' ? [] : dovecot)].reduce((n, p) => n + p.errors, 0);
+  saveResults('stores', { ...report.results, problems: errors > 0 ? [`${errors} lookup(s) failed`] : [] });
   if (errors > 0) {
     log(`${errors} lookup(s) failed: the figures are not trustworthy`);
     return 1;
@@ -496,7 +501,7 @@ function ms(n: number, digits = 3): string {
   return Number.isFinite(n) ? n.toFixed(digits) : '-';
 }
 
-function buildReport(r: Report): { text: string; markdown: string } {
+function buildReport(r: Report): { text: string; markdown: string; results: ResultsOfRun<StoreFigure> } {
   const dovecotPhases = typeof r.dovecot === 'string' ? [] : r.dovecot;
   const head = ['store', 'in flight', 'lookups', 'lookups/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'bench CPU', 'other CPU'];
   const pct = (n: number | null) => (n === null ? '?' : `${n}%`);
@@ -540,7 +545,24 @@ function buildReport(r: Report): { text: string; markdown: string } {
     targets.join(' '),
     '<!-- bench:stores:end -->',
   ].join('\n');
-  return { text, markdown };
+  const figure = (p: Phase): StoreFigure => ({ label: p.label, inFlight: p.inFlight, lookups: p.lookups, perSecond: Math.round(p.perSecond), p50Ms: p.p50, p99Ms: p.p99, maxMs: p.max, errors: p.errors });
+  const first = `the first ${fmtInt(w.lookups)} after the cold scan`;
+  const results: ResultsOfRun<StoreFigure> = {
+    command,
+    figures: [
+      ...[...r.phases, ...dovecotPhases].map(figure),
+      ...r.cold.map((c, i) => ({ label: `cold scan ${i + 1}`, inFlight: 1, lookups: 1, perSecond: Math.round(10_000 / c.ms) / 10, p50Ms: c.ms, p99Ms: c.ms, maxMs: c.ms, errors: 0 })),
+    ],
+    checks: [
+      figureCheck(`cold scan of a ${fmtInt(r.o.messages)}-message Maildir, worst of ${r.cold.length}`, worstCold, 'ms', '<=', TARGET_COLD_MS),
+      figureCheck(`warm lookup p50, ${first}`, w.p50, 'ms', '<=', TARGET_WARM_MS),
+      figureCheck(`warm lookup p99, ${first}`, w.p99, 'ms', '<=', TARGET_WARM_MS),
+      figureCheck('warm lookup p50, after 2,000 more', st.p50, 'ms', '<=', TARGET_WARM_MS),
+      figureCheck('warm lookup p99, after 2,000 more', st.p99, 'ms', '<=', TARGET_WARM_MS),
+      figureCheck('longest event-loop stall during the cold scans', Math.max(worstDelay, worstGap), 'ms', '<=', TARGET_STALL_MS),
+    ],
+  };
+  return { text, markdown, results };
 }
 
 // ---------------------------------------------------------------- cleanup

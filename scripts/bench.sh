@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# scripts/bench.sh — `npm run bench`: build once, then run every benchmark with --write, each
-# rewriting its own section of BENCHMARKS.md (between its bench:NAME markers):
+# scripts/bench.sh — `npm run bench`: note the start of a run, build once, then run every benchmark
+# with --write, each rewriting its own section of BENCHMARKS.md (between its bench:NAME markers) and
+# leaving its figures and target checks in bench/results/NAME.json (OVERQUOTA_BENCH_RESULTS, see
+# bench/results.ts; git ignores the directory):
 #   bench/policy.ts   policy requests/s and latency of `overquota frontend` against the minimal
 #                     server in bench/fixed-server.ts (about 50 s);
 #   bench/cluster.ts  backend requests/s as frontends sharing one Redis go 1 -> 2 -> 4 (about 60 s);
 #   bench/milter.ts   Postfix smtp-source msgs/s with the overquota milter, without a milter, and
-#                     with a minimal pymilter doing the same check (about 45 s; needs root and the
-#                     postfix package; installs python3-milter with apt-get when it is missing);
+#                     with a minimal pymilter doing the same check, medians of 3 interleaved rounds
+#                     (about 70 s; needs root and the postfix package; installs python3-milter
+#                     with apt-get when it is missing);
 #   bench/rss.ts      frontend RSS with 1000 idle + 100 busy policy connections, at 100k and 1M
 #                     requests (about 30 s; ulimit -n raised to 8192 if lower: ~2,300 descriptors);
 #   bench/stores.ts   lookups/s and latency per quota store: mbox, Maildir with maildirsize, a
@@ -17,13 +20,22 @@
 #                     service, Dovecot quota-status, on one Maildir data set (about 2 minutes;
 #                     needs root and dovecot-core);
 #   bench/postfix-e2e.ts  Postfix smtp-source msgs/s with no policy check / the fixed server /
-#                     overquota / Dovecot quota-status (about 75 s; needs root, postfix and
-#                     dovecot-core).
+#                     overquota / Dovecot quota-status, medians of 6 interleaved rounds (about
+#                     2.5 minutes; needs root, postfix and dovecot-core);
+# then bench/summary.ts --write, also when some of them failed: ONE table of the issue's figures
+# and ratios (items 1-4) and every target with its verdict, naming the benches whose results are
+# missing, printed and written into BENCHMARKS.md between the bench:summary markers, with the
+# machine, the commit, the date and the load average at the start. About 15 minutes in all.
+# `node --import tsx bench/summary.ts [--write]` prints (writes) that table again from the last
+# run's results.
 # Extra arguments go to bench/policy.ts, e.g.
 #   npm run bench -- --duration 5 --rounds 2
 # A benchmark that fails does not stop the next ones; the exit status is 1 if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export OVERQUOTA_BENCH_RESULTS="$PWD/bench/results"
+# A new run: empties bench/results, notes the start time, the load average and the commit.
+node --import tsx bench/summary.ts --start || exit 1
 npm run build || exit 1
 status=0
 node --import tsx bench/policy.ts --write "$@" || status=1
@@ -33,4 +45,5 @@ node --import tsx bench/milter.ts --write || status=1
 node --import tsx bench/stores.ts --write || status=1
 node --import tsx bench/peers.ts --write || status=1
 node --import tsx bench/postfix-e2e.ts --write || status=1
+node --import tsx bench/summary.ts --write || status=1
 exit "$status"
