@@ -12,12 +12,14 @@
  * The data (bench/peers-data.ts): 200 mailboxes with a 100 KiB Dovecot quota, filled by the bench
  * (full, over, almost full, room), and 210 recipient addresses (mixed case, +extensions, two
  * domains, 10 unknown). Every target gets the same closed-loop load (bench/policy-load.ts in its
- * own process); per connection count the fixed server runs first and last (its figure is the
- * mean), the others in between. Prints the table and the ratios against the issue's targets;
+ * own process); per connection count, --rounds rounds (default 3) of every target, in alternating
+ * order (fixed, info, warn, miss, Dovecot; then reversed; ...): each figure is the median of its
+ * rounds (a 5 s run on this shared machine varies by ±10%). Prints the table and the ratios
+ * against the issue's targets;
  * --write puts them into BENCHMARKS.md between the bench:peers markers.
  *
  *   node --import tsx bench/peers.ts [--connections 50,200] [--warmup 2] [--duration 5] [--users 200]
- *        [--retries 1] [--cpu-prof DIR] [--write] [--keep]
+ *        [--rounds 3] [--retries 1] [--cpu-prof DIR] [--write] [--keep]
  *
  * Needs root, dovecot-core and a build (dist/cli.js). --cpu-prof DIR runs the overquota processes
  * under `node --cpu-prof` (summarise with bench/cpu-profile-summary.ts). With
@@ -93,12 +95,13 @@ async function main(): Promise<number> {
       duration: { type: 'string', default: '5' },
       users: { type: 'string', default: '200' },
       retries: { type: 'string', default: '1' },
+      rounds: { type: 'string', default: '3' },
       'cpu-prof': { type: 'string' },
       ...COMMON_OPTIONS,
     },
   });
   if (values.help) {
-    console.log('usage: node --import tsx bench/peers.ts [--connections 50,200] [--warmup 2] [--duration 5] [--users 200] [--retries 1] [--cpu-prof DIR] [--write] [--keep]');
+    console.log('usage: node --import tsx bench/peers.ts [--connections 50,200] [--warmup 2] [--duration 5] [--users 200] [--rounds 3] [--retries 1] [--cpu-prof DIR] [--write] [--keep]');
     return 0;
   }
   const counts = values.connections.split(',').map((w) => intArg('connections', w.trim(), 1, 1000));
@@ -106,8 +109,9 @@ async function main(): Promise<number> {
   const duration = numArg('duration', values.duration, 0.5, 30);
   const users = intArg('users', values.users, 10, 999);
   const retries = intArg('retries', values.retries, 0, 3);
+  const rounds = intArg('rounds', values.rounds, 1, 9);
   tmp.keep = values.keep;
-  const runsPlanned = counts.length * 6;
+  const runsPlanned = counts.length * 5 * rounds;
   const estimate = runsPlanned * (warmup + duration + 2.5);
   if (estimate > 600) throw new Error(`about ${Math.round(estimate)} s of load: lower --warmup or --duration`);
   requireBuild();
@@ -154,9 +158,14 @@ async function main(): Promise<number> {
   };
   const targets: Record<Key, Target> = { fixed, info, warn, miss, dovecot: dove };
 
+  // Rounds in alternating order (forward, then reversed, ...), so drift of a shared machine during
+  // the bench touches every target alike; each figure is the median of its rounds.
   const order: { key: Key; connections: number }[] = [];
+  const forward: Key[] = ['fixed', 'info', 'warn', 'miss', 'dovecot'];
   for (const connections of counts) {
-    for (const key of ['fixed', 'info', 'warn', 'miss', 'dovecot', 'fixed'] as Key[]) order.push({ key, connections });
+    for (let round = 0; round < rounds; round++) {
+      for (const key of round % 2 === 0 ? forward : [...forward].reverse()) order.push({ key, connections });
+    }
   }
   const runs: Run[] = [];
   for (const [i, { key, connections }] of order.entries()) {
@@ -193,7 +202,7 @@ async function main(): Promise<number> {
   await dovecot.stop();
   dovecot = null;
 
-  const report = buildReport({ runs, counts, warmup, duration, users, recipients: rcpts.length, argv: process.argv.slice(2) });
+  const report = buildReport({ runs, counts, warmup, duration, users, rounds, recipients: rcpts.length, argv: process.argv.slice(2) });
   printReport(report, values.write, 'peers', 'overquota next to its peers: policy requests per second', INTRO);
   saveResults('peers', report.results);
   return finish(
@@ -239,8 +248,10 @@ quota-status, p99 ≤ 2 ms at 50 connections; every lookup a miss ≥ 5× Doveco
   31-attribute Postfix RCPT request, here over 210 recipients (200 mailboxes as
   \`user000@example.com\`, \`User001@Example.com\`, \`user002+tag@example.org\`, and 10 addresses of
   no mailbox); 2 s warm-up, 5 s measured; a request unanswered for 30 s is an error.
-- **fixed server**: \`bench/fixed-server.ts\` (\`action=DUNNO\` to everything). It runs first and
-  last at each connection count; its figure is the mean of the two.
+- **fixed server**: \`bench/fixed-server.ts\` (\`action=DUNNO\` to everything).
+- **Order**: at each connection count, 3 rounds of all five targets, forward (fixed, warm info,
+  warm warn, miss, Dovecot), then reversed, then forward; each figure (req/s, p50, p99) is the
+  **median** of its rounds, max the highest. A single 5 s run varies by about ±10% here.
 - **overquota, warm cache**: \`dist/cli.js frontend\` reading the Maildirs itself, default cache
   (under quota 30 s — shortened near the limit —, over quota 10 s), \`--log.level info\` (one
   decision line per request, stdout to a file) and \`--log.level warn\`.
@@ -281,6 +292,10 @@ interface Summary {
 function summarise(key: Key, connections: number, runs: Run[]): Summary {
   const rs = runs.map((r) => r.result);
   const mean = (f: (r: LoadResult) => number) => rs.reduce((a, r) => a + f(r), 0) / rs.length;
+  const median = (f: (r: LoadResult) => number) => {
+    const v = rs.map(f).sort((a, b) => a - b);
+    return v.length % 2 === 1 ? v[v.length >> 1]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+  };
   const tree = rs[0]!.serverTreeCpuPct;
   let serverCpu: string;
   if (tree && tree.length > 1) {
@@ -292,9 +307,9 @@ function summarise(key: Key, connections: number, runs: Run[]): Summary {
     key,
     connections,
     runs: rs.length,
-    rps: Math.round(mean((r) => r.rps)),
-    p50: mean((r) => r.p50Ms),
-    p99: mean((r) => r.p99Ms),
+    rps: Math.round(median((r) => r.rps)),
+    p50: median((r) => r.p50Ms),
+    p99: median((r) => r.p99Ms),
     max: Math.max(...rs.map((r) => r.maxMs)),
     errors: rs.reduce((a, r) => a + r.errors, 0),
     serverCpu,
@@ -308,6 +323,7 @@ function buildReport(o: {
   warmup: number;
   duration: number;
   users: number;
+  rounds: number;
   recipients: number;
   argv: string[];
 }): { text: string; markdown: string; results: ResultsOfRun<PolicyFigure> } {
@@ -415,7 +431,7 @@ function buildReport(o: {
 
   const markdown = [
     ...sectionHead('peers', [dovecotVersion()]),
-    `Command: \`${command}\`${viaNpm()}. ${o.users} mailboxes, ${o.recipients} recipient addresses; at ${o.counts.join(' and ')} persistent connections, ${o.warmup} s warm-up then ${o.duration} s measured per run; the fixed server runs first and last at each connection count and its figures are the mean of the two.`,
+    `Command: \`${command}\`${viaNpm()}. ${o.users} mailboxes, ${o.recipients} recipient addresses; at ${o.counts.join(' and ')} persistent connections, ${o.warmup} s warm-up then ${o.duration} s measured per run; ${o.rounds} round(s) of every target in alternating order at each connection count, each figure the median of its rounds.`,
     '',
     table(head, rows, true),
     '',
