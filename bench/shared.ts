@@ -4,6 +4,7 @@
  * BENCHMARKS.md marker update, child-process and temporary-directory bookkeeping, the main()
  * runner and argument parsing. Importing it has no side effects.
  */
+import { FLUSH_AFTER_MS } from '../src/log.js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
@@ -315,6 +316,8 @@ export function kernelThreadsCpuSeconds(): number | null {
 
 /** Lines of a file containing every one of `needles`, read in chunks (logs can be large). */
 export async function countLines(file: string, needles: string[]): Promise<number> {
+  // overquota writes its log lines in batches at most FLUSH_AFTER_MS late: let the last one land.
+  await sleep(2 * FLUSH_AFTER_MS + 20);
   const fh = await open(file, 'r');
   const buf = Buffer.alloc(1 << 20);
   let n = 0;

@@ -185,8 +185,17 @@ describe('Postfix spawn(8) service running `overquota frontend --stdio`', () => 
   });
 
   it('logs its decisions to log.file, and Postfix logs no warning about the policy service', async () => {
-    const lines = (await fs.readFile(logFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-    assert.ok(lines.some((l) => l.msg === 'decision' && l.verdict === 'over_quota' && l.mailbox === 'full'));
+    // Log lines go out in batches (at most FLUSH_AFTER_MS late), and the spawned process may still
+    // be serving its smtpd: wait a little for the line rather than read once.
+    const deadline = Date.now() + 5000;
+    const decisionLogged = async () => {
+      const text = await fs.readFile(logFile, 'utf8').catch(() => '');
+      // Whole lines only: a batch being written may be seen half-way.
+      const lines = text.split('\n').slice(0, -1).map((l) => JSON.parse(l) as Record<string, unknown>);
+      return lines.some((l) => l.msg === 'decision' && l.verdict === 'over_quota' && l.mailbox === 'full');
+    };
+    while (!(await decisionLogged()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(await decisionLogged(), 'the over-quota decision is in log.file');
     assert.doesNotMatch(await pf.maillog(), /warning: .*(policy|overquota)/);
   });
 
