@@ -50,6 +50,16 @@ interface PinoInternals {
   [pino.symbols.chindingsSym]: string;
 }
 
+function levelOf(d: Decision): 'warn' | 'debug' | 'info' {
+  const kind = d.verdict.kind;
+  return kind === 'error' ? 'warn' : kind === 'not_checked' ? 'debug' : 'info';
+}
+
+/** Whether logDecision would write this decision's line: lets a hot caller skip building its context closure. */
+export function decisionLogged(logger: Logger, d: Decision): boolean {
+  return logger.isLevelEnabled(levelOf(d));
+}
+
 /**
  * @param context called only when the line is written: gathering it costs time too.
  * Written as few template pieces as the optional fields allow: every piece of a string
@@ -57,9 +67,9 @@ interface PinoInternals {
  * face, verdict and cache come from fixed sets of plain words and need no escaping.
  */
 export function logDecision(logger: Logger, context: () => DecisionContext, d: Decision): void {
-  const kind = d.verdict.kind;
-  const level = kind === 'error' ? 'warn' : kind === 'not_checked' ? 'debug' : 'info';
+  const level = levelOf(d);
   if (!logger.isLevelEnabled(level)) return;
+  const kind = d.verdict.kind;
   const ctx = context();
   const found = d.state?.kind === 'found' ? d.state : null;
   const internals = logger as unknown as PinoInternals;

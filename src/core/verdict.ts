@@ -53,8 +53,6 @@ export interface ReplyTexts {
 
 /** The action for a verdict; dry-run turns deferring and rejecting answers into WARN. */
 export function replyFor(verdict: Verdict, texts: ReplyTexts, dryRun: boolean, state: QuotaState | undefined, size: number): string {
-  const figures =
-    state?.kind === 'found' ? { usageBytes: state.usageBytes, limitBytes: state.limitBytes, sizeBytes: size } : { sizeBytes: size };
   let template: string;
   switch (verdict.kind) {
     case 'over_quota':
@@ -75,7 +73,10 @@ export function replyFor(verdict: Verdict, texts: ReplyTexts, dryRun: boolean, s
     case 'not_checked':
       return 'DUNNO';
   }
-  const reply = renderReply(template, figures);
+  // Figures only for a template that uses them (most replies are fixed texts).
+  const reply = template.includes('{')
+    ? renderReply(template, state?.kind === 'found' ? { usageBytes: state.usageBytes, limitBytes: state.limitBytes, sizeBytes: size } : { sizeBytes: size })
+    : template;
   if (dryRun && refuses(reply)) return warnReply(reply);
   return reply;
 }

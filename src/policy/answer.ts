@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
 import type { QuotaChecker, Decision } from '../core/checker.js';
-import { logDecision } from '../core/decision-log.js';
+import { decisionLogged, logDecision } from '../core/decision-log.js';
 
 export interface PolicyAnswerOptions {
   checkEndOfMessage: boolean;
@@ -25,7 +25,9 @@ export function requestSize(request: PolicyRequest): number {
 export function wantsCheck(request: PolicyRequest, opts: PolicyAnswerOptions): string | null {
   const recipient = request.get('recipient');
   if (!recipient) return null;
-  const state = (request.get('protocol_state') ?? '').toUpperCase();
+  const given = request.get('protocol_state') ?? '';
+  // Postfix writes it in capitals: only a hand-typed request needs the case folded.
+  const state = given === 'RCPT' || given === 'END-OF-MESSAGE' ? given : given.toUpperCase();
   if (state === 'RCPT') return recipient;
   if (state === 'END-OF-MESSAGE' && opts.checkEndOfMessage) return recipient;
   return null;
@@ -33,6 +35,8 @@ export function wantsCheck(request: PolicyRequest, opts: PolicyAnswerOptions): s
 
 export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptions, logger: Logger) {
   const answer = (request: PolicyRequest, decision: Decision): string => {
+    // Checked first: at warn (no decision lines) not even the context's closure is made.
+    if (!decisionLogged(logger, decision)) return decision.action;
     logDecision(
       logger,
       () => ({
