@@ -17,7 +17,7 @@
 #                     rows need root and dovecot-core);
 #   bench/peers.ts    policy requests/s and latency at 50 and 200 connections: fixed server,
 #                     overquota warm, overquota with every lookup a miss through the HTTP quota
-#                     service, Dovecot quota-status, on one Maildir data set (about 2 minutes;
+#                     service, Dovecot quota-status, on one Maildir data set (3 rounds, about 4.5 minutes;
 #                     needs root and dovecot-core);
 #   bench/postfix-e2e.ts  Postfix smtp-source msgs/s with no policy check / the fixed server /
 #                     overquota / Dovecot quota-status, medians of 6 interleaved rounds (about
@@ -25,7 +25,7 @@
 # then bench/summary.ts --write, also when some of them failed: ONE table of the figures
 # and ratios (items 1-4) and every target with its verdict, naming the benches whose results are
 # missing, printed and written into BENCHMARKS.md between the bench:summary markers, with the
-# machine, the commit, the date and the load average at the start. About 15 minutes in all.
+# machine, the commit, the date and the load average at the start. About 11 minutes in all on the 2-core machine of BENCHMARKS.md.
 # `node --import tsx bench/summary.ts [--write]` prints (writes) that table again from the last
 # run's results.
 # Extra arguments go to bench/policy.ts, e.g.
