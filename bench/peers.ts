@@ -272,9 +272,9 @@ quota-status, p99 ≤ 2 ms at 50 connections; every lookup a miss ≥ 5× Doveco
   service". "vs Dovecot" divides by Dovecot quota-status at the same connection count.
 
 **Reproduce.** \`npm run bench\` runs it with \`--write\`, which rewrites the section below between
-its markers; alone: \`node --import tsx bench/peers.ts [--write]\` (about 2 minutes; root and
+its markers; alone: \`node --import tsx bench/peers.ts [--write]\` (about 4.5 minutes; root and
 dovecot-core) after \`npm run build\`. Options: \`--connections 50,200\`, \`--warmup 2\`,
-\`--duration 5\`, \`--users 200\`, \`--retries 1\`, \`--cpu-prof DIR\`, \`--keep\`.`;
+\`--duration 5\`, \`--users 200\`, \`--rounds 3\`, \`--retries 1\`, \`--cpu-prof DIR\`, \`--keep\`.`;
 
 interface Summary {
   key: Key;
