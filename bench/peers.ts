@@ -42,7 +42,9 @@ import {
   fmtInt,
   freePort,
   intArg,
+  interleavedOrder,
   log,
+  median,
   makeTmpDir,
   noiseNote,
   numArg,
@@ -160,13 +162,8 @@ async function main(): Promise<number> {
 
   // Rounds in alternating order (forward, then reversed, ...), so drift of a shared machine during
   // the bench touches every target alike; each figure is the median of its rounds.
-  const order: { key: Key; connections: number }[] = [];
   const forward: Key[] = ['fixed', 'info', 'warn', 'miss', 'dovecot'];
-  for (const connections of counts) {
-    for (let round = 0; round < rounds; round++) {
-      for (const key of round % 2 === 0 ? forward : [...forward].reverse()) order.push({ key, connections });
-    }
-  }
+  const order = counts.flatMap((connections) => interleavedOrder(forward, rounds).map(({ key }) => ({ key, connections })));
   const runs: Run[] = [];
   for (const [i, { key, connections }] of order.entries()) {
     const target = targets[key];
@@ -292,10 +289,7 @@ interface Summary {
 function summarise(key: Key, connections: number, runs: Run[]): Summary {
   const rs = runs.map((r) => r.result);
   const mean = (f: (r: LoadResult) => number) => rs.reduce((a, r) => a + f(r), 0) / rs.length;
-  const median = (f: (r: LoadResult) => number) => {
-    const v = rs.map(f).sort((a, b) => a - b);
-    return v.length % 2 === 1 ? v[v.length >> 1]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
-  };
+  const medianOf = (f: (r: LoadResult) => number) => median(rs.map(f));
   const tree = rs[0]!.serverTreeCpuPct;
   let serverCpu: string;
   if (tree && tree.length > 1) {
@@ -307,9 +301,9 @@ function summarise(key: Key, connections: number, runs: Run[]): Summary {
     key,
     connections,
     runs: rs.length,
-    rps: Math.round(median((r) => r.rps)),
-    p50: median((r) => r.p50Ms),
-    p99: median((r) => r.p99Ms),
+    rps: Math.round(medianOf((r) => r.rps)),
+    p50: medianOf((r) => r.p50Ms),
+    p99: medianOf((r) => r.p99Ms),
     max: Math.max(...rs.map((r) => r.maxMs)),
     errors: rs.reduce((a, r) => a + r.errors, 0),
     serverCpu,

@@ -10,6 +10,9 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { MsgsFigure } from './results.js';
 import { startPostfix, postfixUnavailable, type PostfixInstance, type StartPostfixOptions } from '../test/helpers/postfix.js';
+// Moved to shared.ts (bench/peers.ts uses them too); still exported from here for milter and e2e.
+import { interleavedOrder, median } from './shared.js';
+export { interleavedOrder, median };
 import { COMMON_OPTIONS, QUIET_WAIT_MS, cpuPct, idlePct, intArg, kernelThreadsCpuSeconds, log, machineJiffies, procStats, runProcess, tmp, waitForQuiet } from './shared.js';
 
 export const SMTP_SOURCE = '/usr/sbin/smtp-source';
@@ -177,26 +180,6 @@ export function quietWaiter(totalMs: number): () => Promise<void> {
     await waitForQuiet(Math.max(1000, Math.min(QUIET_WAIT_MS, left)));
     left -= Math.max(0, performance.now() - started - 1000);
   };
-}
-
-/**
- * The runs of `rounds` rounds: every configuration once per round, in `configs` order in the 1st,
- * 3rd ... round and in reverse order in the 2nd, 4th ...: a drift of the machine during the bench
- * falls on every configuration alike, and no configuration always runs first after a switch.
- */
-export function interleavedOrder<K>(configs: readonly K[], rounds: number): { key: K; round: number }[] {
-  const order: { key: K; round: number }[] = [];
-  for (let round = 0; round < rounds; round++) {
-    for (const key of round % 2 === 0 ? configs : [...configs].reverse()) order.push({ key, round });
-  }
-  return order;
-}
-
-export function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 /** The median of the readings, rounded, or null when one is missing. */

@@ -503,3 +503,23 @@ export function intArg(name: string, text: string, min: number, max: number): nu
   if (!Number.isInteger(n)) throw new Error(`--${name} ${text}: expected a whole number`);
   return n;
 }
+
+/**
+ * The runs of `rounds` rounds: every configuration once per round, in `configs` order in the 1st,
+ * 3rd ... round and in reverse order in the 2nd, 4th ...: a drift of the machine during the bench
+ * falls on every configuration alike, and no configuration always runs first after a switch.
+ */
+export function interleavedOrder<K>(configs: readonly K[], rounds: number): { key: K; round: number }[] {
+  const order: { key: K; round: number }[] = [];
+  for (let round = 0; round < rounds; round++) {
+    for (const key of round % 2 === 0 ? configs : [...configs].reverse()) order.push({ key, round });
+  }
+  return order;
+}
+
+export function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}

@@ -14,9 +14,11 @@ export interface ParsedArgs {
 
 export class UsageError extends Error {}
 
+const ON = /^(true|yes|1)$/i;
+
 /** --NAME alone, or --NAME=true|yes|1 is on; --NAME=false|no|0 is off; anything else a usage error. */
 export function booleanValue(name: string, inline: string | undefined): boolean {
-  if (inline === undefined || /^(true|yes|1)$/i.test(inline)) return true;
+  if (inline === undefined || ON.test(inline)) return true;
   if (/^(false|no|0)$/i.test(inline)) return false;
   throw new UsageError(`--${name}=${inline}: expected true or false`);
 }
@@ -25,7 +27,7 @@ export function booleanValue(name: string, inline: string | undefined): boolean 
 export function flagIsOn(words: string[], name: string): boolean {
   const on = words.filter((w) => w === `--${name}` || w.startsWith(`--${name}=`)).map((w) => {
     const eq = w.indexOf('=');
-    return eq === -1 || /^(true|yes|1)$/i.test(w.slice(eq + 1));
+    return eq === -1 || ON.test(w.slice(eq + 1));
   });
   return on.length > 0 && on[on.length - 1]!;
 }

@@ -60,17 +60,20 @@ export function decisionLogged(logger: Logger, d: Decision): boolean {
   return logger.isLevelEnabled(levelOf(d));
 }
 
-/**
- * @param context called only when the line is written: gathering it costs time too.
- * Written as few template pieces as the optional fields allow: every piece of a string
- * concatenation costs (measured: ~0.7 us a line against ~1.1 us with a helper call per field).
- * face, verdict and cache come from fixed sets of plain words and need no escaping.
- */
+/** @param context called only when the line is written: gathering it costs time too. */
 export function logDecision(logger: Logger, context: () => DecisionContext, d: Decision): void {
+  if (decisionLogged(logger, d)) writeDecision(logger, context(), d);
+}
+
+/**
+ * The line itself, for a caller that has checked decisionLogged(). Written as few template pieces
+ * as the optional fields allow: every piece of a string concatenation costs (measured: ~0.7 us a
+ * line against ~1.1 us with a helper call per field). face, verdict and cache come from fixed sets
+ * of plain words and need no escaping.
+ */
+export function writeDecision(logger: Logger, ctx: DecisionContext, d: Decision): void {
   const level = levelOf(d);
-  if (!logger.isLevelEnabled(level)) return;
   const kind = d.verdict.kind;
-  const ctx = context();
   const found = d.state?.kind === 'found' ? d.state : null;
   const internals = logger as unknown as PinoInternals;
   const mailbox = d.recipient?.key;

@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
 import type { QuotaChecker, Decision } from '../core/checker.js';
-import { decisionLogged, logDecision } from '../core/decision-log.js';
+import { decisionLogged, writeDecision } from '../core/decision-log.js';
 
 export interface PolicyAnswerOptions {
   checkEndOfMessage: boolean;
@@ -35,21 +35,22 @@ export function wantsCheck(request: PolicyRequest, opts: PolicyAnswerOptions): s
 
 export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptions, logger: Logger) {
   const answer = (request: PolicyRequest, decision: Decision): string => {
-    // Checked first: at warn (no decision lines) not even the context's closure is made.
-    if (!decisionLogged(logger, decision)) return decision.action;
-    logDecision(
-      logger,
-      () => ({
-        face: 'policy',
-        queue_id: request.get('queue_id'),
-        client_address: request.get('client_address'),
-        sender: request.get('sender'),
-        recipient: request.get('recipient'),
-        state: request.get('protocol_state'),
-        size: requestSize(request),
-      }),
-      decision,
-    );
+    // Checked first: at warn (no decision lines) not even the context is gathered.
+    if (decisionLogged(logger, decision)) {
+      writeDecision(
+        logger,
+        {
+          face: 'policy',
+          queue_id: request.get('queue_id'),
+          client_address: request.get('client_address'),
+          sender: request.get('sender'),
+          recipient: request.get('recipient'),
+          state: request.get('protocol_state'),
+          size: requestSize(request),
+        },
+        decision,
+      );
+    }
     return decision.action;
   };
   const failed = (err: unknown): string => {
