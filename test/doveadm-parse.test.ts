@@ -23,10 +23,17 @@ test('with several quota roots the fullest one decides', () => {
   assert.equal(s.kind === 'found' && s.limitBytes, 9500 * 1024);
 });
 
-test('exit code 67 is an unknown mailbox, 75 and garbage are errors', () => {
+test('exit code 67 is an unknown mailbox, 75 is busy (asked again), garbage is an error', () => {
   assert.deepEqual(parseQuotaGet('[["error",{"type":"exitCode","exitCode":67},"q"]]'), { kind: 'unknown' });
-  assert.throws(() => parseQuotaGet('[["error",{"type":"exitCode","exitCode":75},"q"]]'), (e: SourceError) => e.code === 'SOURCE_UNREACHABLE');
+  assert.throws(() => parseQuotaGet('[["error",{"type":"exitCode","exitCode":75},"q"]]'), (e: SourceError) => e.code === 'SOURCE_BUSY');
   for (const bad of ['<html>', '{}', '[["doveadmResponse",[{"type":"STORAGE","value":"-1","limit":"5"}],"q"]]', '[["surprise"]]']) {
     assert.throws(() => parseQuotaGet(bad), (e: SourceError) => e.code === 'SOURCE_BAD_ANSWER', bad);
   }
+});
+
+test('an answer tagged with another mailbox than the one asked is a bad answer', () => {
+  const body = (tag: string) => `[["doveadmResponse",[{"root":"User quota","type":"STORAGE","value":"10","limit":"20","percent":"50"}],${JSON.stringify(tag)}]]`;
+  assert.equal(parseQuotaGet(body('alice'), 'doveadm', 'alice').kind, 'found');
+  assert.throws(() => parseQuotaGet(body('bob'), 'doveadm', 'alice'), (e: SourceError) => e.code === 'SOURCE_BAD_ANSWER' && /not the mailbox asked/.test(e.message));
+  assert.throws(() => parseQuotaGet('[["error",{"type":"exitCode","exitCode":67},"bob"]]', 'doveadm', 'alice'), (e: SourceError) => e.code === 'SOURCE_BAD_ANSWER');
 });

@@ -50,10 +50,10 @@ test('the full decision over a quota.cgi backend: full mailbox gets 452 4.2.2, r
 test('our quota service JSON is understood, with message counts', async () => {
   const { source } = await sourceFor((_u, _q, res) => {
     res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ user: 'a', state: 'ok', usage: { bytes: 10, messages: 2 }, limit: { bytes: 100, messages: 2 } }));
+    res.end(JSON.stringify({ user: 'a', state: 'ok', usage: { bytes: 10, messages: 2 }, limit: { bytes: 100_000, messages: 2 } }));
   });
   const state = await source.lookup('a', signal());
-  assert.deepEqual(state, { kind: 'found', usageBytes: 10, limitBytes: 100, usageMessages: 2, limitMessages: 2, overQuota: false });
+  assert.deepEqual(state, { kind: 'found', usageBytes: 10, limitBytes: 100_000, usageMessages: 2, limitMessages: 2, overQuota: false });
 });
 
 test('404 UNKNOWN from our service is an unknown mailbox, a plain 404 page is an error', async () => {
@@ -139,4 +139,73 @@ test('the mailbox key is URL-encoded and the bearer token is sent', async () => 
   const seen = new URL(backend.requests[0]!.url, 'http://x');
   assert.equal(seen.searchParams.get('u'), 'a&c=d/é+x%');
   assert.equal(backend.requests[0]!.authorization, 'Bearer s3cret');
+});
+
+test('an answer naming another mailbox is a bad answer (on_error), never a verdict for the mailbox asked', async () => {
+  const answers: Record<string, Answer> = {
+    text: (_u, _q, res) => res.end('OVERQUOTA someoneelse 5000 1000000\n'),
+    unknown: (_u, _q, res) => {
+      res.writeHead(404);
+      res.end('UNKNOWN someoneelse\n');
+    },
+    json: (_u, _q, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ user: 'someoneelse', state: 'overquota', usage: { bytes: 5000 }, limit: { bytes: 1_000_000 } }));
+    },
+    'json without user': (_u, _q, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ state: 'overquota', usage: { bytes: 5000 }, limit: { bytes: 1_000_000 } }));
+    },
+  };
+  for (const [name, answer] of Object.entries(answers)) {
+    const { source } = await sourceFor(answer);
+    await assert.rejects(source.lookup('alice', signal()), (e: SourceError) => e.code === 'SOURCE_BAD_ANSWER' && /not the mailbox asked|names no user/.test(e.message), name);
+    const decision = await checkerFor(source).check('alice@example.com', 2_000_000);
+    assert.deepEqual([decision.verdict.kind, decision.action], ['error', 'DUNNO'], name);
+  }
+});
+
+test('a limit too small to be a quota is not believed: "OK user 0 1" gives on_error, never the permanent 552', async () => {
+  const answers: Record<string, Answer> = {
+    text: (url, _q, res) => res.end(`OK ${url.searchParams.get('u')} 0 1\n`),
+    json: (url, _q, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ user: url.searchParams.get('u'), state: 'ok', usage: { bytes: 0 }, limit: { bytes: 511 } }));
+    },
+  };
+  for (const [name, answer] of Object.entries(answers)) {
+    const { source } = await sourceFor(answer);
+    const decision = await checkerFor(source).check('alice@example.com', 5000);
+    assert.deepEqual([decision.verdict.kind, decision.error?.code, decision.action], ['error', 'SOURCE_BAD_ANSWER', 'DUNNO'], name);
+    assert.match(decision.error!.message, /limit of (1|511) bytes/, name);
+  }
+  // 0 still means no limit, and the smallest plausible limit is believed.
+  const { source } = await sourceFor((url, _q, res) => res.end(url.searchParams.get('u') === 'none' ? 'OK none 5 0\n' : `OK ${url.searchParams.get('u')} 0 512\n`));
+  assert.equal((await checkerFor(source).check('none@example.com', 5000)).verdict.kind, 'under_quota');
+  assert.equal((await checkerFor(source).check('small@example.com', 5000)).verdict.kind, 'too_large');
+});
+
+test('a busy answer (503 with Retry-After) is asked again within the budget, not turned into on_error', async () => {
+  let calls = 0;
+  const { source, backend } = await sourceFor((url, q, res) => {
+    calls++;
+    if (calls <= 3) {
+      res.writeHead(503, { 'retry-after': '1' });
+      res.end('ERROR busy, try again\n');
+    } else cgiAnswer({ full: QUOTA }, QUOTA)(url, q, res);
+  });
+  const decision = await checkerFor(source, 5000).check('full@example.com', 0);
+  assert.equal(decision.action, '452 4.2.2 Mailbox full, try again later');
+  assert.equal(backend.requests.length, 4);
+});
+
+test('a backend busy until the budget is spent gets on_error, after asking more than once', async () => {
+  const { source, backend } = await sourceFor((_u, _q, res) => {
+    res.writeHead(503, { 'retry-after': '1' });
+    res.end('ERROR busy, try again\n');
+  });
+  const decision = await checkerFor(source, 300).check('full@example.com', 0);
+  assert.deepEqual([decision.verdict.kind, decision.action], ['error', 'DUNNO']);
+  assert.ok(backend.requests.length > 1, `asked ${backend.requests.length} times`);
+  await assert.rejects(source.lookup('full', AbortSignal.timeout(100)), (e: SourceError) => e.code === 'SOURCE_BUSY' || e.code === 'SOURCE_TIMEOUT');
 });

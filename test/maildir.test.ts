@@ -27,6 +27,7 @@ import { MaildirScanCache, emptySnapshot, type StopFlag } from '../src/sources/m
 import { LimitsFile } from '../src/sources/limits.js';
 import type { QuotaState } from '../src/sources/types.js';
 import { blockingIo, threadPoolIo } from '../src/sources/store-io.js';
+import { pino } from 'pino';
 
 /** Lookups make their file-system calls on the thread pool (frontends) or blocking (the quota service). */
 const IO_KINDS = [
@@ -233,9 +234,9 @@ test('a missing maildirsize is recounted, limited by the limits file, and not cr
   assert.deepEqual([q.usageBytes, q.limitBytes, q.usageMessages, q.limitMessages, q.overQuota], [700, 1024, 1, 5, false]);
   // Even with writing on, a file is never created: it would freeze the limit into the mailbox.
   await assert.rejects(stat(path.join(dir, 'maildirsize')), { code: 'ENOENT' });
-  const other = new MaildirStore({ root, mailbox: '{domain}/{local}/Maildir', defaultLimitBytes: 500 });
+  const other = new MaildirStore({ root, mailbox: '{domain}/{local}/Maildir', defaultLimitBytes: 600 });
   const d = expectFound(await other.lookup('bob@example.com', live()));
-  assert.deepEqual([d.limitBytes, d.overQuota], [500, true], 'no limits file: the default');
+  assert.deepEqual([d.limitBytes, d.overQuota], [600, true], 'no limits file: the default');
 });
 
 test('a large maildirsize is recounted and rewritten through tmp/ only when writing is enabled', async (t) => {
@@ -563,4 +564,37 @@ test('a maildirsize that must be recounted is recounted from the cache while not
   assert.deepEqual(second.q, first.q);
   assert.deepEqual([second.q.usageBytes, second.q.limitBytes], [150, 5000], 'counted, with the limits of the file');
   assert.deepEqual([first.work.directoriesRead, second.work.directoriesRead, second.work.directoriesReused], [4, 0, 4]);
+});
+
+test('a limit too small to be a quota (maildirsize, or the default) is a bad answer, not a figure to refuse mail on', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'tiny', 'Maildir');
+  await maildir(dir);
+  await writeFile(path.join(dir, 'maildirsize'), '100S\n0 0\n');
+  await maildir(path.join(root, 'plain', 'Maildir'));
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: 1 });
+  await assert.rejects(store.lookup('tiny', live()), (e: Error & { code?: string }) => e.code === 'SOURCE_BAD_ANSWER' && /maildirsize names a limit of 100 bytes/.test(e.message));
+  await assert.rejects(store.lookup('plain', live()), (e: Error & { code?: string }) => e.code === 'SOURCE_BAD_ANSWER' && /store.limit names a limit of 1 bytes/.test(e.message));
+  const unlimited = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null });
+  assert.equal(expectFound(await unlimited.lookup('plain', live())).limitBytes, null, 'no limit is not a small limit');
+});
+
+test('a failed maildirsize rewrite is logged (at most once a minute) and the answer still given', async (t) => {
+  const root = await tempRoot(t);
+  const dir = path.join(root, 'kim', 'Maildir');
+  await maildir(dir);
+  await message(path.join(dir, 'cur'), '1.a.host,S=100:2,S', 1);
+  const big = '5000S\n' + '       10    1\n'.repeat(400); // >= 5120 bytes: recounted, then rewritten
+  await writeFile(path.join(dir, 'maildirsize'), big);
+  await rm(path.join(dir, 'tmp'), { recursive: true });
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
+  const store = new MaildirStore({ root, mailbox: '{user}/Maildir', defaultLimitBytes: null, writeMaildirsize: true, logger });
+  for (let i = 0; i < 3; i++) assert.equal(expectFound(await store.lookup('kim', live())).usageBytes, 100);
+  assert.match(String(store.lastWriteError), /tmp\/ is missing/);
+  const warned = lines.filter((l) => String(l.msg).startsWith('maildirsize not rewritten'));
+  assert.equal(warned.length, 1, 'once, not at every recount');
+  assert.equal(warned[0]!.mailbox, dir);
+  assert.match(String(warned[0]!.error), /tmp\/ is missing/);
+  assert.equal(await readFile(path.join(dir, 'maildirsize'), 'utf8'), big, 'left as it was');
 });

@@ -71,7 +71,7 @@ test('SIGTERM lets a lookup in flight finish: its answer goes out, then the serv
     arrived();
     setTimeout(() => {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('[["doveadmResponse",[{"root":"User quota","type":"STORAGE","value":"10","limit":"1024","percent":"0"}],"q"]]');
+      res.end('[["doveadmResponse",[{"root":"User quota","type":"STORAGE","value":"10","limit":"1024","percent":"0"}],"alice"]]');
     }, 700);
   });
   const qs = await startQuotaServiceProcess(['--store.type', 'doveadm', '--doveadm.url', dovecot.url('/doveadm/v1'), '--doveadm.password', 'pw']);

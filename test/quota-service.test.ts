@@ -7,7 +7,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -100,11 +100,11 @@ test('an unknown Maildir user is 404 UNKNOWN in text and state unknown in JSON',
   assert.deepEqual(JSON.parse((await get('/quota.json?u=ann')).body).usage, { bytes: 400, messages: 2 });
 });
 
-test('health answers ok', async (t) => {
-  const { mbox } = await fixture(t);
+test('health answers ok while the store root can be read', async (t) => {
+  const { mbox, spool } = await fixture(t);
   const { get } = await serve(t, mbox);
   const r = await get('/health');
-  assert.deepEqual([r.status, JSON.parse(r.body)], [200, { status: 'ok' }]);
+  assert.deepEqual([r.status, JSON.parse(r.body)], [200, { status: 'ok', source: `mbox:${spool}` }]);
 });
 
 test('every class of bad user is answered 400 with a one-line reason and never echoed', async (t) => {
@@ -204,7 +204,7 @@ test('a failing store is answered 503 with its reason, never a fake OK', async (
   assert.deepEqual(await b.get('/quota?u=alice').then((x) => [x.status, x.body]), [503, 'ERROR internal error\n']);
 });
 
-test('lookups beyond maxConcurrentScans are refused 503 with Retry-After', async (t) => {
+test('lookups beyond maxLookups are refused 503 with Retry-After', async (t) => {
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
   let calls = 0;
@@ -217,7 +217,7 @@ test('lookups beyond maxConcurrentScans are refused 503 with Retry-After', async
     },
     close: async () => {},
   };
-  const { get } = await serve(t, slow, { maxConcurrentScans: 1 });
+  const { get } = await serve(t, slow, { maxLookups: 1 });
   const first = get('/quota?u=alice');
   while (calls === 0) await new Promise((r) => setTimeout(r, 5));
   const second = await get('/quota?u=bob');
@@ -264,4 +264,62 @@ test('the mbox store itself refuses bad keys, honours an aborted signal, and rep
   await assert.rejects(mbox.lookup('maildir-user', new AbortController().signal), { code: 'SOURCE_IO' });
   const { get } = await serve(t, mbox);
   assert.match((await get('/quota?u=maildir-user')).body, /^ERROR SOURCE_IO: /);
+});
+
+test('health answers 503 with the reason when the store root cannot be read, and 200 again once it can', async (t) => {
+  const { mbox, spool, base } = await fixture(t);
+  const { get } = await serve(t, mbox);
+  const moved = path.join(base, 'moved-away');
+  await rename(spool, moved);
+  const gone = await get('/health');
+  assert.equal(gone.status, 503);
+  assert.deepEqual(JSON.parse(gone.body), { status: 'failing', source: `mbox:${spool}`, reason: `store root ${spool} cannot be read: ENOENT` });
+  await writeFile(spool, 'not a directory');
+  assert.match(JSON.parse((await get('/health')).body).reason, /ENOTDIR/);
+  await rm(spool);
+  await rename(moved, spool);
+  assert.equal((await get('/health')).status, 200);
+});
+
+test('health does not wait for a store that never answers: 503 after its bound', async (t) => {
+  const hung: QuotaSource = {
+    name: 'hung',
+    lookup: () => new Promise(() => {}),
+    health: () => new Promise(() => {}),
+    close: async () => {},
+  };
+  const { get } = await serve(t, hung);
+  const r = await get('/health');
+  assert.equal(r.status, 503);
+  assert.match(JSON.parse(r.body).reason, /did not answer within/);
+});
+
+test('POST /invalidate off loopback needs a token: the service refuses to start without one', async (t) => {
+  const { mbox } = await fixture(t);
+  const publishInvalidation = async () => true;
+  const logger = pino({ level: 'silent' });
+  await assert.rejects(
+    startQuotaService({ host: '0.0.0.0', port: 0, store: mbox, logger, publishInvalidation }),
+    /not loopback.*needs a token/,
+  );
+  const svc = await startQuotaService({ host: '0.0.0.0', port: 0, store: mbox, logger, publishInvalidation, token: 't0k' });
+  t.after(() => svc.close());
+  const post = (headers: Record<string, string> = {}) => fetch(`http://127.0.0.1:${svc.port}/invalidate?u=alice`, { method: 'POST', headers });
+  assert.equal((await post()).status, 401);
+  assert.equal((await post({ authorization: 'Bearer t0k' })).status, 200);
+  // On loopback no token is needed (only this host can reach it).
+  const local = await startQuotaService({ host: '127.0.0.1', port: 0, store: mbox, logger, publishInvalidation });
+  t.after(() => local.close());
+  assert.equal((await fetch(`http://127.0.0.1:${local.port}/invalidate?u=alice`, { method: 'POST' })).status, 200);
+});
+
+test('an mbox whose limit is too small to be a quota is answered 503 (a bad figure), never OVERQUOTA', async (t) => {
+  const { spool, base } = await fixture(t);
+  await writeFile(path.join(base, 'tiny-limits'), 'alice 100\n');
+  const limits = new LimitsFile();
+  assert.deepEqual(await limits.load(path.join(base, 'tiny-limits')), []);
+  const { get } = await serve(t, new MboxStore({ root: spool, defaultLimitBytes: MiB200, limits }));
+  const r = await get('/quota?u=alice');
+  assert.equal(r.status, 503);
+  assert.match(r.body, /^ERROR SOURCE_BAD_ANSWER: the limits file or store.limit names a limit of 100 bytes/);
 });

@@ -5,12 +5,19 @@
  *   GET /quota?u=USER  (and /cgi-bin/quota.cgi?u=USER)  200 "OK|OVERQUOTA <user> <size> <quota>\n"
  *                                                        404 "UNKNOWN <user>\n"
  *   GET /quota.json?u=USER   the same as {"user","state","usage","limit","source"}
- *   GET /health              200 {"status":"ok"} (no token: it tells nothing about mailboxes)
- *   POST /invalidate?u=USER  tell every frontend to forget USER's cached state (needs redis.url)
+ *   GET /health              200 {"status":"ok","source"} when the store can be read, else 503
+ *                            {"status":"failing","source","reason"} (no token: it names no mailbox)
+ *   POST /invalidate?u=USER  tell every frontend to forget USER's cached state (needs redis.url;
+ *                            needs the token when the listener is not on loopback)
  *
  * It must never crash on any input, never answer OK for a lookup that failed (503 instead: the
- * frontend then applies its on_error policy), never echo an invalid user back, and never run
- * more than maxConcurrentScans lookups at once (a Maildir recount reads whole directories).
+ * frontend then applies its on_error policy), never echo an invalid user back, and never refuse a
+ * lookup for being busy while it can still queue it: a frontend that gives up on us gives its
+ * on_error answer (accepted mail, bounced later). Lookups are answered as they come, at most
+ * maxLookups at a time (beyond that, 503 with Retry-After: frontends ask again within their
+ * budget); each waits only within its own deadline (our lookupTimeoutMs, and the client hanging
+ * up). What is expensive, a Maildir recount, is bounded by the store itself (its scan slots,
+ * quota_service.max_concurrent_scans): there a lookup waits for a slot, it is not refused.
  * It does not close the store: the caller created it.
  */
 
@@ -23,9 +30,18 @@ import { SourceError, type QuotaSource, type QuotaState } from '../sources/types
 
 /** Longest request target; a mailbox key is at most 255 bytes, 3x that percent-encoded, plus the path. */
 export const MAX_URL_LENGTH = 2048;
-export const DEFAULT_MAX_CONCURRENT_SCANS = 16;
-/** Per-lookup budget; well under the frontend's, so the frontend sees our 503 rather than its own timeout. */
+/**
+ * Lookups being answered at once, waiting ones included (quota_service.max_lookups): 64 frontends
+ * of 16 connections each. A waiting lookup costs a request object and a promise, a few KB.
+ */
+export const DEFAULT_MAX_LOOKUPS = 1024;
+/**
+ * Per-lookup budget, for callers that never hang up. A frontend's is shorter (source.timeout,
+ * 1.5 s): when it gives up it drops the connection, and the lookup stops then (CLIENT_GONE).
+ */
 export const DEFAULT_LOOKUP_TIMEOUT_MS = 10_000;
+/** Longest wait for the store's own health check: a hung mount must not hang /health too. */
+export const HEALTH_TIMEOUT_MS = 2_000;
 /* Slow or idle clients must not hold sockets: the frontend keeps connections alive between lookups. */
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -43,7 +59,8 @@ export interface QuotaServiceOptions {
   /** When set, quota endpoints require `Authorization: Bearer <token>`. */
   token?: string;
   logger: Logger;
-  maxConcurrentScans?: number;
+  /** Lookups being answered at once, waiting ones included; more are answered 503 busy. */
+  maxLookups?: number;
   lookupTimeoutMs?: number;
   /** Publishes "forget USER" to the frontends' shared cache; absent without Redis. */
   publishInvalidation?: (user: string) => Promise<boolean>;
@@ -69,9 +86,14 @@ interface Answer {
 }
 
 export async function startQuotaService(opts: QuotaServiceOptions): Promise<QuotaService> {
-  const maxScans = opts.maxConcurrentScans ?? DEFAULT_MAX_CONCURRENT_SCANS;
+  const maxLookups = opts.maxLookups ?? DEFAULT_MAX_LOOKUPS;
+  if (!Number.isInteger(maxLookups) || maxLookups < 1) throw new Error(`quota_service.max_lookups ${maxLookups}: expected a whole number >= 1`);
   const timeoutMs = opts.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS;
   const tokenDigest = opts.token ? digest(opts.token) : null;
+  // Anyone who reaches the port could make every frontend forget its cache (and ask Redis for it).
+  if (opts.publishInvalidation && tokenDigest === null && !isLoopbackHost(opts.host)) {
+    throw new Error(`the quota service on ${opts.host} (not loopback) offers POST /invalidate: it needs a token`);
+  }
   let active = 0;
   /** Requests received and not yet answered (lookups, and the rest). */
   let inFlight = 0;
@@ -89,7 +111,7 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
         return { ...plain(405, 'ERROR method not allowed'), headers: { allow: 'GET, HEAD' } };
       }
     }
-    if (pathname === '/health') return { status: 200, body: JSON.stringify({ status: 'ok' }), format: 'json' };
+    if (pathname === '/health') return health();
     if (pathname === '/invalidate') return invalidate(req, query);
     if (format === undefined) return plain(404, 'ERROR no such endpoint');
 
@@ -101,7 +123,7 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
     const bad = checkMailboxUser(user);
     if (bad) return fail(400, bad, format);
 
-    if (active >= maxScans) {
+    if (active >= maxLookups) {
       return { ...fail(503, 'busy, try again', format), headers: { 'retry-after': RETRY_AFTER_SECONDS }, user };
     }
     active++;
@@ -127,6 +149,24 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
       res.off('close', gone);
     }
     return { ...render(user, state, format, opts.store.name), user };
+  }
+
+  async function health(): Promise<Answer> {
+    const source = opts.store.name;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve(`the store did not answer within ${HEALTH_TIMEOUT_MS} ms`), HEALTH_TIMEOUT_MS);
+    });
+    let reason: string | null;
+    try {
+      reason = opts.store.health ? await Promise.race([opts.store.health(), late]) : null;
+    } catch (err) {
+      reason = `health check failed: ${(err as Error).message}`;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (reason === null) return json(200, { status: 'ok', source });
+    return { ...json(503, { status: 'failing', source, reason }), error: reason };
   }
 
   async function invalidate(req: IncomingMessage, query: string): Promise<Answer> {
@@ -245,6 +285,12 @@ function userParameter(query: string): string | { error: string } {
   } catch {
     return { error: 'u is not valid UTF-8 percent-encoding' };
   }
+}
+
+/** True for a host only this machine can reach: 127.0.0.0/8, ::1, localhost. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\./.test(h);
 }
 
 function authorized(header: string | undefined, expected: Buffer): boolean {

@@ -1,15 +1,20 @@
 /*
  * Quota source: Dovecot's doveadm HTTP API (`quotaGet`), from a frontend or from the quota service.
  *
- * POST /doveadm/v1 with [["quotaGet",{"user":KEY},"q"]], one command per request, keep-alive.
+ * POST /doveadm/v1 with [["quotaGet",{"user":KEY},KEY]], one command per request, keep-alive. The
+ * tag (the last element) is the mailbox key and doveadm echoes it: an answer whose tag is not the
+ * key asked is SOURCE_BAD_ANSWER, so figures are believed only for the mailbox they name.
  * Answer rows: {"root","type":"STORAGE"|"MESSAGE","value","limit","percent"}, all strings; STORAGE
  * in KiB; limit "-" means none. Several quota roots (user, domain...): the fullest one counts.
- * Errors: exitCode 67 (EX_NOUSER) is an unknown mailbox; 75 (EX_TEMPFAIL), 401, transport trouble
- * and anything unreadable are SourceErrors: never a fake "room", never a throw of another kind.
+ * Errors: exitCode 67 (EX_NOUSER) is an unknown mailbox; 401, transport trouble and anything
+ * unreadable are SourceErrors: never a fake "room", never a throw of another kind. Busy is asked
+ * again within the caller's signal (as http.ts does): exit code 75 (EX_TEMPFAIL, "try again") and
+ * HTTP 503. A storage limit is in KiB, so one that is not 0 is at least 1024 bytes: always a
+ * plausible limit (types.ts).
  */
 import { Pool } from 'undici';
 import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
-import { readBounded, asSourceError } from './http.js';
+import { BUSY, readBounded, asSourceError, untilNotBusy } from './http.js';
 
 export interface DoveadmSourceOptions {
   /** e.g. http://127.0.0.1:8080/doveadm/v1 */
@@ -50,7 +55,11 @@ export class DoveadmSource implements QuotaSource {
     else if (opts.apiKey) this.headers.authorization = `X-Dovecot-API ${Buffer.from(opts.apiKey).toString('base64')}`;
   }
 
-  async lookup(key: string, signal: AbortSignal): Promise<QuotaState> {
+  lookup(key: string, signal: AbortSignal): Promise<QuotaState> {
+    return untilNotBusy(signal, this.name, () => this.ask(key, signal));
+  }
+
+  private async ask(key: string, signal: AbortSignal): Promise<QuotaState | typeof BUSY> {
     let body: string;
     let status: number;
     try {
@@ -58,7 +67,7 @@ export class DoveadmSource implements QuotaSource {
         method: 'POST',
         path: this.path,
         headers: this.headers,
-        body: JSON.stringify([['quotaGet', { user: key }, 'q']]),
+        body: JSON.stringify([['quotaGet', { user: key }, key]]),
         signal,
       });
       status = res.statusCode;
@@ -69,8 +78,14 @@ export class DoveadmSource implements QuotaSource {
     if (status === 401 || status === 403) {
       throw new SourceError('SOURCE_HTTP_STATUS', `${this.name} refused our credentials (HTTP ${status}): check doveadm_password / doveadm_api_key`);
     }
+    if (status === 503) return BUSY;
     if (status !== 200) throw new SourceError('SOURCE_HTTP_STATUS', `${this.name} answered HTTP ${status}`);
-    return parseQuotaGet(body, this.name);
+    try {
+      return parseQuotaGet(body, this.name, key);
+    } catch (err) {
+      if (err instanceof SourceError && err.code === 'SOURCE_BUSY') return BUSY;
+      throw err;
+    }
   }
 
   async close(): Promise<void> {
@@ -78,7 +93,8 @@ export class DoveadmSource implements QuotaSource {
   }
 }
 
-export function parseQuotaGet(body: string, name = 'doveadm'): QuotaState {
+/** @param tag the tag sent (the key asked); when given, the answer must carry it. */
+export function parseQuotaGet(body: string, name = 'doveadm', tag?: string): QuotaState {
   let doc: unknown;
   try {
     doc = JSON.parse(body);
@@ -87,10 +103,13 @@ export function parseQuotaGet(body: string, name = 'doveadm'): QuotaState {
   }
   const first = Array.isArray(doc) ? (doc[0] as unknown[]) : null;
   if (!Array.isArray(first)) throw new SourceError('SOURCE_BAD_ANSWER', `${name}: not a doveadm answer`);
+  if (tag !== undefined && first[2] !== tag) {
+    throw new SourceError('SOURCE_BAD_ANSWER', `${name}: the answer is tagged ${JSON.stringify(first[2])}, not the mailbox asked, ${JSON.stringify(tag)}`);
+  }
   if (first[0] === 'error') {
     const code = (first[1] as { exitCode?: unknown } | undefined)?.exitCode;
     if (code === EX_NOUSER) return { kind: 'unknown' };
-    if (code === EX_TEMPFAIL) throw new SourceError('SOURCE_UNREACHABLE', `${name}: temporary failure (exit code 75)`);
+    if (code === EX_TEMPFAIL) throw new SourceError('SOURCE_BUSY', `${name}: temporary failure (exit code 75)`);
     throw new SourceError('SOURCE_BAD_ANSWER', `${name}: error ${JSON.stringify(first[1])}`);
   }
   if (first[0] !== 'doveadmResponse' || !Array.isArray(first[1])) throw new SourceError('SOURCE_BAD_ANSWER', `${name}: unexpected answer ${JSON.stringify(first[0])}`);

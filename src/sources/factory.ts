@@ -2,6 +2,7 @@
  * Settings -> quota sources. The only place that knows which class serves which setting.
  * Fails at start-up (throws) on a limits file with bad lines: better than a wrong quota later.
  */
+import type { Logger } from 'pino';
 import type { Backend, Settings } from '../config.js';
 import { LimitsFile } from './limits.js';
 import { MaildirStore } from './maildir.js';
@@ -27,10 +28,14 @@ export interface LocalStore {
   limits: LimitsFile | null;
 }
 
-/** `io`: how lookups touch the disk (store-io.ts); frontends keep the default, the thread pool. */
+/**
+ * `io`: how lookups touch the disk (store-io.ts); frontends keep the default, the thread pool.
+ * `maxConcurrentScans`: Maildir recounts at once (scan-slots.ts); `logger`: where a failed
+ * maildirsize rewrite is reported.
+ */
 export async function buildLocalStore(
   store: Settings['store'],
-  opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm']; io?: StoreIo },
+  opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm']; io?: StoreIo; maxConcurrentScans?: number; logger?: Logger },
 ): Promise<LocalStore> {
   if (store.type === 'doveadm') return { store: await doveadmSource(opts.doveadm.url, opts.doveadm.password, opts.doveadm.api_key, 16), limits: null };
   let limits: LimitsFile | undefined;
@@ -53,6 +58,8 @@ export async function buildLocalStore(
       scanCacheMailboxes: store.scan_cache_mailboxes,
       writeMaildirsize: opts.writeMaildirsize,
       io: opts.io,
+      maxConcurrentScans: opts.maxConcurrentScans,
+      logger: opts.logger,
     });
     return { store: maildir, limits: limits ?? null };
   }

@@ -81,7 +81,8 @@ export function settled(stamp: DirectoryStamp, marginMs: number): boolean {
 
 interface Running {
   promise: Promise<MaildirScan>;
-  stop: { aborted: boolean };
+  /* An AbortController rather than a flag: a scan waiting for a slot (scan-slots.ts) must wake. */
+  stop: AbortController;
   settled: boolean;
   waiters: number;
 }
@@ -132,13 +133,13 @@ export class MaildirScanCache {
     dir: string,
     trashKey: string,
     signal: AbortSignal,
-    scan: (snapshot: MaildirSnapshot, stop: StopFlag) => Promise<MaildirScan>,
+    scan: (snapshot: MaildirSnapshot, stop: AbortSignal) => Promise<MaildirScan>,
   ): Promise<MaildirScan> {
     if (signal.aborted) throw aborted();
     let run = this.running.get(dir);
-    if (!run || run.stop.aborted) {
-      const started: Running = { stop: { aborted: false }, settled: false, waiters: 0, promise: Promise.resolve(null as never) };
-      started.promise = scan(this.snapshotFor(dir, trashKey), started.stop).finally(() => {
+    if (!run || run.stop.signal.aborted) {
+      const started: Running = { stop: new AbortController(), settled: false, waiters: 0, promise: Promise.resolve(null as never) };
+      started.promise = scan(this.snapshotFor(dir, trashKey), started.stop.signal).finally(() => {
         started.settled = true;
         if (this.running.get(dir) === started) this.running.delete(dir);
       });
@@ -152,7 +153,7 @@ export class MaildirScanCache {
       return await untilAborted(run.promise, signal);
     } finally {
       run.waiters--;
-      if (run.waiters === 0 && !run.settled) run.stop.aborted = true;
+      if (run.waiters === 0 && !run.settled) run.stop.abort();
     }
   }
 }

@@ -8,6 +8,13 @@
  * when its own mtime changed (a folder created, removed or renamed). The snapshot is updated in
  * place directory by directory, so a scan cut short keeps what it finished.
  *
+ * Hard links: a message's size is the ,S= in its name (Courier's rule; Dovecot and Courier always
+ * write one), so a link changes nothing there. A name without ,S= costs an lstat and the file's own
+ * size, and a mailbox owner could hard-link any file of the same file system into cur/ to learn
+ * its size: a file with more than one link counts only when it has the owner of the directory it
+ * is in (Dovecot's maildir_copy_with_hardlinks links a copied message into another folder, with
+ * the mailbox's owner), otherwise it is not a message of this mailbox and is left out.
+ *
  * The scan must never follow a symlink (a message or folder that is a link may point anywhere),
  * never block the event loop for long (async opendir, a setImmediate turn at least every
  * SCAN_SLICE_MS of work or SCAN_YIELD_EVERY entries), and never write: writing is the store's
@@ -128,7 +135,7 @@ export async function scanMaildir(dir: string, options: MaildirScanOptions = {})
       if (count && sameDirectory(count, st) && settled(count, margin)) {
         work.directoriesReused++;
       } else {
-        const counted = await countDirectory(d, pacer, work);
+        const counted = await countDirectory(d, st.uid, pacer, work);
         work.directoriesRead++;
         readAny = true;
         // Stamped with the stat taken before the read: a change during the read shows next time.
@@ -223,7 +230,7 @@ async function refreshFolders(
  * One directory's messages. Sizes come from ,S= in the name; only names without it (and entries
  * whose type readdir does not report) cost an lstat, SCAN_STAT_CONCURRENCY of them in flight.
  */
-async function countDirectory(d: string, pacer: Pacer, work: Work): Promise<{ bytes: number; messages: number }> {
+async function countDirectory(d: string, owner: bigint, pacer: Pacer, work: Work): Promise<{ bytes: number; messages: number }> {
   const result = { bytes: 0, messages: 0 };
   let handle;
   try {
@@ -250,7 +257,7 @@ async function countDirectory(d: string, pacer: Pacer, work: Work): Promise<{ by
         result.messages++;
         continue;
       }
-      pending.push(statMessage(path.join(d, entry.name), size, result));
+      pending.push(statMessage(path.join(d, entry.name), size, owner, result));
       if (pending.length >= SCAN_STAT_CONCURRENCY) {
         await Promise.all(pending);
         pending = [];
@@ -264,17 +271,19 @@ async function countDirectory(d: string, pacer: Pacer, work: Work): Promise<{ by
   return result;
 }
 
-async function statMessage(file: string, sizeFromName: number | null, into: { bytes: number; messages: number }): Promise<void> {
+async function statMessage(file: string, sizeFromName: number | null, owner: bigint, into: { bytes: number; messages: number }): Promise<void> {
   let st;
   try {
-    st = await lstat(file);
+    st = await lstat(file, { bigint: true });
   } catch (err) {
     // Expunged or moved to cur/ while we were counting: the other copy (if any) is counted there.
     if (isVanished(err)) return;
     throw err;
   }
   if (!st.isFile()) return;
-  into.bytes += sizeFromName ?? st.size;
+  // A link to a file someone else owns (see the header): its size is not this mailbox's to report.
+  if (sizeFromName === null && st.nlink > 1n && st.uid !== owner) return;
+  into.bytes += sizeFromName ?? Number(st.size);
   into.messages++;
 }
 

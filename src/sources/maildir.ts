@@ -6,10 +6,17 @@
  * A mailbox directory that does not exist is "unknown" (unlike mbox, Maildirs are created
  * with the account, so a missing one means no such user on this store).
  *
- * A mailbox without a usable maildirsize is scanned, and the scan's per-directory counts are kept
- * (maildir-cache.ts, at most `scanCacheMailboxes` mailboxes): the next lookup stats the mailbox's
- * directories and reads only those whose mtime changed. A trusted maildirsize is read every time
- * (one small file) and never cached here: the delivery agent appends to it.
+ * A mailbox without a usable maildirsize is scanned (at most `maxConcurrentScans` at once, the
+ * others waiting for a slot within their caller's deadline: scan-slots.ts), and the scan's
+ * per-directory counts are kept (maildir-cache.ts, at most `scanCacheMailboxes` mailboxes): the
+ * next lookup stats the mailbox's directories and reads only those whose mtime changed. A trusted
+ * maildirsize is read every time (one small file) and never cached here: the delivery agent
+ * appends to it.
+ *
+ * A maildirsize is usable only as a regular file with one link: delivery agents write it in tmp/
+ * and rename it, so it never has two. A hard link to a file elsewhere (the mailbox owner can make
+ * one) would report that file's figures; it is treated as missing and the mailbox recounted.
+ * A failed rewrite is logged (at most once per WRITE_ERROR_LOG_INTERVAL_MS) and the answer stands.
  *
  * This module must never follow a symlink out of the root, never block the event loop for
  * long (directory reads on the thread pool, a turn every SCAN_SLICE_MS of scanning; the few
@@ -19,6 +26,7 @@
  */
 
 import type { Stats } from 'node:fs';
+import type { Logger } from 'pino';
 import { chmod, chown, lstat, rename, unlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -49,9 +57,10 @@ import {
   type DirectoryStamp,
   type StopFlag,
 } from './maildir-cache.js';
-import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
+import { checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from './types.js';
 import { ioError, throwIfAborted } from './store-errors.js';
-import { threadPoolIo, type StoreIo } from './store-io.js';
+import { storeRootProblem, threadPoolIo, type StoreIo } from './store-io.js';
+import { DEFAULT_MAX_CONCURRENT_SCANS, ScanSlots } from './scan-slots.js';
 
 export {
   DEFAULT_TRASH_FOLDERS,
@@ -75,6 +84,8 @@ export { DEFAULT_SCAN_CACHE_MAILBOXES, MaildirScanCache } from './maildir-cache.
 
 /* Enough for the limits line and any file under the recalculation threshold; larger is rescanned anyway. */
 const MAILDIRSIZE_READ_LIMIT = 64 * 1024;
+/** At most one log line this often about failed rewrites: a mailbox whose rewrite fails fails at every recount. */
+export const WRITE_ERROR_LOG_INTERVAL_MS = 60_000;
 
 export interface MaildirStoreOptions {
   /** Directory under which every mailbox lives, e.g. /var/vmail. */
@@ -92,6 +103,10 @@ export interface MaildirStoreOptions {
   scanCacheMailboxes?: number;
   /** How each lookup's file-system calls are made (store-io.ts). Default: on the thread pool. */
   io?: StoreIo;
+  /** Scans running at once; more wait for a slot within their caller's deadline. Default 8. */
+  maxConcurrentScans?: number;
+  /** Where a failed maildirsize rewrite is reported. */
+  logger?: Pick<Logger, 'warn'>;
 }
 
 /** What the scans of one store cost so far (for tests, benchmarks and diagnostics). */
@@ -132,6 +147,10 @@ export class MaildirStore implements QuotaSource {
   private readonly trashKey: string;
   private readonly scanCache: MaildirScanCache;
   private readonly io: StoreIo;
+  private readonly scanSlots: ScanSlots;
+  private readonly logger: Pick<Logger, 'warn'> | undefined;
+  /** Failed rewrites since the last one logged, and when that was. */
+  private readonly writeErrors = { loggedAtMs: -Infinity, unlogged: 0 };
   /** Totals over every scan this store ran. */
   readonly scanStats: MaildirScanStats = { scans: 0, directoriesRead: 0, directoriesReused: 0, rootListings: 0, entries: 0 };
   /** The last failure to rewrite maildirsize (the answer was still given); for diagnostics. */
@@ -149,6 +168,8 @@ export class MaildirStore implements QuotaSource {
     this.trashKey = trashKeyOf(this.trashFolders);
     this.scanCache = new MaildirScanCache(options.scanCacheMailboxes ?? DEFAULT_SCAN_CACHE_MAILBOXES);
     this.io = options.io ?? threadPoolIo;
+    this.scanSlots = new ScanSlots(options.maxConcurrentScans ?? DEFAULT_MAX_CONCURRENT_SCANS);
+    this.logger = options.logger;
     this.name = `maildir:${options.root}`;
   }
 
@@ -170,7 +191,10 @@ export class MaildirStore implements QuotaSource {
     if (reason !== null) {
       let scan;
       try {
-        scan = await this.scanCache.shared(dir, this.trashKey, signal, (snapshot, stop) => this.scan(dir, snapshot, stop, root, prefetched));
+        scan = await this.scanCache.shared(dir, this.trashKey, signal, (snapshot, stop) =>
+          // After a wait for a slot, the stats taken on the way in are stale: the scan takes its own.
+          this.scanSlots.run(stop, (waited) => this.scan(dir, snapshot, stop, waited ? undefined : root, waited ? undefined : prefetched)),
+        );
       } catch (err) {
         if (err instanceof SourceError) throw err;
         throw ioError('cannot scan the Maildir', err);
@@ -188,6 +212,7 @@ export class MaildirStore implements QuotaSource {
     const limit = own?.limitsLine
       ? { bytes: own.limitBytes, messages: own.limitMessages }
       : limitFromFile(this.limits, key, this.defaultLimitBytes);
+    checkPlausibleLimit(limit.bytes, own?.limitsLine ? 'maildirsize' : 'the limits file or store.limit');
     const over =
       (limit.bytes !== null && usageBytes >= limit.bytes) ||
       (limit.messages !== null && usageMessages >= limit.messages);
@@ -206,6 +231,10 @@ export class MaildirStore implements QuotaSource {
   /** Forgets every cached scan result (the next lookup of each mailbox reads all its directories). */
   forgetScans(): void {
     this.scanCache.clear();
+  }
+
+  health(): Promise<string | null> {
+    return storeRootProblem(this.root);
   }
 
   async close(): Promise<void> {
@@ -274,7 +303,10 @@ export class MaildirStore implements QuotaSource {
     return { dir, current: current.value, root, prefetched };
   }
 
-  /* maildirsize read without following a symlink; null when missing (or a symlink: not trusted). */
+  /*
+   * maildirsize read without following a symlink; null when missing, or not to be trusted: a
+   * symlink, anything but a regular file (never read: store-io.ts), a file with more than one link.
+   */
   private async readMaildirsize(dir: string): Promise<CurrentFile | null> {
     let file;
     try {
@@ -282,7 +314,7 @@ export class MaildirStore implements QuotaSource {
     } catch (err) {
       throw ioError('cannot read maildirsize', err);
     }
-    if (file === null || !file.stats.isFile()) return null;
+    if (file === null || !file.stats.isFile() || file.stats.nlink > 1) return null;
     return { parsed: parseMaildirsize(file.bytes.toString('latin1')), stats: file.stats };
   }
 
@@ -304,8 +336,24 @@ export class MaildirStore implements QuotaSource {
     } catch (err) {
       // The answer stays valid without the rewrite; the next lookup recalculates again.
       this.lastWriteError = err instanceof Error ? err : new Error(String(err));
+      this.logWriteError(dir, this.lastWriteError);
       await unlink(tmpFile).catch(() => undefined);
     }
+  }
+
+  private logWriteError(dir: string, err: Error): void {
+    const now = Date.now();
+    const w = this.writeErrors;
+    if (now - w.loggedAtMs < WRITE_ERROR_LOG_INTERVAL_MS) {
+      w.unlogged++;
+      return;
+    }
+    this.logger?.warn(
+      { mailbox: dir, error: err.message, code: (err as NodeJS.ErrnoException).code, not_logged_since_last: w.unlogged },
+      'maildirsize not rewritten after a recount: the answer stands, the next lookup recounts again',
+    );
+    w.loggedAtMs = now;
+    w.unlogged = 0;
   }
 }
 

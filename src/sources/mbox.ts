@@ -6,13 +6,17 @@
  * delivery), so mbox never answers "unknown" for a well-formed key whose file could exist.
  * It must never report the size of anything outside the root: keys go through the safety gate,
  * the path through resolveInside(), and the final stat does not follow a symlink.
+ *
+ * An mbox with more than one hard link is an error (on_error), not a figure: its size may be that
+ * of a file outside the spool that the mailbox owner linked in. Postfix's local(8) will not deliver
+ * to such a mailbox either (its safe_open() demands one link: "file has N hard links").
  */
 
 import { checkMailboxTemplate, mailboxPathFor, resolveInside } from './mailbox-path.js';
 import { limitFromFile, type LimitsFile } from './limits.js';
-import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
+import { checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from './types.js';
 import { ioError, throwIfAborted } from './store-errors.js';
-import { threadPoolIo, type StoreIo } from './store-io.js';
+import { storeRootProblem, threadPoolIo, type StoreIo } from './store-io.js';
 
 export interface MboxStoreOptions {
   /** The spool directory, e.g. /var/mail. */
@@ -67,6 +71,7 @@ export class MboxStore implements QuotaSource {
       if (st === null) usageBytes = 0;
       else if (st.isSymbolicLink()) return { kind: 'unknown' };
       else if (!st.isFile()) throw new SourceError('SOURCE_IO', `mbox for this user is not a regular file (check the mailbox template)`);
+      else if (st.nlink > 1n) throw new SourceError('SOURCE_IO', `mbox for this user has ${st.nlink} hard links: its size may be another file's (Postfix refuses to deliver to it as well)`);
       else usageBytes = Number(st.size);
     } catch (err) {
       if (err instanceof SourceError) throw err;
@@ -77,9 +82,14 @@ export class MboxStore implements QuotaSource {
     // mbox has no cheap message count (it would mean reading the whole file), so a message
     // limit from the limits file cannot be enforced here and is not reported.
     const limit = limitFromFile(this.limits, key, this.defaultLimitBytes);
+    checkPlausibleLimit(limit.bytes, 'the limits file or store.limit');
     return found(usageBytes, limit.bytes, {
       overQuota: limit.bytes !== null && usageBytes >= limit.bytes,
     });
+  }
+
+  health(): Promise<string | null> {
+    return storeRootProblem(this.root);
   }
 
   async close(): Promise<void> {

@@ -13,9 +13,17 @@
  *
  * Directory scans (maildir-scan.ts) stay on the pool in both: a 100k-message Maildir must not
  * stop the event loop for long.
+ *
+ * A store file is opened O_NONBLOCK and O_NOCTTY, and read only when fstat() says it is a regular
+ * file. The mailbox owner controls these names: a FIFO called `maildirsize` made a blocking
+ * open(2) wait for a writer that never came (the whole quota service with blockingIo; a pool
+ * thread each time on a frontend, and after four every uncached lookup timed out), and a device
+ * node was opened like a file. O_NONBLOCK makes the open of a FIFO or a device return at once;
+ * O_NOCTTY keeps a terminal from becoming ours; O_NOFOLLOW refuses a symlink. Nothing here may
+ * ever wait on a file the mailbox owner made.
  */
 import fs, { constants, type BigIntStats, type Stats } from 'node:fs';
-import { lstat, open, realpath } from 'node:fs/promises';
+import { lstat, open, opendir, realpath } from 'node:fs/promises';
 
 export interface StoreIo {
   /** The canonical path, symlinks resolved (libc realpath); rejects as fs.realpath does. */
@@ -24,12 +32,14 @@ export interface StoreIo {
   lstat(p: string): Promise<BigIntStats | null>;
   /**
    * A small file read without following a symlink at its last component: its first `maxBytes`
-   * and its fstat. null when missing or a symlink (ENOENT, ELOOP); a directory gives a non-file stat.
+   * and its fstat. null when missing or a symlink (ENOENT, ELOOP). Anything but a regular file (a
+   * directory, a FIFO, a device) is opened without waiting, never read, and gives its non-file stat.
    */
   readNoFollow(p: string, maxBytes: number): Promise<{ bytes: Buffer; stats: Stats } | null>;
 }
 
-const NO_FOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW;
+/* See the header: opening must never wait, whatever kind of file the name turns out to be. */
+const NO_FOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
 
 function isMissing(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | null)?.code;
@@ -101,3 +111,22 @@ export const blockingIo: StoreIo = {
     }
   },
 };
+
+/**
+ * Why the store root cannot be read (for the quota service's /health), or null. On the thread pool
+ * whatever kind the lookups use: a hung mount must hold a pool thread, not the caller's event loop.
+ * Reads one batch of entries: an open that works on a directory that cannot be listed is no answer.
+ */
+export async function storeRootProblem(root: string): Promise<string | null> {
+  try {
+    const dir = await opendir(root);
+    try {
+      await dir.read();
+    } finally {
+      await dir.close();
+    }
+    return null;
+  } catch (err) {
+    return `store root ${root} cannot be read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
+  }
+}

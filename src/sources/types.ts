@@ -4,6 +4,13 @@
  * A source turns a mailbox key into a QuotaState or throws a SourceError. It never decides what
  * Postfix is told: that is the core's job (core/verdict.ts). Sizes are bytes, counts are messages;
  * null means "no limit".
+ *
+ * A byte limit below MIN_PLAUSIBLE_LIMIT_BYTES is not believed, from any source: the lookup fails
+ * with SOURCE_BAD_ANSWER (the core answers on_error) rather than returning it. Such a limit cannot
+ * hold one delivered message (the trace and origin headers alone, Return-Path, Delivered-To,
+ * Received, From, Date, Message-ID, take a few hundred bytes), so it is a broken figure, not a
+ * quota; believed, `OK user 0 1` made every message with a SIZE get the permanent 552 5.2.3.
+ * 0 keeps its meaning of "no limit" (the seed's text, Maildir++, Dovecot) and is not affected.
  */
 
 /** The mailbox exists and these are its figures. */
@@ -31,6 +38,8 @@ export interface QuotaSource {
   readonly name: string;
   /** Must honour the signal: the caller aborts it when the latency budget is spent. */
   lookup(key: string, signal: AbortSignal): Promise<QuotaState>;
+  /** Why the source cannot answer now (a local store's root unreadable), or null; absent: not checked. */
+  health?(): Promise<string | null>;
   close(): Promise<void>;
 }
 
@@ -68,6 +77,19 @@ export function found(
     limitMessages: extra.limitMessages ?? null,
     overQuota: extra.overQuota ?? false,
   };
+}
+
+/** Smallest byte limit believed (see the header); 0 means none and is read before this applies. */
+export const MIN_PLAUSIBLE_LIMIT_BYTES = 512;
+
+/** Throws SOURCE_BAD_ANSWER for a byte limit too small to be a quota; `whose` names where it came from. */
+export function checkPlausibleLimit(limitBytes: number | null, whose: string): void {
+  if (limitBytes !== null && limitBytes < MIN_PLAUSIBLE_LIMIT_BYTES) {
+    throw new SourceError(
+      'SOURCE_BAD_ANSWER',
+      `${whose} names a limit of ${limitBytes} bytes: below ${MIN_PLAUSIBLE_LIMIT_BYTES}, no mailbox could hold one message, not believed`,
+    );
+  }
 }
 
 /** Full now, whatever the next message's size: the basis of the over-quota verdict and its TTL. */
