@@ -32,8 +32,8 @@ await writeSpool(spool);
 const pool = buildRequestPool(RECIPIENTS);
 const limits = { maxLineLength: 2048, maxAttributes: 100, maxRequestSize: 65536 };
 
-async function handlerAt(level: string) {
-  const settings = loadSettings({ env: {}, args: ['--store.path', spool, '--store.limit', String(STORE_LIMIT), '--log.level', level] });
+async function handlerAt(level: string, extra: string[] = []) {
+  const settings = loadSettings({ env: {}, args: ['--store.path', spool, '--store.limit', String(STORE_LIMIT), '--log.level', level, ...extra] });
   const logger = createLogger({ level, file: '', stdoutIsProtocol: false });
   const core = await buildDecisionCore(settings, logger, { subscribe: false });
   return makePolicyHandler(core.checker, { checkEndOfMessage: false, onError: settings.replies.on_error }, logger);
@@ -70,11 +70,13 @@ const withHandler = (handle: Awaited<ReturnType<typeof handlerAt>>) => {
 };
 
 const warn = await handlerAt('warn');
+const warnNoReservations = await handlerAt('warn', ['--reservations.enabled', 'false']);
 const info = await handlerAt('info');
-const rows: Record<string, number[]> = { 'decode only': [], 'decode + decision (warn)': [], 'decode + decision + log line (info)': [] };
+const rows: Record<string, number[]> = { 'decode only': [], 'decode + decision (warn)': [], '... reservations off': [], 'decode + decision + log line (info)': [] };
 for (let r = 0; r < rounds; r++) {
   rows['decode only']!.push(await measure(decoder()));
   rows['decode + decision (warn)']!.push(await measure(withHandler(warn)));
+  rows['... reservations off']!.push(await measure(withHandler(warnNoReservations)));
   rows['decode + decision + log line (info)']!.push(await measure(withHandler(info)));
 }
 for (const [name, ns] of Object.entries(rows)) {

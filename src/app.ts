@@ -19,6 +19,10 @@ export interface DecisionCore {
   cache: QuotaCache;
   router: Router;
   rules: RecipientRules;
+  /** The mailbox key of an address, or null when it is no address. */
+  keyOf(address: string): string | null;
+  /** Whether the shared tier is in use: "off" without redis.url, else whether it is connected now. */
+  redisState(): 'up' | 'down' | 'off';
   /** Drops ADDRESS's mailbox from every tier of every frontend; null when it is no address we serve. */
   invalidate(address: string): Promise<{ key: string; published: boolean } | null>;
   /** The same for a mailbox key (as Dovecot's %u names it). */
@@ -48,6 +52,7 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     ttl: settings.cache.ttl,
     memoryTtlMs: redis ? settings.cache.memory_ttl : Number.MAX_SAFE_INTEGER,
     redis,
+    reservations: settings.reservations.enabled ? { ttlMs: settings.reservations.ttl } : undefined,
   });
   const sourceNames = router.sources().map((s) => s.name);
   if (redis && connectRedis && opts.subscribe) {
@@ -78,6 +83,13 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     cache,
     router,
     rules,
+    keyOf(address) {
+      return parseRecipient(address, rules)?.key ?? null;
+    },
+    redisState() {
+      const conn = connections[0];
+      return conn ? (conn.status === 'ready' ? 'up' : 'down') : 'off';
+    },
     async invalidate(address) {
       const recipient = parseRecipient(address, rules);
       if (!recipient) return null;

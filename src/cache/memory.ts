@@ -39,6 +39,12 @@ export class MemoryCache<T> {
     }
   }
 
+  /** The entry expires within ms at the latest (never later than it would have). */
+  shorten(key: string, ms: number): void {
+    const entry = this.entries.get(key);
+    if (entry) entry.expiresAt = Math.min(entry.expiresAt, this.now() + ms);
+  }
+
   delete(key: string): boolean {
     return this.entries.delete(key);
   }

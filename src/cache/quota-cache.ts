@@ -10,12 +10,13 @@
  * collides. It never caches an error, and never waits on a source longer than the timeout given;
  * Redis failing only costs the shared tier, never an answer.
  */
-import type { QuotaSource, QuotaState } from '../sources/types.js';
+import type { MailboxQuota, QuotaSource, QuotaState } from '../sources/types.js';
 import { SourceError } from '../sources/types.js';
 import { MemoryCache } from './memory.js';
 import { SingleFlight } from './single-flight.js';
 import { ttlFor, type TtlPolicy } from './ttl.js';
-import type { RedisTier } from './redis-tier.js';
+import type { RedisTier, SharedReservation } from './redis-tier.js';
+import { LocalReservations, MAX_RESERVATIONS_PER_MAILBOX, NOTHING_PENDING, type Pending } from './reservations.js';
 
 /** hit: memory; redis: the shared tier; shared: another lookup's answer (here or on another frontend); miss: asked the source. */
 export type CacheOutcome = 'hit' | 'redis' | 'shared' | 'miss';
@@ -31,6 +32,14 @@ export interface QuotaCacheOptions {
   /** Longest life of a memory entry while a Redis tier is present. */
   memoryTtlMs: number;
   redis?: RedisTier;
+  /** Count what was accepted and not yet seen stored (reservations.ts); absent: off. */
+  reservations?: { ttlMs: number };
+}
+
+/** A reservation made: `shared` is what Redis said (null without Redis, or when it did not answer). */
+export interface Reserved {
+  added: boolean;
+  shared: SharedReservation | null;
 }
 
 /** Cache ids remembered per source (a bound, like the recipient parser's). */
@@ -45,20 +54,28 @@ export class QuotaCache {
   private readonly flights = new SingleFlight<CachedLookup>();
   private readonly redis: RedisTier | undefined;
   /**
-   * Bumped by every forget(): a lookup that started before an invalidation must not store its
-   * (possibly stale) answer afterwards. Global rather than per mailbox: invalidations are rare,
-   * and a skipped fill only costs one more lookup.
+   * The fills in flight, by cache id: forget() marks a mailbox's fill stale, so an answer read
+   * before an invalidation is not stored after it. Per mailbox: an invalidation of one mailbox
+   * (or of a key nobody has) must not throw away the lookups of all the others (issue 11: 300
+   * invalidations a second of a nonexistent key used to switch caching off for every mailbox).
    */
-  private generation = 0;
+  private readonly filling = new Map<string, { stale: boolean }>();
+  readonly reservations: LocalReservations | null;
 
   constructor(private readonly opts: QuotaCacheOptions) {
     this.memory = new MemoryCache(opts.maxEntries);
     this.redis = opts.redis;
+    this.reservations = opts.reservations ? new LocalReservations(opts.reservations.ttlMs, Math.max(1, opts.maxEntries)) : null;
   }
 
   /** The memory tier alone, synchronously: the hot path of a warm cache. */
   peek(source: QuotaSource, key: string): QuotaState | undefined {
     return this.memory.get(this.idOf(source, key));
+  }
+
+  /** peek() by cache id (idOf()), for a caller that needs the id again. */
+  peekId(id: string): QuotaState | undefined {
+    return this.memory.get(id);
   }
 
   /*
@@ -68,7 +85,7 @@ export class QuotaCache {
    */
   private readonly ids = new Map<QuotaSource, Map<string, string>>();
 
-  private idOf(source: QuotaSource, key: string): string {
+  idOf(source: QuotaSource, key: string): string {
     let bySource = this.ids.get(source);
     if (bySource === undefined) {
       bySource = new Map();
@@ -93,16 +110,28 @@ export class QuotaCache {
   }
 
   private async fill(source: QuotaSource, key: string, id: string, timeoutMs: number): Promise<CachedLookup> {
+    const fill = { stale: false };
+    this.filling.set(id, fill);
+    try {
+      return await this.fillOnce(source, key, id, timeoutMs, fill);
+    } finally {
+      if (this.filling.get(id) === fill) this.filling.delete(id);
+    }
+  }
+
+  private async fillOnce(source: QuotaSource, key: string, id: string, timeoutMs: number, fill: { stale: boolean }): Promise<CachedLookup> {
     const redis = this.redis;
-    const generation = this.generation;
     if (!redis) {
       const state = await lookupWithTimeout(source, key, timeoutMs);
-      if (generation === this.generation) this.memory.set(id, state, ttlFor(state, this.opts.ttl));
+      if (!fill.stale) {
+        this.memory.set(id, state, ttlFor(state, this.opts.ttl));
+        if (state.kind === 'found') this.reservations?.reconcile(id, state);
+      }
       return { state, cache: 'miss' };
     }
     const stored = await redis.get(id);
     if (stored) {
-      if (generation === this.generation) this.remember(id, stored);
+      if (!fill.stale) this.remember(id, stored);
       return { state: stored, cache: 'redis' };
     }
     const deadline = Date.now() + timeoutMs;
@@ -111,7 +140,7 @@ export class QuotaCache {
       // Stop waiting early enough to ask the source ourselves if the lock holder died.
       const theirs = await redis.waitFor(id, deadline - Math.min(OWN_LOOKUP_RESERVE_MS, timeoutMs / 3));
       if (theirs) {
-        if (generation === this.generation) this.remember(id, theirs);
+        if (!fill.stale) this.remember(id, theirs);
         return { state: theirs, cache: 'shared' };
       }
     }
@@ -121,13 +150,15 @@ export class QuotaCache {
         // read and our lock: read once more rather than ask the source twice (seen in the bench).
         const late = await redis.get(id);
         if (late) {
-          if (generation === this.generation) this.remember(id, late);
+          if (!fill.stale) this.remember(id, late);
           return { state: late, cache: 'redis' };
         }
       }
+      const readAt = Date.now();
       const state = await lookupWithTimeout(source, key, Math.max(1, deadline - Date.now()));
-      if (generation === this.generation) {
+      if (!fill.stale) {
         this.remember(id, state);
+        if (state.kind === 'found' && this.reservations) void redis.reconcile(id, state, readAt);
         // Not awaited: a slow Redis must not delay the answer (its command timeout bounds it).
         void redis.set(id, state, ttlFor(state, this.opts.ttl), source.name);
       }
@@ -137,16 +168,66 @@ export class QuotaCache {
     }
   }
 
+  /** A reading taken in (from Redis or the source): kept, and this process's reservations reconciled with it. */
   private remember(id: string, state: QuotaState): void {
     this.memory.set(id, state, Math.min(ttlFor(state, this.opts.ttl), this.opts.memoryTtlMs));
+    if (state.kind === 'found') this.reservations?.reconcile(id, state);
   }
 
-  /** Forgets a mailbox here and in Redis, for each of the given sources. */
+  /** What is on its way to mailbox `id`, as this process knows it, except transaction `txn`'s own. */
+  pending(id: string, txn: string | null): Pending {
+    return this.reservations?.pending(id, txn) ?? NOTHING_PENDING;
+  }
+
+  /**
+   * Transaction `txn` was accepted for mailbox `id` (judged on `state`). Answered at once without
+   * Redis; with Redis, once Redis has added it atomically and said what every frontend has pending.
+   */
+  reserve(id: string, txn: string, bytes: number, state: MailboxQuota): Reserved | Promise<Reserved> {
+    const added = this.reservations?.reserve(id, txn, bytes, state) ?? false;
+    const redis = this.redis;
+    if (!redis?.up || !this.reservations) return { added, shared: null };
+    return redis.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX).then((shared) => ({ added: added || (shared?.added ?? false), shared }));
+  }
+
+  /** Every frontend's reservations for `id`, from Redis; null without Redis (or while it is away). */
+  sharedPending(id: string): Promise<SharedReservation | null> | null {
+    return this.redis?.up && this.reservations ? this.redis.peek(id) : null;
+  }
+
+  /** The reservation of `txn` for `id` goes (it was made and the recipient then refused). */
+  release(id: string, txn: string): void {
+    this.reservations?.release(id, txn);
+    void this.redis?.release(id, txn);
+  }
+
+  /** The message of transaction `txn` was given up before its end: its reservations go. */
+  giveUp(txn: string): void {
+    for (const id of this.reservations?.releaseTransaction(txn) ?? []) void this.redis?.release(id, txn);
+  }
+
+  /** The real size of transaction `txn`'s message, known at its end. */
+  messageSize(txn: string, bytes: number): void {
+    for (const id of this.reservations?.resize(txn, bytes) ?? []) void this.redis?.resize(id, txn, bytes);
+  }
+
+  /**
+   * Reservations tipped a verdict for `id`: read the mailbox again soon (within near_limit), since
+   * only a fresh reading shows which of them were delivered. Bounds false defers to that window.
+   */
+  readSoon(id: string): void {
+    this.memory.shorten(id, this.opts.ttl.near_limit);
+    void this.redis?.expireSoon(id, this.opts.ttl.near_limit);
+  }
+
+  /** Forgets a mailbox (its state and its reservations) here and in Redis, for each of the given sources. */
   async forget(key: string, sourceNames: string[]): Promise<void> {
-    this.generation++;
     for (const name of sourceNames) {
+      const filling = this.filling.get(cacheId(name, key));
+      if (filling) filling.stale = true;
       this.memory.delete(cacheId(name, key));
       this.flights.forget(cacheId(name, key));
+      this.reservations?.forget(cacheId(name, key));
     }
     await this.redis?.forget(sourceNames.map((name) => cacheId(name, key)));
   }

@@ -11,6 +11,14 @@ import { createLogger } from '../log.js';
 /** check asks Redis like the frontend does, once connected; it gives Redis this long. */
 const REDIS_WAIT_MS = 1000;
 
+/** Mail accepted for the mailbox and not yet seen stored (reservations), as far as this command can see it. */
+function pendingLine(settings: Settings, pending: { bytes: number; messages: number } | null): string {
+  if (!settings.reservations.enabled) return 'not counted (reservations.enabled is off)';
+  const figures = `${pending?.bytes ?? 0} bytes in ${pending?.messages ?? 0} messages on their way`;
+  // Without Redis each frontend keeps its own count in memory, out of this command's sight.
+  return settings.redis.url ? figures : `${figures} (without redis.url each frontend counts its own: ask its admin endpoint)`;
+}
+
 export async function runCheck(settings: Settings, address: string | undefined, sizeText: string | undefined, json: boolean): Promise<number> {
   if (!address) throw new UsageError('check needs an ADDRESS, e.g. overquota check alice@example.com');
   const size = sizeText === undefined ? 0 : Number(sizeText);
@@ -22,7 +30,7 @@ export async function runCheck(settings: Settings, address: string | undefined, 
     const state = d.state?.kind === 'found' ? d.state : null;
     const postfix = postfixWouldSay(d.action, d.recipient?.address ?? address);
     if (json) {
-      console.log(JSON.stringify({ recipient: address, mailbox: d.recipient?.key ?? null, size, verdict: d.verdict.kind, reason: d.verdict.reason, usage: state?.usageBytes ?? null, limit: state?.limitBytes ?? null, source: d.source, cache: d.cache, error: d.error, ms: d.ms, reply: d.action, postfix }));
+      console.log(JSON.stringify({ recipient: address, mailbox: d.recipient?.key ?? null, size, verdict: d.verdict.kind, reason: d.verdict.reason, usage: state?.usageBytes ?? null, limit: state?.limitBytes ?? null, pending: d.pending ?? { bytes: 0, messages: 0 }, source: d.source, cache: d.cache, error: d.error, ms: d.ms, reply: d.action, postfix }));
     } else {
       const percent = state?.limitBytes ? ` (${Math.floor((state.usageBytes * 100) / state.limitBytes)}%)` : '';
       const rows: [string, string][] = [
@@ -32,6 +40,7 @@ export async function runCheck(settings: Settings, address: string | undefined, 
         ['verdict', `${d.verdict.kind} (${d.verdict.reason})`],
         ['usage', state ? `${state.usageBytes} bytes${percent}${state.usageMessages !== null ? `, ${state.usageMessages} messages` : ''}` : '-'],
         ['limit', state ? (state.limitBytes === null ? 'unlimited' : `${state.limitBytes} bytes`) : '-'],
+        ['pending', pendingLine(settings, d.pending)],
         ['source', d.source ? `${d.source} (cache ${d.cache ?? '-'}, ${d.ms} ms)` : '-'],
         ['policy reply', `action=${d.action}`],
         ['Postfix says', postfix],

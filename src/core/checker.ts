@@ -4,13 +4,19 @@
  * Every face (policy server, milter, check command) calls check() and only translates the result.
  * It never throws and always settles within the latency budget: a source that fails or hangs
  * yields the "error" verdict, whose reply is the operator's on_error answer.
+ *
+ * A recipient accepted within a transaction (Postfix's `instance`, the milter's message) is
+ * reserved against its mailbox (cache/reservations.ts): the next RCPT sees it pending, so a burst
+ * cannot fill a mailbox past its limit on one cached reading. check() without a transaction (the
+ * check command) only looks.
  */
 import { RecipientParser, type Recipient, type RecipientRules } from './address.js';
 import type { AliasMap } from './aliases.js';
 import { decide, replyFor, type ReplyTexts, type Verdict } from './verdict.js';
-import type { QuotaCache, CacheOutcome } from '../cache/quota-cache.js';
+import type { QuotaCache, CacheOutcome, Reserved } from '../cache/quota-cache.js';
+import type { Pending } from '../cache/reservations.js';
 import type { Router } from '../sources/router.js';
-import { SourceError, type QuotaSource, type QuotaState } from '../sources/types.js';
+import { SourceError, type MailboxQuota, type QuotaSource, type QuotaState } from '../sources/types.js';
 
 export interface CheckerOptions {
   rules: RecipientRules;
@@ -34,6 +40,10 @@ export interface Decision {
   state: QuotaState | null;
   error: { code: string; message: string } | null;
   ms: number;
+  /** Mail accepted for the mailbox and still on its way, when any was counted. */
+  pending: Pending | null;
+  /** The cache id of the mailbox this decision reserved in (a new reservation), or null. */
+  reserved: string | null;
 }
 
 export class QuotaChecker {
@@ -49,35 +59,92 @@ export class QuotaChecker {
 
   /**
    * @param size message size in bytes, 0 when unknown.
+   * @param txn the transaction the recipient belongs to, unique across frontends; null: look only,
+   *   reserve nothing.
    * A memory-cache hit is answered synchronously (no promise, no timer): it is the common case.
    * The clock is read only once a lookup must wait: an answer given in the same turn takes a
    * microsecond or two, logged as 0 ms (the log's precision is 0.01 ms).
    */
-  check(rawRecipient: string, size: number): Decision | Promise<Decision> {
+  check(rawRecipient: string, size: number, txn: string | null = null): Decision | Promise<Decision> {
     const recipient = this.recipients.parse(rawRecipient);
     if (!recipient) return this.finish(null, size, recipient, { kind: 'not_checked', reason: 'no recipient address' });
-    const targets = this.opts.aliases?.map.expand(recipient.address);
-    if (targets && !(targets.length === 1 && targets[0] === recipient.address)) return this.checkAlias(performance.now(), size, recipient, targets);
-    return this.checkMailbox(null, size, recipient);
+    const aliases = this.opts.aliases;
+    // Looked up with the extension first, as virtual(5) does; the map's keys are in lower case.
+    const targets = aliases?.map.expand(recipient.fullAddress.toLowerCase(), this.opts.rules.delimiters);
+    if (targets && !(targets.length === 1 && (targets[0] === recipient.address || targets[0] === recipient.fullAddress))) return this.checkAlias(performance.now(), size, recipient, targets, txn);
+    return this.checkMailbox(null, size, recipient, txn);
+  }
+
+  /** The message of `txn` is known to be `bytes` long now (end of message): its reservations take that size. */
+  messageSize(txn: string, bytes: number): void {
+    this.cache.messageSize(txn, bytes);
+  }
+
+  /** The message of `txn` will not be delivered (aborted, or refused as a whole): its reservations go. */
+  giveUp(txn: string): void {
+    this.cache.giveUp(txn);
   }
 
   /** @param started when the request's budget started (an alias's), or null: now, if it comes to waiting. */
-  private checkMailbox(started: number | null, size: number, recipient: Recipient): Decision | Promise<Decision> {
+  private checkMailbox(started: number | null, size: number, recipient: Recipient, txn: string | null): Decision | Promise<Decision> {
     const source = this.router.route(recipient.domain);
     if (!source) return this.finish(started, size, recipient, { kind: 'not_checked', reason: `domain ${recipient.domain || '(none)'} is not served` });
-    const cached = this.cache.peek(source, recipient.key);
-    if (cached) return this.finish(started, size, recipient, decide(cached, size), { source: source.name, cache: 'hit', state: cached });
-    return this.lookUp(started ?? performance.now(), size, recipient, source);
+    const id = this.cache.idOf(source, recipient.key);
+    const cached = this.cache.peekId(id);
+    if (cached) return this.judge(started, size, recipient, source, id, cached, 'hit', txn);
+    return this.lookUp(started ?? performance.now(), size, recipient, source, id, txn);
+  }
+
+  /**
+   * A state -> the verdict, counting what is on its way; an accepted recipient is reserved. Without
+   * Redis all of it happens in this turn; with Redis the reservation is added there atomically
+   * first, and the verdict counts every frontend's (a refused recipient's reservation is taken back).
+   * The warm path: no object is made here beyond the Decision itself when nothing is pending.
+   */
+  private judge(started: number | null, size: number, recipient: Recipient, source: QuotaSource, id: string, state: QuotaState, cache: CacheOutcome, txn: string | null): Decision | Promise<Decision> {
+    if (state.kind !== 'found' || this.cache.reservations === null) return this.decided(started, size, recipient, decide(state, size), source.name, cache, state, null, null);
+    if (txn === null) {
+      // A look without a transaction (overquota check): every frontend's reservations, where Redis has them.
+      const shared = this.cache.sharedPending(id);
+      if (shared !== null) return shared.then((r) => this.judgeShared(started ?? performance.now(), size, recipient, source.name, cache, state, id, null, { added: false, shared: r }, decide(state, size)));
+    }
+    const pending = this.cache.pending(id, txn);
+    const verdict = decide(state, size, pending);
+    const counted = pending.messages > 0 ? pending : null;
+    if (verdict.pending) this.cache.readSoon(id);
+    if (verdict.kind !== 'under_quota' || txn === null || !worthReserving(state, size)) return this.decided(started, size, recipient, verdict, source.name, cache, state, counted, null);
+    const reserved = this.cache.reserve(id, txn, size, state);
+    if (!(reserved instanceof Promise)) return this.decided(started, size, recipient, verdict, source.name, cache, state, counted, reserved.added ? id : null);
+    const began = started ?? performance.now();
+    return reserved.then((r) => this.judgeShared(began, size, recipient, source.name, cache, state, id, txn, r, verdict));
+  }
+
+  /** The verdict again with every frontend's reservations, as Redis counted them with ours added. */
+  private judgeShared(started: number, size: number, recipient: Recipient, source: string, cache: CacheOutcome, state: MailboxQuota, id: string, txn: string | null, r: Reserved, local: Verdict): Decision {
+    if (r.shared === null) return this.decided(started, size, recipient, local, source, cache, state, this.counted(id, txn), r.added ? id : null);
+    // The pending total is relative to the reading Redis keeps with it, which may be newer than ours.
+    const base = { ...state, usageBytes: r.shared.base.usageBytes, usageMessages: r.shared.base.usageMessages ?? state.usageMessages };
+    const verdict = decide(base, size, r.shared.others);
+    const pending = r.shared.others.messages > 0 ? r.shared.others : null;
+    if (verdict.kind === 'under_quota') return this.decided(started, size, recipient, verdict, source, cache, base, pending, r.added ? id : null);
+    if (r.added && txn !== null) this.cache.release(id, txn);
+    if (verdict.pending) this.cache.readSoon(id);
+    return this.decided(started, size, recipient, verdict, source, cache, base, pending, null);
+  }
+
+  private counted(id: string, txn: string | null): Pending | null {
+    const p = this.cache.pending(id, txn);
+    return p.messages > 0 ? p : null;
   }
 
   /**
    * An alias: each target checked as a recipient of its own (targets in domains we do not serve are
    * not ours). 'any': one full target defers the alias; 'all': only when every checked target is full.
    */
-  private async checkAlias(started: number, size: number, alias: Recipient, targets: string[]): Promise<Decision> {
+  private async checkAlias(started: number, size: number, alias: Recipient, targets: string[], txn: string | null): Promise<Decision> {
     // All at once, under the one budget that started with the request.
     const parsed = targets.map((t) => this.recipients.parse(t)).filter((r): r is Recipient => r !== null);
-    const decisions = await Promise.all(parsed.map((r) => this.checkMailbox(started, size, r)));
+    const decisions = await Promise.all(parsed.map((r) => this.checkMailbox(started, size, r, txn)));
     const checked = decisions.filter((d) => d.verdict.kind !== 'not_checked');
     const full = checked.filter((d) => d.verdict.kind === 'over_quota' || d.verdict.kind === 'too_large');
     const deferWhen = this.opts.aliases!.deferWhen;
@@ -90,12 +157,14 @@ export class QuotaChecker {
     // good: a too-large target defers the alias (452) unless every target is too large.
     const allTooLarge = checked.length > 0 && checked.every((d) => d.verdict.kind === 'too_large');
     const kind = pick.verdict.kind === 'too_large' && !allTooLarge ? 'over_quota' : pick.verdict.kind;
-    const verdict = { kind, reason: `alias of ${names} (${full.length} of ${checked.length} full, defer if ${deferWhen}): ${pick.verdict.reason}` };
+    const verdict = { kind, reason: `alias of ${names} (${full.length} of ${checked.length} full, defer if ${deferWhen}): ${pick.verdict.reason}`, pending: pick.verdict.pending };
     const recipient = { ...alias, key: names };
-    return this.finish(started, size, recipient, verdict, { source: pick.source, cache: pick.cache, state: pick.state, error: pick.error });
+    // A refused alias is not delivered to any of its mailboxes: the reservations just made go.
+    if (kind !== 'under_quota' && txn !== null) for (const d of decisions) if (d.reserved !== null) this.cache.release(d.reserved, txn);
+    return this.finish(started, size, recipient, verdict, { source: pick.source, cache: pick.cache, state: pick.state, error: pick.error, pending: pick.pending });
   }
 
-  private async lookUp(started: number, size: number, recipient: Recipient, source: QuotaSource): Promise<Decision> {
+  private async lookUp(started: number, size: number, recipient: Recipient, source: QuotaSource, id: string, txn: string | null): Promise<Decision> {
     // What is left of the request's budget (an alias's mailboxes share it).
     const budget = Math.max(1, this.opts.latencyBudgetMs - (performance.now() - started));
     const timeout = Math.min(this.opts.sourceTimeoutMs, budget);
@@ -105,7 +174,7 @@ export class QuotaChecker {
         timer = setTimeout(() => reject(new SourceError('SOURCE_TIMEOUT', `latency budget of ${this.opts.latencyBudgetMs} ms spent`)), budget);
       });
       const { state, cache } = await Promise.race([this.cache.lookup(source, recipient.key, timeout), spent]);
-      return this.finish(started, size, recipient, decide(state, size), { source: source.name, cache, state });
+      return await this.judge(started, size, recipient, source, id, state, cache, txn);
     } catch (err) {
       const code = err instanceof SourceError ? err.code : 'INTERNAL';
       const message = err instanceof Error ? err.message : String(err);
@@ -117,16 +186,42 @@ export class QuotaChecker {
 
   /** @param started null: answered in the turn it was asked (0 ms). */
   private finish(started: number | null, size: number, recipient: Recipient | null, verdict: Verdict, extra: Partial<Decision> = {}): Decision {
-    const state = extra.state ?? null;
+    const d = this.decided(started, size, recipient, verdict, extra.source ?? null, extra.cache ?? null, extra.state ?? null, extra.pending ?? null, extra.reserved ?? null);
+    if (extra.error) d.error = extra.error;
+    return d;
+  }
+
+  /** The Decision, from positional parts: the warm path builds no other object on the way. */
+  private decided(
+    started: number | null,
+    size: number,
+    recipient: Recipient | null,
+    verdict: Verdict,
+    source: string | null,
+    cache: CacheOutcome | null,
+    state: QuotaState | null,
+    pending: Pending | null,
+    reserved: string | null,
+  ): Decision {
     return {
       verdict,
       action: replyFor(verdict, this.opts.replies, this.opts.dryRun, state ?? undefined, size),
       recipient,
-      source: extra.source ?? null,
-      cache: extra.cache ?? null,
+      source,
+      cache,
       state,
-      error: extra.error ?? null,
+      error: null,
       ms: started === null ? 0 : Math.round((performance.now() - started) * 100) / 100,
+      pending,
+      reserved,
     };
   }
+}
+
+/**
+ * A reservation can change a later verdict only where there is a limit it counts against: bytes
+ * (with a size known) or messages. Elsewhere it would only cost memory (and Redis commands).
+ */
+function worthReserving(state: MailboxQuota, size: number): boolean {
+  return (state.limitBytes !== null && size > 0) || state.limitMessages !== null;
 }

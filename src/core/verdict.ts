@@ -6,6 +6,7 @@
  * reply is the operator's on_error answer: it must never become a permanent rejection by accident.
  */
 import type { QuotaState } from '../sources/types.js';
+import { NOTHING_PENDING, type Pending } from '../cache/reservations.js';
 import { renderReply, warnReply } from './replies.js';
 
 export type VerdictKind =
@@ -21,12 +22,15 @@ export interface Verdict {
   kind: VerdictKind;
   /** Why, in a few words, for logs and the check command. */
   reason: string;
+  /** Set when mail accepted and still on its way (reservations) is what made the mailbox full. */
+  pending?: Pending;
 }
 
 /**
  * @param size the message size in bytes, 0 when unknown (Postfix sends size=0 without SIZE=).
+ * @param pending what was accepted for the mailbox and is not yet in `state` (cache/reservations.ts).
  */
-export function decide(state: QuotaState, size: number): Verdict {
+export function decide(state: QuotaState, size: number, pending: Pending = NOTHING_PENDING): Verdict {
   if (state.kind === 'unknown') return { kind: 'unknown_mailbox', reason: 'the source does not know this mailbox' };
   const { usageBytes: usage, limitBytes: limit } = state;
   if (limit !== null && size > limit) {
@@ -40,7 +44,19 @@ export function decide(state: QuotaState, size: number): Verdict {
     return { kind: 'over_quota', reason: `${state.usageMessages} of ${state.limitMessages} messages` };
   }
   if (state.overQuota) return { kind: 'over_quota', reason: 'the source says over quota' };
-  return { kind: 'under_quota', reason: limit === null ? 'no limit' : `${usage} of ${limit} bytes used` };
+  if (pending.messages > 0) {
+    const onTheWay = `${pending.bytes} bytes in ${pending.messages} messages on their way`;
+    // With no size given, a mailbox that the mail on its way fills exactly has no room left either.
+    if (limit !== null && (usage + pending.bytes + size > limit || (size === 0 && usage + pending.bytes >= limit))) {
+      return { kind: 'over_quota', reason: `${usage} of ${limit} bytes used and ${onTheWay}, message of ${size} does not fit`, pending };
+    }
+    const { usageMessages: messages, limitMessages: limitMessages } = state;
+    if (limitMessages !== null && messages !== null && messages + pending.messages >= limitMessages) {
+      return { kind: 'over_quota', reason: `${messages} of ${limitMessages} messages and ${onTheWay}`, pending };
+    }
+  }
+  if (limit === null) return { kind: 'under_quota', reason: 'no limit' };
+  return { kind: 'under_quota', reason: pending.messages > 0 ? `${usage} of ${limit} bytes used, ${pending.bytes} on their way` : `${usage} of ${limit} bytes used` };
 }
 
 export interface ReplyTexts {
@@ -81,6 +97,7 @@ export function replyFor(verdict: Verdict, texts: ReplyTexts, dryRun: boolean, s
   return reply;
 }
 
-function refuses(reply: string): boolean {
+/** Whether an access(5) reply refuses the mail (for now or for good) rather than letting it pass. */
+export function refuses(reply: string): boolean {
   return /^(\d{3}\s|DEFER|REJECT)/i.test(reply);
 }

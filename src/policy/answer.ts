@@ -3,12 +3,15 @@
  *
  * Only RCPT is checked (and END-OF-MESSAGE with a recipient, when enabled: Postfix names the
  * recipient there only when the message has exactly one, and the real size is known). Every other
- * state gets DUNNO. Never throws: a bug here becomes the on_error reply, not a dropped session.
+ * state gets DUNNO. An END-OF-MESSAGE request (sent when the operator lists the policy service in
+ * smtpd_end_of_data_restrictions) also gives the message's reservations their real size. Never
+ * throws: a bug here becomes the on_error reply, not a dropped session.
  */
 import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
 import type { QuotaChecker, Decision } from '../core/checker.js';
 import { decisionLogged, writeDecision } from '../core/decision-log.js';
+import { refuses } from '../core/verdict.js';
 
 export interface PolicyAnswerOptions {
   checkEndOfMessage: boolean;
@@ -22,15 +25,20 @@ export function requestSize(request: PolicyRequest): number {
   return /^\d{1,15}$/.test(size) ? Number(size) : 0;
 }
 
-export function wantsCheck(request: PolicyRequest, opts: PolicyAnswerOptions): string | null {
-  const recipient = request.get('recipient');
-  if (!recipient) return null;
+function protocolState(request: PolicyRequest): string {
   const given = request.get('protocol_state') ?? '';
   // Postfix writes it in capitals: only a hand-typed request needs the case folded.
-  const state = given === 'RCPT' || given === 'END-OF-MESSAGE' ? given : given.toUpperCase();
-  if (state === 'RCPT') return recipient;
-  if (state === 'END-OF-MESSAGE' && opts.checkEndOfMessage) return recipient;
-  return null;
+  return given === 'RCPT' || given === 'END-OF-MESSAGE' ? given : given.toUpperCase();
+}
+
+/*
+ * The transaction, for reservations: Postfix's `instance` names one message on one smtpd
+ * connection (several RCPTs of it share it): "%x.%lx.%lx.%x" of smtpd's pid, the arrival time in
+ * seconds and microseconds, and a sequence number.
+ */
+function transactionOf(request: PolicyRequest): string | null {
+  const instance = request.get('instance');
+  return instance ? instance : null;
 }
 
 export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptions, logger: Logger) {
@@ -57,14 +65,30 @@ export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptio
     logger.error({ err }, 'internal error while answering a policy request; sent the on_error reply');
     return opts.onError;
   };
+  /** The whole message is refused at its end: what it reserved will not arrive. */
+  const endOfMessage = (request: PolicyRequest, txn: string | null, d: Decision): string => {
+    if (txn !== null && refuses(d.action)) checker.giveUp(txn);
+    return answer(request, d);
+  };
   /** A string at once for a cache hit, a promise otherwise. */
   return (request: PolicyRequest): string | Promise<string> => {
     try {
-      const recipient = wantsCheck(request, opts);
-      if (recipient === null) return 'DUNNO';
-      const decision = checker.check(recipient, requestSize(request));
-      if (decision instanceof Promise) return decision.then((d) => answer(request, d), failed);
-      return answer(request, decision);
+      const recipient = request.get('recipient');
+      const state = protocolState(request);
+      if (state === 'RCPT') {
+        if (!recipient) return 'DUNNO';
+        const decision = checker.check(recipient, requestSize(request), transactionOf(request));
+        if (decision instanceof Promise) return decision.then((d) => answer(request, d), failed);
+        return answer(request, decision);
+      }
+      if (state !== 'END-OF-MESSAGE') return 'DUNNO';
+      const txn = transactionOf(request);
+      const size = requestSize(request);
+      if (txn !== null && size > 0) checker.messageSize(txn, size);
+      if (!recipient || !opts.checkEndOfMessage) return 'DUNNO';
+      const decision = checker.check(recipient, size, txn);
+      if (decision instanceof Promise) return decision.then((d) => endOfMessage(request, txn, d), failed);
+      return endOfMessage(request, txn, decision);
     } catch (err) {
       return failed(err);
     }

@@ -1,0 +1,217 @@
+/*
+ * Reservations: what this frontend accepted for a mailbox and the backend has not yet shown stored.
+ *
+ * Why: a cached reading says "room for 3 messages"; without reservations every RCPT of a burst is
+ * judged against that same reading and all 20 are accepted (17 then bounce: issue 10). An accepted
+ * recipient with a known size adds its bytes (and one message) to the mailbox's pending total, and
+ * the verdict counts usage + pending + size (core/verdict.ts).
+ *
+ * A reservation leaves:
+ * - when a later reading of the mailbox has grown by it: readings are compared with the reading
+ *   the pending total is relative to (the "base"), and the oldest reservations the growth covers
+ *   are dropped (by message count when the source counts messages, else by bytes). A message held
+ *   in a queue does not show as growth, so it keeps counting: the held-queue case of issue 10;
+ * - after the TTL (reservations.ttl): a transaction that failed after RCPT (a phantom) never shows;
+ * - when the message's transaction is given up (milter ABORT before end of message), or deferred;
+ * - when the mailbox is invalidated (overquota invalidate / notify, the admin endpoint).
+ * One reservation per transaction and mailbox: Postfix's `instance` names the transaction, so two
+ * RCPTs of one message that reach one mailbox (aliases, user+a and user+b) reserve once.
+ *
+ * This is the process-local store, always kept (it is all there is without Redis, and the fallback
+ * while Redis is away); with Redis the shared copy (redis-tier.ts) is the one that decides. It
+ * must never grow without bound: mailboxes, reservations per mailbox and transactions are capped.
+ */
+import type { MailboxQuota } from '../sources/types.js';
+
+export interface Pending {
+  bytes: number;
+  messages: number;
+}
+
+export const NOTHING_PENDING: Pending = Object.freeze({ bytes: 0, messages: 0 });
+
+/** The reading a mailbox's pending total is relative to. */
+export interface Base {
+  usageBytes: number;
+  usageMessages: number | null;
+}
+
+/** A mailbox with more messages than this on their way is full by any real limit; the oldest go first. */
+export const MAX_RESERVATIONS_PER_MAILBOX = 1000;
+/** Transactions remembered for correcting their size at end of message (cleared when full, like the other memos). */
+const MAX_TRANSACTIONS = 100_000;
+
+interface Reservation {
+  bytes: number;
+  expiresAt: number;
+}
+
+interface MailboxPending {
+  base: Base;
+  /** By transaction, oldest first (a Map keeps insertion order); all share one TTL, so this is expiry order too. */
+  byTxn: Map<string, Reservation>;
+  /** Sums over byTxn, kept up to date: a decision reads them without a walk. */
+  bytes: number;
+  /**
+   * No reservation expires before this: the oldest's expiry when last looked at (a release of the
+   * oldest only makes it early, never late). Spares the warm path an iterator per decision.
+   */
+  nextExpiry: number;
+}
+
+export class LocalReservations {
+  private readonly mailboxes = new Map<string, MailboxPending>();
+  /** Transaction -> the mailbox ids it reserved in, for end-of-message corrections and releases. */
+  private readonly transactions = new Map<string, string[]>();
+
+  constructor(
+    private readonly ttlMs: number,
+    private readonly maxMailboxes: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** What is on its way to the mailbox, not counting transaction `except`'s own reservation. */
+  pending(id: string, except: string | null): Pending {
+    const m = this.live(id);
+    if (m === undefined) return NOTHING_PENDING;
+    const own = except === null ? undefined : m.byTxn.get(except);
+    const messages = m.byTxn.size - (own === undefined ? 0 : 1);
+    return messages === 0 ? NOTHING_PENDING : { bytes: m.bytes - (own?.bytes ?? 0), messages };
+  }
+
+  /** The reading the pending total of `id` is relative to, if it has any reservation. */
+  base(id: string): Base | undefined {
+    return this.live(id)?.base;
+  }
+
+  /**
+   * Records that transaction `txn` was accepted for the mailbox; `state` is the reading the decision
+   * used (it becomes the base when the mailbox had nothing pending). False if it was already there.
+   */
+  reserve(id: string, txn: string, bytes: number, state: MailboxQuota): boolean {
+    let m = this.live(id);
+    if (m === undefined) {
+      m = { base: { usageBytes: state.usageBytes, usageMessages: state.usageMessages }, byTxn: new Map(), bytes: 0, nextExpiry: Infinity };
+      if (this.mailboxes.size >= this.maxMailboxes) {
+        const oldest = this.mailboxes.keys().next().value;
+        if (oldest !== undefined) this.mailboxes.delete(oldest);
+      }
+      this.mailboxes.set(id, m);
+    }
+    if (m.byTxn.has(txn)) return false;
+    if (m.byTxn.size >= MAX_RESERVATIONS_PER_MAILBOX) dropOldest(m, 1);
+    const expiresAt = this.now() + this.ttlMs;
+    m.byTxn.set(txn, { bytes, expiresAt });
+    m.bytes += bytes;
+    if (expiresAt < m.nextExpiry) m.nextExpiry = expiresAt;
+    let ids = this.transactions.get(txn);
+    if (ids === undefined) {
+      if (this.transactions.size >= MAX_TRANSACTIONS) this.transactions.clear();
+      ids = [];
+      this.transactions.set(txn, ids);
+    }
+    if (!ids.includes(id)) ids.push(id);
+    return true;
+  }
+
+  /** The mailbox ids transaction `txn` reserved in (here). */
+  mailboxesOf(txn: string): readonly string[] {
+    return this.transactions.get(txn) ?? [];
+  }
+
+  release(id: string, txn: string): void {
+    const m = this.mailboxes.get(id);
+    const r = m?.byTxn.get(txn);
+    if (m === undefined || r === undefined) return;
+    m.byTxn.delete(txn);
+    m.bytes -= r.bytes;
+    if (m.byTxn.size === 0) this.mailboxes.delete(id);
+  }
+
+  /** Every reservation of the transaction goes (the message was given up). */
+  releaseTransaction(txn: string): string[] {
+    const ids = this.transactions.get(txn) ?? [];
+    for (const id of ids) this.release(id, txn);
+    this.transactions.delete(txn);
+    return ids;
+  }
+
+  /** The real size is known (end of message): the transaction's reservations take it. */
+  resize(txn: string, bytes: number): string[] {
+    const ids = this.transactions.get(txn) ?? [];
+    for (const id of ids) {
+      const m = this.mailboxes.get(id);
+      const r = m?.byTxn.get(txn);
+      if (m === undefined || r === undefined) continue;
+      m.bytes += bytes - r.bytes;
+      r.bytes = bytes;
+    }
+    return ids;
+  }
+
+  /**
+   * A newer reading of the mailbox: drop the reservations its growth covers and make it the base.
+   * Called for every reading this process takes in (from the source or from Redis).
+   */
+  reconcile(id: string, state: MailboxQuota): void {
+    const m = this.live(id);
+    if (m === undefined) return;
+    dropOldest(m, deliveredCount(m.base, state, m.byTxn.values()));
+    m.base = { usageBytes: state.usageBytes, usageMessages: state.usageMessages };
+    if (m.byTxn.size === 0) this.mailboxes.delete(id);
+  }
+
+  forget(id: string): void {
+    this.mailboxes.delete(id);
+  }
+
+  get size(): number {
+    return this.mailboxes.size;
+  }
+
+  /** The mailbox's entry with expired reservations dropped; undefined when nothing is left. */
+  private live(id: string): MailboxPending | undefined {
+    const m = this.mailboxes.get(id);
+    if (m === undefined) return undefined;
+    const now = this.now();
+    if (now < m.nextExpiry) return m;
+    m.nextExpiry = Infinity;
+    for (const [txn, r] of m.byTxn) {
+      if (r.expiresAt > now) {
+        m.nextExpiry = r.expiresAt;
+        break;
+      }
+      m.byTxn.delete(txn);
+      m.bytes -= r.bytes;
+    }
+    if (m.byTxn.size > 0) return m;
+    this.mailboxes.delete(id);
+    return undefined;
+  }
+}
+
+function dropOldest(m: MailboxPending, n: number): void {
+  for (const [txn, r] of m.byTxn) {
+    if (n-- <= 0) break;
+    m.byTxn.delete(txn);
+    m.bytes -= r.bytes;
+  }
+}
+
+/**
+ * How many of the oldest reservations a reading's growth since `base` covers. By messages when
+ * both readings count them (a delivery adds one, whatever headers the backend adds to its size);
+ * else by bytes (the stored message is a little larger than its SIZE=, never smaller). A mailbox
+ * that shrank (mail deleted) shows no growth: its reservations wait for a later reading or the TTL.
+ */
+export function deliveredCount(base: Base, now: Base, oldestFirst: Iterable<{ bytes: number }>): number {
+  if (base.usageMessages !== null && now.usageMessages !== null) return Math.max(0, now.usageMessages - base.usageMessages);
+  let growth = now.usageBytes - base.usageBytes;
+  let n = 0;
+  for (const r of oldestFirst) {
+    if (growth <= 0 || r.bytes > growth) break;
+    growth -= r.bytes;
+    n++;
+  }
+  return n;
+}

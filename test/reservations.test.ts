@@ -1,0 +1,218 @@
+/*
+ * Reservations (issue 10): what a frontend accepted for a mailbox counts until a reading shows it
+ * stored, so a burst judged on one cached reading cannot fill a mailbox past its limit. Real
+ * frontend processes over an mbox store (usage = the file's size, so a delivery is an append),
+ * a real Redis for the shared case.
+ */
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { startFrontend, runToEnd, type Running } from './helpers/overquota.js';
+import { PolicyClient, rcpt } from './helpers/policy-client.js';
+import { redisUnavailable, startRedis, type RedisServer } from './helpers/redis.js';
+import { tempDir, type TempDir } from './helpers/tmp.js';
+import { LocalReservations, deliveredCount } from '../src/cache/reservations.js';
+import { found } from '../src/sources/types.js';
+
+const LIMIT = 1024 * 1024;
+const MESSAGE = 50 * 1024;
+const FULL = '452 4.2.2 Mailbox full, try again later';
+/** A mailbox with room for exactly three messages of MESSAGE bytes. */
+const ROOM_FOR_3 = LIMIT - 3 * MESSAGE - 1000;
+
+let dir: TempDir;
+let mail: string;
+const cleanups: (() => Promise<unknown> | void)[] = [];
+
+before(async () => {
+  dir = await tempDir('oq-reservations-');
+  mail = path.join(dir.path, 'mail');
+  await fs.mkdir(mail);
+});
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+  await dir.cleanup();
+});
+
+let mailboxes = 0;
+/** A new mbox holding `usage` bytes; returns its user name. */
+async function mailbox(usage: number): Promise<string> {
+  const user = `u${++mailboxes}`;
+  await fs.writeFile(path.join(mail, user), Buffer.alloc(usage));
+  return user;
+}
+
+/** A delivery as the backend sees it: the message is appended to the mbox (headers make it a little larger). */
+const deliver = (user: string, bytes: number) => fs.appendFile(path.join(mail, user), Buffer.alloc(bytes + 300));
+
+async function frontend(args: string[] = []): Promise<Running & { listeners: string[] }> {
+  const fe = await startFrontend(['--policy.listen', 'inet:127.0.0.1:0', '--store.path', mail, '--store.limit', String(LIMIT), ...args]);
+  cleanups.push(() => fe.stop());
+  return fe;
+}
+
+async function clients(address: string, n: number): Promise<PolicyClient[]> {
+  const list = await Promise.all(Array.from({ length: n }, () => PolicyClient.connect(address)));
+  cleanups.push(() => list.forEach((c) => c.close()));
+  return list;
+}
+
+let instances = 0;
+/** An RCPT as Postfix sends it: the message's instance, and its SIZE=. */
+const rcptOf = (user: string, size = MESSAGE, instance = `1a2b.${++instances}.0`) => rcpt(`${user}@example.com`, { size, instance });
+
+/** 20 messages, 10 sessions at once, each its own transaction: how many were accepted. */
+async function burst(addresses: string[], user: string): Promise<string[]> {
+  const sessions = (await Promise.all(addresses.map((a) => clients(a, 10 / addresses.length)))).flat();
+  const answers = await Promise.all(sessions.map(async (c) => [await c.ask(rcptOf(user)), await c.ask(rcptOf(user))]));
+  return answers.flat();
+}
+
+const accepted = (answers: string[]) => answers.filter((a) => a === 'DUNNO').length;
+
+test('a burst of 20 messages to a mailbox with room for 3: 3 accepted, 17 deferred with 452 4.2.2', async () => {
+  const fe = await frontend();
+  const user = await mailbox(ROOM_FOR_3);
+  const answers = await burst(fe.listeners, user);
+  assert.equal(accepted(answers), 3);
+  assert.equal(answers.filter((a) => a === FULL).length, 17);
+  const line = await fe.waitForLog((l) => l.msg === 'decision' && l.verdict === 'over_quota' && l.mailbox === user);
+  assert.equal(line.pending_messages, 3, 'the decision line names the mail on its way that tipped it');
+  assert.equal(line.pending_bytes, 3 * MESSAGE);
+  assert.match(String(line.reason), /3 messages on their way/);
+});
+
+test('with reservations off, the same burst is judged on one reading and all 20 are accepted (what issue 10 saw)', async () => {
+  const fe = await frontend(['--reservations.enabled', 'false']);
+  const user = await mailbox(ROOM_FOR_3);
+  assert.equal(accepted(await burst(fe.listeners, user)), 20);
+});
+
+test('two RCPTs of one message to one mailbox (an alias, user+a and user+b) reserve once', async () => {
+  const fe = await frontend();
+  const user = await mailbox(LIMIT - MESSAGE - 1000);
+  const [c] = await clients(fe.listeners[0]!, 1);
+  assert.equal(await c!.ask(rcptOf(user, MESSAGE, 'same.1')), 'DUNNO');
+  assert.equal(await c!.ask({ ...rcptOf(user, MESSAGE, 'same.1'), recipient: `${user}+lists@example.com` }), 'DUNNO');
+  assert.equal(await c!.ask(rcptOf(user, MESSAGE, 'other.1')), FULL, 'another message does not fit any more');
+});
+
+test('mail held in a queue keeps counting after a fresh reading; mail delivered stops counting', async () => {
+  // Short TTLs so the mailbox is read again within the test.
+  const fe = await frontend(['--cache.ttl.under_quota', '200ms', '--cache.ttl.near_limit', '200ms', '--cache.ttl.over_quota', '200ms']);
+  const user = await mailbox(ROOM_FOR_3);
+  const [c] = await clients(fe.listeners[0]!, 1);
+  for (let i = 0; i < 3; i++) assert.equal(await c!.ask(rcptOf(user)), 'DUNNO');
+  await new Promise((r) => setTimeout(r, 300));
+  // Nothing delivered yet (held in the queue): the fresh reading shows no growth, the three still count.
+  assert.equal(await c!.ask(rcptOf(user)), FULL);
+  // Two are delivered: the next reading has grown by them, and only the third still counts.
+  await deliver(user, MESSAGE);
+  await deliver(user, MESSAGE);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(await c!.ask(rcptOf(user)), FULL, 'two delivered + one on its way: still no room for a fourth');
+  const decisions = () => fe.logs.filter((l) => l.msg === 'decision' && l.mailbox === user);
+  await fe.waitForLog(() => decisions().length === 5);
+  assert.deepEqual(decisions().map((l) => l.pending_messages), [undefined, undefined, undefined, 3, 1], 'the two delivered no longer count as on their way');
+});
+
+test('a reservation whose message never comes (a failed transaction) stops counting after reservations.ttl', async () => {
+  const fe = await frontend(['--reservations.ttl', '500ms']);
+  const user = await mailbox(ROOM_FOR_3);
+  const [c] = await clients(fe.listeners[0]!, 1);
+  for (let i = 0; i < 3; i++) assert.equal(await c!.ask(rcptOf(user)), 'DUNNO');
+  assert.equal(await c!.ask(rcptOf(user)), FULL);
+  await new Promise((r) => setTimeout(r, 700));
+  assert.equal(await c!.ask(rcptOf(user)), 'DUNNO');
+});
+
+test('END-OF-MESSAGE gives a reservation the real size: a message declared large but small leaves room', async () => {
+  const fe = await frontend();
+  const user = await mailbox(LIMIT - MESSAGE - 5000);
+  const [c] = await clients(fe.listeners[0]!, 1);
+  assert.equal(await c!.ask(rcptOf(user, MESSAGE, 'eom.1')), 'DUNNO');
+  assert.equal(await c!.ask(rcptOf(user, MESSAGE, 'eom.2')), FULL);
+  assert.equal(await c!.ask({ ...rcptOf(user, 1000, 'eom.1'), protocol_state: 'END-OF-MESSAGE', recipient: '' }), 'DUNNO');
+  assert.equal(await c!.ask(rcptOf(user, MESSAGE - 2000, 'eom.2')), 'DUNNO', '1,000 bytes on their way now, not 51,200');
+});
+
+test('a message without SIZE= counts as one message against a message-count limit', async () => {
+  // A Maildir++ with a quota of 2 messages and none in it (mbox has no message count).
+  const maildirs = path.join(dir.path, 'maildirs');
+  const user = 'counted';
+  for (const sub of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(maildirs, user, sub), { recursive: true });
+  await fs.writeFile(path.join(maildirs, user, 'maildirsize'), '1073741824S,2C\n0 0\n');
+  const fe = await frontend(['--store.type', 'maildir', '--store.path', maildirs]);
+  const [c] = await clients(fe.listeners[0]!, 1);
+  assert.equal(await c!.ask(rcptOf(user, 0)), 'DUNNO');
+  assert.equal(await c!.ask(rcptOf(user, 0)), 'DUNNO');
+  assert.equal(await c!.ask(rcptOf(user, 0)), FULL, 'two messages on their way fill a two-message quota');
+});
+
+test('a request without instance (no transaction to tell apart) reserves nothing', async () => {
+  const fe = await frontend();
+  const user = await mailbox(ROOM_FOR_3);
+  const [c] = await clients(fe.listeners[0]!, 1);
+  for (let i = 0; i < 5; i++) assert.equal(await c!.ask(rcpt(`${user}@example.com`, { size: MESSAGE })), 'DUNNO');
+});
+
+test('an alias refused because one of its mailboxes is full takes back what it reserved in the others', async () => {
+  const full = await mailbox(LIMIT);
+  const room = await mailbox(LIMIT - MESSAGE - 1000);
+  const file = path.join(dir.path, `virtual-${room}`);
+  await fs.writeFile(file, `team@example.com ${full}@example.com, ${room}@example.com\n`);
+  const fe = await frontend(['--aliases.file', file]);
+  const [c] = await clients(fe.listeners[0]!, 1);
+  assert.equal(await c!.ask(rcpt('team@example.com', { size: MESSAGE, instance: 'alias.1' })), FULL);
+  assert.equal(await c!.ask(rcptOf(room)), 'DUNNO', 'the refused alias holds no room in the mailbox that had some');
+});
+
+const noRedis = redisUnavailable();
+
+test('frontends sharing Redis count each other\'s reservations: a burst split between two frontends accepts 3', async () => {
+  if (noRedis) throw new Error(noRedis);
+  const redis: RedisServer = await startRedis();
+  cleanups.push(() => redis.stop());
+  const shared = ['--redis.url', redis.url];
+  const [a, b] = await Promise.all([frontend(shared), frontend(shared)]);
+  const user = await mailbox(ROOM_FOR_3);
+  // Both frontends read the mailbox first (a reading each, cached), then the burst comes.
+  for (const fe of [a!, b!]) {
+    const [c] = await clients(fe.listeners[0]!, 1);
+    await c!.ask(rcpt(`${user}@example.com`));
+  }
+  const answers = await burst([a!.listeners[0]!, b!.listeners[0]!], user);
+  assert.equal(accepted(answers), 3);
+
+  // The check command sees every frontend's reservations through Redis; invalidate clears them.
+  const check = await runToEnd(['check', `${user}@example.com`, '--json', '--store.path', mail, '--store.limit', String(LIMIT), ...shared]);
+  assert.deepEqual(JSON.parse(check.stdout).pending, { bytes: 3 * MESSAGE, messages: 3 });
+  const inv = await runToEnd(['invalidate', `${user}@example.com`, '--store.path', mail, ...shared]);
+  assert.equal(inv.code, 0, inv.stdout + inv.stderr);
+  const after = await runToEnd(['check', `${user}@example.com`, '--json', '--store.path', mail, '--store.limit', String(LIMIT), ...shared]);
+  assert.deepEqual(JSON.parse(after.stdout).pending, { bytes: 0, messages: 0 });
+  await a!.waitForLog((l) => l.msg === 'invalidation received');
+  const [c] = await clients(a!.listeners[0]!, 1);
+  assert.equal(await c!.ask(rcptOf(user)), 'DUNNO', 'invalidated: the frontend forgot its own count too');
+});
+
+test('a reading that grew by two messages drops the two oldest reservations; a shrinking one drops none', () => {
+  const base = { usageBytes: 1000, usageMessages: 10 };
+  const list = [{ bytes: 100 }, { bytes: 100 }, { bytes: 100 }];
+  assert.equal(deliveredCount(base, { usageBytes: 1300, usageMessages: 12 }, list), 2);
+  assert.equal(deliveredCount(base, { usageBytes: 500, usageMessages: 8 }, list), 0);
+  // Without message counts, by bytes: stored messages are a little larger than their SIZE=.
+  const bytesOnly = { usageBytes: 1000, usageMessages: null };
+  assert.equal(deliveredCount(bytesOnly, { usageBytes: 1250, usageMessages: null }, list), 2);
+  assert.equal(deliveredCount(bytesOnly, { usageBytes: 1050, usageMessages: null }, list), 0);
+});
+
+test('the process-local store stays bounded in mailboxes and reservations per mailbox', () => {
+  const store = new LocalReservations(60_000, 3);
+  const state = found(0, 10 ** 9);
+  for (let i = 0; i < 10; i++) store.reserve(`m${i}`, 't', 1, state);
+  assert.equal(store.size, 3);
+  for (let i = 0; i < 5000; i++) store.reserve('big', `t${i}`, 1, state);
+  assert.equal(store.pending('big', null).messages, 1000);
+});
