@@ -42,6 +42,14 @@ test('expansion is recursive, keeps a self-reference, stops on loops, and falls 
   assert.equal(map.expand('nobody@x'), null);
 });
 
+test('virtual(5) order: user+ext@domain as written first, then user@domain, then @domain', async () => {
+  const map = await mapOf(['bob+lists@x lists@y', 'bob@x bob@x, archive@y', '@x catch@y'].join('\n'));
+  assert.deepEqual(map.expand('bob+lists@x', '+'), ['lists@y'], 'the entry with the extension wins');
+  assert.deepEqual(map.expand('bob+other@x', '+'), ['bob@x', 'archive@y'], 'no entry with this extension: the one without');
+  assert.deepEqual(map.expand('carol+x@x', '+'), ['catch@y']);
+  assert.equal(map.expand('bob+lists@y', '+'), null);
+});
+
 test('through the frontend: an alias to a full mailbox is deferred; to two mailboxes it follows defer_when; SIGHUP reloads', async () => {
   const mail = path.join(dir, 'mail');
   await fs.mkdir(mail, { recursive: true });
@@ -75,6 +83,25 @@ test('through the frontend: an alias to a full mailbox is deferred; to two mailb
   } finally {
     await any.stop();
     await all.stop();
+  }
+});
+
+test('through the frontend: an entry with the extension is found first, and a quoted local part is the plain one', async () => {
+  const mail = path.join(dir, 'mail-ext');
+  await fs.mkdir(mail, { recursive: true });
+  await fs.writeFile(path.join(mail, 'full'), Buffer.alloc(5000));
+  await fs.writeFile(path.join(mail, 'room'), Buffer.alloc(10));
+  const file = path.join(dir, 'virtual-ext');
+  await fs.writeFile(file, 'room+alerts@example.com full@example.com\n');
+  const fe = await startFrontend(['--policy.listen', 'inet:127.0.0.1:0', '--store.path', mail, '--store.limit', '1000', '--aliases.file', file]);
+  try {
+    const c = await PolicyClient.connect(fe.listeners[0]!);
+    assert.equal(await c.ask(rcpt('room+alerts@example.com')), '452 4.2.2 Mailbox full, try again later', 'room+alerts is an alias of full');
+    assert.equal(await c.ask(rcpt('room+other@example.com')), 'DUNNO', 'room+other is room itself');
+    assert.equal(await c.ask(rcpt('"full"@example.com')), '452 4.2.2 Mailbox full, try again later');
+    c.close();
+  } finally {
+    await fe.stop();
   }
 });
 

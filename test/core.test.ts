@@ -35,10 +35,17 @@ test('a local part starting with the delimiter is not emptied', () => {
   assert.equal(parseRecipient('+tag@x', seed)!.key, '+tag');
 });
 
-test('the last @ separates the domain (quoted local parts may hold @)', () => {
+test('the last @ separates the domain (quoted local parts may hold @); the quotes go, as in Postfix\'s internal form', () => {
   const r = parseRecipient('"a@b"@example.com', { ...seed, keyTemplate: '{address}' })!;
   assert.equal(r.domain, 'example.com');
-  assert.equal(r.local, '"a@b"');
+  assert.equal(r.local, 'a@b');
+});
+
+test('a quoted local part is the same mailbox as the plain one: "bob"@ and <"Bob+x"@> give the key bob', () => {
+  // Postfix sends recipient=bob@example.com for "bob"@example.com; the milter sees <"bob"@example.com>.
+  assert.equal(parseRecipient('"bob"@example.com', seed)!.key, 'bob');
+  assert.equal(parseRecipient('<"Bob+x"@example.com>', seed)!.key, 'bob');
+  assert.equal(parseRecipient('"a\\"b"@example.com', seed)!.local, 'a"b', 'a quoted-pair stands for its character');
 });
 
 test('UTF-8 and broken addresses never throw', () => {

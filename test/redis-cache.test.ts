@@ -5,7 +5,7 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startFrontend, runToEnd, type Running } from './helpers/overquota.js';
+import { startFrontend, runOverquota, runToEnd, type Running } from './helpers/overquota.js';
 import { PolicyClient, rcpt } from './helpers/policy-client.js';
 import { startBackend, cgiAnswer, type Backend } from './helpers/http-backend.js';
 import { startRedis, startRedisCluster, type RedisServer, type RedisCluster } from './helpers/redis.js';
@@ -232,5 +232,29 @@ describe('Redis trouble is not mail trouble', () => {
     const line = await fe.waitForLog((l) => l.msg === 'decision' && l.mailbox === 'slowroom');
     assert.equal(line.verdict, 'under_quota');
     await sleeping;
+  });
+});
+
+describe('spawn(8) mode', () => {
+  it('a spawned frontend (one per SMTP session, up to 100 at a time) opens one Redis connection and no subscriber', async () => {
+    const redis = await startRedis();
+    const backend = await startBackend(cgiAnswer({}, QUOTA));
+    const fe = runOverquota(['frontend', '--stdio', '--source.type', 'http', '--source.url', backend.url(), '--redis.url', redis.url]);
+    try {
+      let answer = '';
+      fe.proc.stdout!.on('data', (d: Buffer) => (answer += d.toString()));
+      fe.proc.stdin!.write('protocol_state=RCPT\nrecipient=spawned@example.com\n\n');
+      const names = async () => (await redis.cli('CLIENT', 'LIST')).split('\n').map((l) => /\bname=(\S*)/.exec(l)?.[1]).filter((n) => n?.startsWith('overquota'));
+      for (let i = 0; i < 100 && (await names()).length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, 300));
+      assert.deepEqual(await names(), ['overquota']);
+      for (let i = 0; i < 100 && !answer.includes('\n\n'); i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(answer, 'action=DUNNO\n\n');
+    } finally {
+      fe.proc.stdin!.end();
+      await fe.stop();
+      await backend.close();
+      await redis.stop();
+    }
   });
 });

@@ -2,18 +2,34 @@
  * The frontend's admin HTTP endpoint (admin.listen, off by default; keep it on loopback):
  *   POST /invalidate?address=ADDRESS  drop the mailbox from every cache tier of every frontend
  *   POST /invalidate?key=MAILBOX      the same by mailbox key (overquota notify, Dovecot's %u)
- *   GET  /health                      {"status":"ok","redis":true|false}
- * Bad input gets 400 with a reason; it never throws into the frontend.
+ *   GET  /health                      {"status":"ok","redis":"up"|"down"|"off"}
+ * POST needs `Authorization: Bearer <admin.token>` when a token is set; off loopback a token is
+ * required (start-up refuses without one). Keys and addresses are checked like the quota
+ * service's users and never echoed back unless valid. Bad input gets 400 with a reason; it never
+ * throws into the frontend.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { DecisionCore } from '../app.js';
+import { bearerCheck } from '../bearer.js';
+import { MAX_ADDRESS_LENGTH } from '../core/address.js';
+import { checkMailboxUser } from '../sources/mailbox-path.js';
 
-export async function startAdminServer(opts: { host: string; port: number; core: DecisionCore; redisOn: boolean; logger: Logger }): Promise<{ address: string; close(): Promise<void> }> {
+export interface AdminServerOptions {
+  host: string;
+  port: number;
+  core: DecisionCore;
+  /** Empty: POST without a token (allowed on loopback only; the caller checks). */
+  token: string;
+  logger: Logger;
+}
+
+export async function startAdminServer(opts: AdminServerOptions): Promise<{ address: string; close(): Promise<void> }> {
+  const authorized = bearerCheck(opts.token);
   const server = http.createServer((req, res) => {
-    const reply = (status: number, body: unknown) => {
-      res.writeHead(status, { 'content-type': 'application/json' });
+    const reply = (status: number, body: unknown, headers: Record<string, string> = {}) => {
+      res.writeHead(status, { 'content-type': 'application/json', ...headers });
       res.end(JSON.stringify(body) + '\n');
     };
     req.resume();
@@ -23,15 +39,20 @@ export async function startAdminServer(opts: { host: string; port: number; core:
     } catch {
       return reply(400, { error: 'bad request target' });
     }
-    if (url.pathname === '/health' && req.method === 'GET') return reply(200, { status: 'ok', redis: opts.redisOn });
+    if (url.pathname === '/health' && req.method === 'GET') return reply(200, { status: 'ok', redis: opts.core.redisState() });
     if (url.pathname !== '/invalidate') return reply(404, { error: 'no such endpoint' });
-    if (req.method !== 'POST') return reply(405, { error: 'use POST' });
+    if (req.method !== 'POST') return reply(405, { error: 'use POST' }, { allow: 'POST' });
+    if (authorized && !authorized(req.headers.authorization)) return reply(401, { error: 'missing or wrong bearer token' }, { 'www-authenticate': 'Bearer' });
     const address = url.searchParams.get('address');
     const key = url.searchParams.get('key');
     if (!address && !key) return reply(400, { error: 'address= or key= is required' });
-    (address ? opts.core.invalidate(address) : opts.core.invalidateKey(key!)).then(
+    if (address && address.length > MAX_ADDRESS_LENGTH) return reply(400, { error: `address longer than ${MAX_ADDRESS_LENGTH} characters` });
+    const mailbox = address ? opts.core.keyOf(address) : key!;
+    if (mailbox === null) return reply(400, { error: 'not an address' });
+    const bad = checkMailboxUser(mailbox);
+    if (bad) return reply(400, { error: `mailbox key: ${bad}` });
+    opts.core.invalidateKey(mailbox).then(
       (done) => {
-        if (!done) return reply(400, { error: 'not an address' });
         opts.logger.info({ mailbox: done.key, published: done.published }, 'invalidated by the admin endpoint');
         reply(200, { mailbox: done.key, published: done.published });
       },

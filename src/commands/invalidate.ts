@@ -51,7 +51,8 @@ async function forget(settings: Settings, target: Target): Promise<number> {
     const where = parseListenAddress(settings.admin.listen);
     const hostPort = typeof where === 'string' || where.kind !== 'inet' ? settings.admin.listen : `${where.host.includes(':') ? `[${where.host}]` : where.host}:${where.port}`;
     const query = 'address' in target ? `address=${encodeURIComponent(target.address)}` : `key=${encodeURIComponent(target.key)}`;
-    const res = await fetch(`http://${hostPort}/invalidate?${query}`, { method: 'POST', signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS) });
+    const headers: Record<string, string> = settings.admin.token ? { authorization: `Bearer ${settings.admin.token}` } : {};
+    const res = await fetch(`http://${hostPort}/invalidate?${query}`, { method: 'POST', headers, signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS) });
     const body = (await res.json()) as { mailbox?: string; error?: string };
     console.log(res.ok ? `mailbox ${body.mailbox}: dropped from the frontend at ${settings.admin.listen}` : `refused: ${body.error}`);
     return res.ok ? 0 : 1;

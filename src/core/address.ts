@@ -1,10 +1,14 @@
 /*
  * Recipient address -> mailbox key.
  *
- * Postfix hands us the envelope recipient exactly as the client wrote it (before alias expansion,
- * possibly with an extension such as user+tag, possibly UTF-8 with SMTPUTF8). The key is what a
- * quota source knows the mailbox by: the local part alone (as the seed's quota.cgi) or the whole
- * address. This module must never throw on any input: a malformed address is "no recipient".
+ * Postfix hands us the envelope recipient before alias expansion, possibly with an extension such
+ * as user+tag, possibly UTF-8 with SMTPUTF8, in its internal form: a quoted local part arrives
+ * unquoted (`"bob"@example.com` as `recipient=bob@example.com`, seen). The milter gets the RCPT
+ * argument as the client wrote it (`<"bob"@example.com>`), so a quoted local part is unquoted here
+ * the way Postfix does (RFC 5321 quoted-string: the quotes go, `\x` is x): `"bob"` and `bob` are
+ * the same mailbox and must get the same key. The key is what a quota source knows the mailbox
+ * by: the local part alone (as the seed's quota.cgi) or the whole address. This module must never
+ * throw on any input: a malformed address is "no recipient".
  */
 
 export interface RecipientRules {
@@ -23,6 +27,8 @@ export interface Recipient {
   domain: string;
   /** local@domain after folding and extension removal. */
   address: string;
+  /** local@domain after folding, extension kept: what virtual(5) looks up first. */
+  fullAddress: string;
   key: string;
 }
 
@@ -58,11 +64,12 @@ export function parseRecipient(raw: string, rules: RecipientRules): Recipient | 
   if (!addr.isWellFormed()) addr = addr.toWellFormed();
 
   const at = addr.lastIndexOf('@');
-  let local = at < 0 ? addr : addr.slice(0, at);
+  let local = unquote(at < 0 ? addr : addr.slice(0, at));
   const domain = at < 0 ? '' : addr.slice(at + 1).toLowerCase().replace(/\.$/, '');
   if (local === '') return null;
 
   if (rules.lowercaseLocalPart) local = local.toLowerCase();
+  const fullAddress = domain === '' ? local : `${local}@${domain}`;
   local = stripExtension(local, rules.delimiters);
 
   const address = domain === '' ? local : `${local}@${domain}`;
@@ -70,15 +77,21 @@ export function parseRecipient(raw: string, rules: RecipientRules): Recipient | 
     .replaceAll('{local}', local)
     .replaceAll('{domain}', domain)
     .replaceAll('{address}', address);
-  return { original: raw, local, domain, address, key };
+  return { original: raw, local, domain, address, fullAddress, key };
+}
+
+/** RFC 5321 quoted-string -> Postfix's internal form: `"a\"b"` is `a"b`. Anything else is left as it is. */
+function unquote(local: string): string {
+  if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local;
+  return local.slice(1, -1).replace(/\\(.)/gs, '$1');
 }
 
 /**
  * Cuts user+tag to user at the first delimiter character, as Postfix does; a local part that
  * starts with a delimiter (e.g. "+tag") is left alone so that it never becomes empty.
  */
-function stripExtension(local: string, delimiters: string): string {
-  if (delimiters === '' || local.startsWith('"')) return local;
+export function stripExtension(local: string, delimiters: string): string {
+  if (delimiters === '') return local;
   for (let i = 1; i < local.length; i++) {
     if (delimiters.includes(local[i]!)) return local.slice(0, i);
   }

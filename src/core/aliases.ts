@@ -5,11 +5,14 @@
  * expands it: an alias to a full mailbox would slip through (the hole Dovecot's quota-status has).
  * Lines: "pattern result, result ..."; "#" comments; indented lines continue the previous one.
  * Patterns: user@domain, @domain (catch-all). A bare "domain.tld anything" line only declares a
- * virtual alias domain and is ignored here. Expansion is recursive, as Postfix's, to MAX_DEPTH;
+ * virtual alias domain and is ignored here. Each address is looked up in virtual(5)'s order:
+ * user+extension@domain as written, then user@domain without the extension, then @domain; so an
+ * entry for user+ext@domain wins over user@domain. Expansion is recursive, as Postfix's, to MAX_DEPTH;
  * a result equal to its own pattern stays (the "keep a copy" idiom). Reloaded on SIGHUP; a file
  * with bad lines is refused and the previous map kept.
  */
 import { readFile } from 'node:fs/promises';
+import { stripExtension } from './address.js';
 
 export const MAX_DEPTH = 10;
 /** Refuse absurd expansions (an address fanning out to thousands) rather than look them all up. */
@@ -33,17 +36,17 @@ export class AliasMap {
   }
 
   /**
-   * The final addresses for an address (lower-case, extension removed), or null when the map does
-   * not name it. Tries user@domain, then @domain.
+   * The final addresses for an address (lower-case, extension kept), or null when the map does not
+   * name it. `delimiters`: recipient_delimiter, for the lookup without the extension.
    */
-  expand(address: string): string[] | null {
-    if (!this.lookup(address)) return null;
+  expand(address: string, delimiters = ''): string[] | null {
+    if (!this.lookup(address, delimiters)) return null;
     const out: string[] = [];
     const keep = (a: string) => {
       if (!out.includes(a) && out.length < MAX_TARGETS) out.push(a);
     };
     const visit = (addr: string, depth: number, path: Set<string>) => {
-      const next = depth <= MAX_DEPTH && !path.has(addr) ? this.lookup(addr) : undefined;
+      const next = depth <= MAX_DEPTH && !path.has(addr) ? this.lookup(addr, delimiters) : undefined;
       if (!next) return keep(addr);
       const below = new Set(path).add(addr);
       for (const t of next) {
@@ -55,11 +58,19 @@ export class AliasMap {
     return out;
   }
 
-  private lookup(address: string): string[] | undefined {
+  /** virtual(5)'s order: user+ext@domain, user@domain, @domain. */
+  private lookup(address: string, delimiters: string): string[] | undefined {
     const exact = this.table.get(address);
     if (exact) return exact;
     const at = address.lastIndexOf('@');
-    return at === -1 ? undefined : this.table.get(address.slice(at));
+    if (at === -1) return undefined;
+    const local = address.slice(0, at);
+    const bare = stripExtension(local, delimiters);
+    if (bare !== local) {
+      const withoutExtension = this.table.get(bare + address.slice(at));
+      if (withoutExtension) return withoutExtension;
+    }
+    return this.table.get(address.slice(at));
   }
 }
 
