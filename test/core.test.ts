@@ -139,3 +139,14 @@ test('with a domain table only its domains are served, ".parent" entries cover s
   assert.equal(router.route('other.net'), null);
   assert.equal(router.route('sub.example.com'), null);
 });
+
+test("an address cannot steer its key: \"$'\", \"$&\" and placeholders in it are plain characters", () => {
+  assert.equal(parseRecipient("$'alice@example.com", seed)!.key, "$'alice");
+  assert.equal(parseRecipient('a$&b@example.com', seed)!.key, 'a$&b');
+  assert.equal(parseRecipient('{domain}@example.com', seed)!.key, '{domain}');
+  assert.equal(parseRecipient('{local}@example.com', { ...seed, keyTemplate: '{domain}/{local}' })!.key, 'example.com/{local}');
+});
+
+test('CR, LF, NUL or an empty domain after @ make no recipient', () => {
+  for (const raw of ['a\u0000b@example.com', 'a\r\nb@example.com', 'bob@exam\nple.com', '<x@y@>', 'user@']) assert.equal(parseRecipient(raw, seed), null, JSON.stringify(raw));
+});

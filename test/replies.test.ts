@@ -49,3 +49,9 @@ test('the check command shows what the SMTP client would see', () => {
   assert.match(postfixWouldSay('DEFER_IF_PERMIT 4.2.2 Mailbox full', 'u@x'), /^450 4\.2\.2 <u@x>: Recipient address rejected: Mailbox full/);
   assert.match(postfixWouldSay('DUNNO', 'u@x'), /^250 2\.1\.5 Ok/);
 });
+
+test('a template must be sound for every figure a placeholder can become, not only for "100"', () => {
+  assert.match(replyProblem('452 4.2.2{percent}')!, /status code but no text \(when a placeholder is 0\)/);
+  assert.match(replyProblem('452 {size}.2.2 Mailbox full')!, /class does not match 452/);
+  assert.equal(replyProblem('452 4.2.2 Mailbox full ({usage} of {limit} bytes, {percent}%)'), null);
+});

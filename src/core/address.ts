@@ -61,24 +61,31 @@ export function parseRecipient(raw: string, rules: RecipientRules): Recipient | 
   let addr = raw.trim();
   if (addr.startsWith('<') && addr.endsWith('>')) addr = addr.slice(1, -1).trim();
   if (addr === '' || addr.length > MAX_ADDRESS_LENGTH) return null;
+  // CR, LF, NUL and their kind are never in an address (RFC 5321 allows none, even quoted, but
+  // a policy value or a milter RCPT can carry them): they must not reach a key, a log or a URL.
+  if (CONTROL.test(addr)) return null;
   if (!addr.isWellFormed()) addr = addr.toWellFormed();
 
   const at = addr.lastIndexOf('@');
   let local = unquote(at < 0 ? addr : addr.slice(0, at));
   const domain = at < 0 ? '' : addr.slice(at + 1).toLowerCase().replace(/\.$/, '');
-  if (local === '') return null;
+  // "user@" names no domain: not the same as a bare "user" (which Postfix completes itself).
+  if (local === '' || (at >= 0 && domain === '')) return null;
 
   if (rules.lowercaseLocalPart) local = local.toLowerCase();
   const fullAddress = domain === '' ? local : `${local}@${domain}`;
   local = stripExtension(local, rules.delimiters);
 
   const address = domain === '' ? local : `${local}@${domain}`;
-  const key = rules.keyTemplate
-    .replaceAll('{local}', local)
-    .replaceAll('{domain}', domain)
-    .replaceAll('{address}', address);
+  // One pass with a function: replaceAll() with a string would read "$'" or "$&" in an address as
+  // patterns, and a later placeholder would be filled in again inside an earlier one's value
+  // ("{domain}@example.com" became the key "example.com"): a sender choosing another's mailbox.
+  const key = rules.keyTemplate.replace(PLACEHOLDER, (name: string) => (name === '{local}' ? local : name === '{domain}' ? domain : address));
   return { original: raw, local, domain, address, fullAddress, key };
 }
+
+const CONTROL = /[\u0000-\u001f\u007f]/;
+const PLACEHOLDER = /\{local\}|\{domain\}|\{address\}/g;
 
 /** RFC 5321 quoted-string -> Postfix's internal form: `"a\"b"` is `a"b`. Anything else is left as it is. */
 function unquote(local: string): string {

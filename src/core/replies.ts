@@ -23,18 +23,32 @@ const ACTION_CLASS: Record<string, '4' | '5' | undefined> = {
 
 const PLACEHOLDERS = ['{usage}', '{limit}', '{percent}', '{size}'];
 
+/*
+ * A placeholder becomes 1 to 16 digits ({usage} of a mailbox past 9 PB has 16): the reply must be
+ * sound for the shortest, a middling and the longest figure, or a template that reads well with
+ * "100" ("452 4.2.2{percent}") renders, at 0%, into a reply Postfix misreads ("452 4.2.20").
+ */
+const SAMPLE_FIGURES = ['0', '100', '9007199254740991'];
+
 /**
  * Returns why Postfix would misread this reply, or null when it is sound.
- * Placeholders are checked as if replaced by digits.
+ * Placeholders are checked as if replaced by figures of every length they can take.
  */
 export function replyProblem(reply: string): string | null {
   if (typeof reply !== 'string' || reply.trim() === '') return 'is empty';
   if (!reply.isWellFormed() || reply.includes('\uFFFD')) return 'is not valid UTF-8';
   if (/[\x00-\x1f\x7f]/.test(reply)) return 'contains a control character (CR, LF, TAB, NUL ...)';
   if (reply !== reply.trim()) return 'has leading or trailing white space';
-  const sample = PLACEHOLDERS.reduce((text, p) => text.replaceAll(p, '100'), reply);
-  const stray = /\{[a-z_]+\}/.exec(sample);
+  const stray = /\{[a-z_]+\}/.exec(PLACEHOLDERS.reduce((text, p) => text.replaceAll(p, ''), reply));
   if (stray) return `uses the unknown placeholder ${stray[0]} (known: ${PLACEHOLDERS.join(' ')})`;
+  for (const figure of SAMPLE_FIGURES) {
+    const problem = renderedProblem(PLACEHOLDERS.reduce((text, p) => text.replaceAll(p, figure), reply));
+    if (problem) return figure === '100' ? problem : `${problem} (when a placeholder is ${figure})`;
+  }
+  return null;
+}
+
+function renderedProblem(sample: string): string | null {
   if (Buffer.byteLength(sample) > MAX_REPLY_TEXT_BYTES) return `is longer than ${MAX_REPLY_TEXT_BYTES} bytes`;
 
   const [word = '', ...rest] = sample.split(' ');
