@@ -3,7 +3,7 @@
  *
  * When the environment variable OVERQUOTA_BENCH_RESULTS names a directory (scripts/bench.sh sets it
  * to bench/results, which git ignores), each bench writes DIR/NAME.json at its end (saveResults):
- * NAME is its BENCHMARKS.md section (policy, cluster, milter, rss, stores, peers, postfix). Without
+ * NAME is its BENCHMARKS.md section (policy, cluster, milter, rss, stores, peers, postfix, backscatter). Without
  * the variable nothing is written, so a bench run by hand for a look does not replace the last
  * run's results. A file (format 1):
  *   {
@@ -28,7 +28,7 @@ export const DEFAULT_RESULTS_DIR = path.join(ROOT, 'bench', 'results');
 export const RESULTS_FORMAT = 1;
 
 /** The benches, by section name, in the order scripts/bench.sh runs them. */
-export const BENCHES = ['policy', 'cluster', 'milter', 'rss', 'stores', 'peers', 'postfix'] as const;
+export const BENCHES = ['policy', 'cluster', 'milter', 'rss', 'stores', 'peers', 'postfix', 'backscatter'] as const;
 export type BenchName = (typeof BENCHES)[number];
 export const SCRIPTS: Record<BenchName, string> = {
   policy: 'bench/policy.ts',
@@ -38,6 +38,7 @@ export const SCRIPTS: Record<BenchName, string> = {
   stores: 'bench/stores.ts',
   peers: 'bench/peers.ts',
   postfix: 'bench/postfix-e2e.ts',
+  backscatter: 'bench/backscatter.ts',
 };
 
 /** One target of a bench: a ratio (measured / baseline, `ratio` compared) or a plain figure (`measured` compared). */
@@ -158,6 +159,33 @@ export interface StoreFigure {
   p99Ms: number;
   maxMs: number;
   errors: number;
+}
+
+/** backscatter.ts: one scenario through one configuration (definitions in its header). */
+export interface BackscatterFigure {
+  scenario: string;
+  /** none, seed, quota-status, verify, overquota, redis. */
+  config: string;
+  label: string;
+  rcpts: number;
+  accepted: number;
+  deferred: number;
+  rejected: number;
+  bounced: number;
+  bouncesPer1000: number;
+  falseDefers: number;
+  /** Accepted recipients with no final status in the maillog when the bench stopped waiting. */
+  unfinished: number;
+  lookups: number;
+  lookupsPerRcpt: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** Freed space: ms from the expunge to the first accepted RCPT; null: not within the cap. */
+  freedMs?: number | null;
+  redisPerRcpt?: number;
+  redisCommands?: Record<string, number>;
+  redisBytesPerMailbox?: number;
+  redisKeys?: number;
 }
 
 export interface Results<F = unknown> {

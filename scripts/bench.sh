@@ -22,6 +22,11 @@
 #   bench/postfix-e2e.ts  Postfix smtp-source msgs/s with no policy check / the fixed server /
 #                     overquota / Dovecot quota-status, medians of 6 interleaved rounds (about
 #                     2.5 minutes; needs root, postfix and dovecot-core);
+#   bench/backscatter.ts  what overquota is for: bounces (backscatter) and false defers per 1,000
+#                     messages, Postfix -> LMTP -> Dovecot with the quota plugin, in five seeded
+#                     scenarios (burst, burst in flight, slow fill, fan-out, freed space) for six
+#                     configurations, and a chart in bench/backscatter.svg (about 3 minutes; needs
+#                     root, postfix, dovecot-core, dovecot-lmtpd, redis-server);
 # then bench/summary.ts --write, also when some of them failed: ONE table of the figures
 # and ratios (items 1-4) and every target with its verdict, naming the benches whose results are
 # missing, printed and written into BENCHMARKS.md between the bench:summary markers, with the
@@ -45,5 +50,6 @@ node --import tsx bench/milter.ts --write || status=1
 node --import tsx bench/stores.ts --write || status=1
 node --import tsx bench/peers.ts --write || status=1
 node --import tsx bench/postfix-e2e.ts --write || status=1
+node --import tsx bench/backscatter.ts --write || status=1
 node --import tsx bench/summary.ts --write || status=1
 exit "$status"

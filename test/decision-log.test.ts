@@ -14,12 +14,14 @@ function capture(level = 'info') {
 const decision: Decision = {
   verdict: { kind: 'over_quota', reason: '5000 of 1000 bytes used' },
   action: '452 4.2.2 Mailbox full, try again later',
-  recipient: { original: 'a@x', local: 'a', domain: 'x', address: 'a@x', key: 'a' },
+  recipient: { original: 'a@x', local: 'a', domain: 'x', address: 'a@x', fullAddress: 'a@x', key: 'a' },
   source: 'mbox:/var/mail',
   cache: 'hit',
   state: found(5000, 1000),
   error: null,
   ms: 0.12,
+  pending: null,
+  reserved: null,
 };
 
 test('the hand-written decision line is valid JSON in pino format, whatever the strings hold', () => {
