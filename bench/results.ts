@@ -28,7 +28,7 @@ export const DEFAULT_RESULTS_DIR = path.join(ROOT, 'bench', 'results');
 export const RESULTS_FORMAT = 1;
 
 /** The benches, by section name, in the order scripts/bench.sh runs them. */
-export const BENCHES = ['policy', 'cluster', 'milter', 'rss', 'stores', 'peers', 'postfix', 'backscatter'] as const;
+export const BENCHES = ['policy', 'cluster', 'milter', 'milter-wire', 'rss', 'stores', 'peers', 'postfix', 'backscatter'] as const;
 export type BenchName = (typeof BENCHES)[number];
 export const SCRIPTS: Record<BenchName, string> = {
   policy: 'bench/policy.ts',
@@ -39,6 +39,7 @@ export const SCRIPTS: Record<BenchName, string> = {
   peers: 'bench/peers.ts',
   postfix: 'bench/postfix-e2e.ts',
   backscatter: 'bench/backscatter.ts',
+  'milter-wire': 'bench/milter-wire.ts',
 };
 
 /** One target of a bench: a ratio (measured / baseline, `ratio` compared) or a plain figure (`measured` compared). */

@@ -10,6 +10,10 @@
 #                     with a minimal pymilter doing the same check, medians of 3 interleaved rounds
 #                     (about 70 s; needs root and the postfix package; installs python3-milter
 #                     with apt-get when it is missing);
+#   bench/milter-wire.ts  milter transactions/s from our own wire-protocol load client (50
+#                     connections) against the overquota milter, a C milter on libmilter answering
+#                     a fixed reply (the ceiling) and the pymilter, each pinned to its own core
+#                     (about 2 minutes; installs libmilter-dev and python3-milter when missing);
 #   bench/rss.ts      frontend RSS with 1000 idle + 100 busy policy connections, at 100k and 1M
 #                     requests (about 30 s; ulimit -n raised to 8192 if lower: ~2,300 descriptors);
 #   bench/stores.ts   lookups/s and latency per quota store: mbox, Maildir with maildirsize, a
@@ -46,6 +50,7 @@ status=0
 node --import tsx bench/policy.ts --write "$@" || status=1
 node --import tsx bench/cluster.ts --write || status=1
 node --import tsx bench/milter.ts --write || status=1
+node --import tsx bench/milter-wire.ts --write || status=1
 (n=$(ulimit -n); [ "$n" = unlimited ] || [ "$n" -ge 8192 ] || ulimit -n 8192; node --import tsx bench/rss.ts --write) || status=1
 node --import tsx bench/stores.ts --write || status=1
 node --import tsx bench/peers.ts --write || status=1

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { MilterDecoder, MilterProtocolError, decodeConnect, decodeMacros, encodePacket } from '../src/milter/codec.js';
+import { MilterDecoder, MilterProtocolError, countMacros, decodeConnect, decodeMacros, encodePacket, findMacro } from '../src/milter/codec.js';
 import { formatReplyText, rcptReplyFor, MAX_REPLY_TEXT_BYTES } from '../src/milter/reply.js';
 import { connect, macro, mail, optneg, rcpt } from './helpers/milter-packets.js';
 
@@ -27,6 +27,28 @@ test('a packet fed one byte at a time decodes, and midPacket tells a truncated o
   got.push(...d.push(session.subarray(session.length - 1)));
   assert.equal(got.length, 6);
   assert.equal(d.midPacket, false);
+});
+
+/** Bytes the decoder copied per byte of input, fed in chunks of `chunk` bytes. */
+function copiedPerByte(bytes: Buffer, chunk: number): number {
+  const d = new MilterDecoder();
+  let packets = 0;
+  for (let i = 0; i < bytes.length; i += chunk) packets += d.push(bytes.subarray(i, i + chunk)).length;
+  assert.equal(d.midPacket, false);
+  assert.ok(packets > 0);
+  return d.bytesCopied / bytes.length;
+}
+
+test('the cost per byte is flat: one byte at a time copies each byte a few times, not the whole pending buffer', () => {
+  // The largest packets a client may send, and a plain session: one read, odd-sized reads, one byte per read.
+  const large = Buffer.concat([optneg(), encodePacket('B', Buffer.alloc(65535, 0x61)), encodePacket('D', Buffer.alloc(40_000, 0x62)), session]);
+  for (const bytes of [session, large]) {
+    assert.ok(copiedPerByte(bytes, bytes.length) <= 1, 'in one read: each byte copied once, into its packet');
+    for (const chunk of [1, 3, 1000]) {
+      const perByte = copiedPerByte(bytes, chunk);
+      assert.ok(perByte <= 4, `in reads of ${chunk} byte(s): ${perByte.toFixed(2)} bytes copied per byte of ${bytes.length}`);
+    }
+  }
 });
 
 function refused(bytes: Buffer, code: string) {
@@ -56,6 +78,26 @@ test('macro packets: empty lists and odd string counts are accepted', () => {
   assert.deepEqual([...odd.macros], [['i', 'Q1']]);
 });
 
+test('a macro read in place (findMacro, countMacros) is what decoding the whole list gives', () => {
+  const name = fc.constantFrom('i', '{rcpt_mailer}', 'j', '', 'é');
+  fc.assert(
+    fc.property(fc.array(fc.oneof(name, fc.string({ maxLength: 6 }))), fc.boolean(), name, (strings, finalNul, wanted) => {
+      const text = strings.join('\0') + (finalNul && strings.length > 0 ? '\0' : '');
+      const list = Buffer.from(text, 'utf8');
+      const decoded = decodeMacros(Buffer.concat([Buffer.from('R'), list])).macros;
+      assert.equal(findMacro(list, wanted), decoded.get(wanted));
+      assert.equal(countMacros(list), Math.floor(splitCount(list) / 2));
+    }),
+    { numRuns: 3000 },
+  );
+});
+
+/** Strings in a list as splitStrings counts them. */
+function splitCount(list: Buffer): number {
+  if (list.length === 0) return 0;
+  return list.toString('utf8', 0, list[list.length - 1] === 0 ? list.length - 1 : list.length).split('\0').length;
+}
+
 test('connect packets of every family decode', () => {
   assert.deepEqual(decodeConnect(connect('h', '192.0.2.1', 25).subarray(5)), { hostname: 'h', family: 'inet', port: 25, address: '192.0.2.1' });
   assert.deepEqual(decodeConnect(Buffer.from('localhost\0U')), { hostname: 'localhost', family: 'unknown', port: null, address: '' });
@@ -75,8 +117,7 @@ test('random and mutated input never throws anything but a protocol error, and n
         try {
           for (let i = 0; i < bytes.length; i += 7) {
             for (const p of d.push(bytes.subarray(i, i + 7))) assert.ok(p.data.length < limit);
-            const pending = (d as unknown as { pending: Buffer | null }).pending;
-            assert.ok((pending?.length ?? 0) <= limit + 4, 'buffers at most one packet');
+            assert.ok(d.buffered <= limit + 4, 'buffers at most one packet');
           }
         } catch (e) {
           if (!(e instanceof MilterProtocolError)) throw e;

@@ -10,9 +10,10 @@ import path from 'node:path';
 import { startFrontend, type Running } from './helpers/overquota.js';
 import { tempDir, type TempDir } from './helpers/tmp.js';
 import { freePort } from './helpers/ports.js';
-import { startBackend, type Backend } from './helpers/http-backend.js';
-import { MilterDecoder, type Packet } from '../src/milter/codec.js';
-import { connect, mail, optneg, rcpt } from './helpers/milter-packets.js';
+import { cgiAnswer, startBackend, type Backend } from './helpers/http-backend.js';
+import { MilterDecoder, encodePacket, type Packet } from '../src/milter/codec.js';
+import { MAX_MACRO_BYTES, MAX_MACROS } from '../src/milter/constants.js';
+import { abort, connect, eob, macro, mail, optneg, rcpt } from './helpers/milter-packets.js';
 import { startPostfix, postfixUnavailable, type PostfixInstance } from './helpers/postfix.js';
 import { sendEnvelope, simpleMessage } from './helpers/smtp.js';
 import { mainCfSnippet } from './helpers/snippets.js';
@@ -56,12 +57,13 @@ class FakeMta {
   }
 }
 
-describe('the milter listener', () => {
+/** A milter-only frontend over an mbox spool where "full" is over its 1000-byte limit and every other mailbox has room. */
+function withStoreFrontend(prefix: string): { fe: () => Running; port: () => number } {
   let tmp: TempDir;
   let fe: Running;
   let port: number;
   before(async () => {
-    tmp = await tempDir('overquota-milter-');
+    tmp = await tempDir(prefix);
     await fs.writeFile(path.join(tmp.path, 'full'), Buffer.alloc(5000));
     port = await freePort();
     fe = await startFrontend(['--policy.listen', '', '--milter.listen', `inet:127.0.0.1:${port}`, '--store.path', tmp.path, '--store.limit', '1000']);
@@ -69,6 +71,17 @@ describe('the milter listener', () => {
   after(async () => {
     await fe?.stop();
     await tmp?.cleanup();
+  });
+  return { fe: () => fe, port: () => port };
+}
+
+describe('the milter listener', () => {
+  const started = withStoreFrontend('overquota-milter-');
+  let fe: Running;
+  let port: number;
+  before(() => {
+    fe = started.fe();
+    port = started.port();
   });
 
   it('runs without a policy listener, milter only', async () => {
@@ -134,8 +147,140 @@ describe('milter: our own trouble', () => {
   });
 });
 
+/** Highest resident memory of a process so far, in MB (VmHWM of /proc/PID/status). */
+async function peakRssMB(pid: number): Promise<number> {
+  const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/^VmHWM:\s+(\d+) kB/m.exec(status)![1]) / 1024;
+}
+
+describe('milter: what one connection may hold', () => {
+  // A frontend of its own: its peak memory is this test's alone.
+  const started = withStoreFrontend('overquota-milter-flood-');
+  let fe: Running;
+  let port: number;
+  before(() => {
+    fe = started.fe();
+    port = started.port();
+  });
+
+  it(`clients flooding tiny macros under every code are dropped and logged at the bound (${MAX_MACROS} macros, ${MAX_MACRO_BYTES} bytes), memory stays bounded, other connections are served`, async () => {
+    const good = await FakeMta.open(port);
+    await good.begin();
+    // The issue's flood: one packet of tiny macros under each of the 256 codes, 16.8 MB; it held
+    // 135-152 MB per connection, and 24 of them ran the frontend out of heap.
+    let names = '';
+    for (let i = 0; names.length < 65_000; i++) names += `${i.toString(36)}\0v\0`;
+    const tiny = Buffer.from(names, 'latin1');
+    const flood = Buffer.concat([optneg(), ...Array.from({ length: 256 }, (_, code) => encodePacket('D', Buffer.concat([Buffer.from([code]), tiny])))]);
+    const floods = 6;
+    await Promise.all(
+      Array.from({ length: floods }, async () => {
+        const m = await FakeMta.open(port);
+        m.socket.end(flood);
+        await m.closed;
+      }),
+    );
+    for (let i = 0; i < 100 && fe.logs.filter((l) => l.code === 'MACROS_OVER_LIMIT').length < floods; i++) await new Promise((r) => setTimeout(r, 50));
+    const peak = await peakRssMB(fe.proc.pid!);
+    assert.ok(peak < 250, `the frontend peaked at ${peak.toFixed(0)} MB resident`);
+    const dropped = fe.logs.filter((l) => l.code === 'MACROS_OVER_LIMIT');
+    assert.equal(dropped.length, floods, 'every flooding connection is dropped and logged');
+    assert.match(String(dropped[0]!.msg), /milter connection dropped: macros .* over the limit/);
+    good.send(rcpt('<full@example.com>'));
+    assert.match(await good.reply(), /^y452 4\.2\.2 Mailbox full/);
+    good.socket.destroy();
+  });
+});
+
+describe('milter: a client that half-closes', () => {
+  let slow: Backend;
+  let fe: Running;
+  let port: number;
+  before(async () => {
+    // A cache miss that takes a while: the answer is ready well after the client's FIN arrived.
+    slow = await startBackend((url, req, res) => setTimeout(() => cgiAnswer({ full: 5000 }, 1000)(url, req, res), 200));
+    port = await freePort();
+    fe = await startFrontend(['--policy.listen', '', '--milter.listen', `inet:127.0.0.1:${port}`, '--source.type', 'http', '--source.url', slow.url(), '--latency_budget', '5s']);
+  });
+  after(async () => {
+    await fe?.stop();
+    await slow?.close();
+  });
+
+  it('gets the answer to every packet it sent before its FIN, then the milter closes', { timeout: 20_000 }, async () => {
+    const m = await FakeMta.open(port);
+    m.socket.end(Buffer.concat([optneg(), connect(), mail('<a@example.net>'), rcpt('<full@example.com>'), rcpt('<room@example.com>')]));
+    assert.equal((await m.reply())[0], 'O');
+    assert.match(await m.reply(), /^y452 4\.2\.2 Mailbox full/);
+    assert.equal(await m.reply(), 'c');
+    await m.closed;
+    assert.equal(slow.requests.length, 2, 'both were cache misses');
+  });
+});
+
 const unavailable = postfixUnavailable();
 if (unavailable) throw new Error(`cannot run a private Postfix: ${unavailable}`);
+
+describe('milter: mail on its way counts (reservations)', () => {
+  const LIMIT = 1024 * 1024;
+  const MESSAGE = 50 * 1024;
+  let tmp: TempDir;
+  let fe: Running;
+  let port: number;
+  before(async () => {
+    tmp = await tempDir('overquota-milter-reservations-');
+    // burst: room for three messages; abort, eom: room for one.
+    await fs.writeFile(path.join(tmp.path, 'burst'), Buffer.alloc(LIMIT - 3 * MESSAGE - 1000));
+    await fs.writeFile(path.join(tmp.path, 'abort'), Buffer.alloc(LIMIT - MESSAGE - 1000));
+    await fs.writeFile(path.join(tmp.path, 'eom'), Buffer.alloc(LIMIT - MESSAGE - 1000));
+    port = await freePort();
+    fe = await startFrontend(['--policy.listen', '', '--milter.listen', `inet:127.0.0.1:${port}`, '--store.path', tmp.path, '--store.limit', String(LIMIT)]);
+  });
+  after(async () => {
+    await fe?.stop();
+    await tmp?.cleanup();
+  });
+
+  it('ten sessions at once, each a message with SIZE= to a mailbox with room for three: three accepted', async () => {
+    const mtas = await Promise.all(Array.from({ length: 10 }, () => FakeMta.open(port)));
+    await Promise.all(mtas.map((m) => m.begin()));
+    mtas.forEach((m) => m.send(mail('<a@example.net>', `SIZE=${MESSAGE}`), rcpt('<burst@example.com>')));
+    const replies = await Promise.all(mtas.map((m) => m.reply()));
+    assert.equal(replies.filter((r) => r === 'c').length, 3);
+    assert.equal(replies.filter((r) => /^y452 4\.2\.2/.test(r)).length, 7);
+    mtas.forEach((m) => m.socket.destroy());
+  });
+
+  it('a message aborted before its end gives back what its recipients reserved', async () => {
+    const m = await FakeMta.open(port);
+    await m.begin();
+    m.send(mail('<a@example.net>', `SIZE=${MESSAGE}`), rcpt('<abort@example.com>'));
+    assert.equal(await m.reply(), 'c');
+    const other = await FakeMta.open(port);
+    await other.begin();
+    other.send(mail('<b@example.net>', `SIZE=${MESSAGE}`), rcpt('<abort@example.com>'));
+    assert.match(await other.reply(), /^y452/, 'the first message holds the room');
+    // The ABORT has no reply: a RCPT after it (another message) shows it was handled.
+    m.send(abort(), mail('<a@example.net>'), rcpt('<elsewhere@example.com>'));
+    assert.equal(await m.reply(), 'c');
+    other.send(abort(), mail('<b@example.net>', `SIZE=${MESSAGE}`), rcpt('<abort@example.com>'));
+    assert.equal(await other.reply(), 'c', 'the aborted message no longer holds it');
+    m.socket.destroy();
+    other.socket.destroy();
+  });
+
+  it('at end of message {msg_size} gives the reservation the real size', async () => {
+    const m = await FakeMta.open(port);
+    await m.begin();
+    m.send(mail('<a@example.net>', `SIZE=${MESSAGE}`), rcpt('<eom@example.com>'));
+    assert.equal(await m.reply(), 'c');
+    m.send(macro('E', 'i', 'ABC123', '{msg_size}', '2000'), eob());
+    assert.equal(await m.reply(), 'c');
+    m.send(mail('<a@example.net>', `SIZE=${MESSAGE - 5000}`), rcpt('<eom@example.com>'));
+    assert.equal(await m.reply(), 'c', '2,000 bytes on their way, not 51,200: the second message fits');
+    m.socket.destroy();
+  });
+});
 
 describe('Postfix smtpd_milters -> overquota milter', () => {
   let tmp: TempDir;

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { MilterDecoder, MilterProtocolError, decodeOptneg, type Packet } from '../src/milter/codec.js';
 import { MilterSession, type RcptContext } from '../src/milter/session.js';
+import { MAX_MACRO_BYTES, MAX_MACROS } from '../src/milter/constants.js';
 import { abort, connect, eob, helo, macro, mail, optneg, quit, quitNc, rcpt } from './helpers/milter-packets.js';
 
 /** A session whose decider says "full" for full@ and records what it was asked. */
@@ -113,4 +114,35 @@ test('a recipient Postfix already rejected ({rcpt_mailer}=error) is not looked u
   const replies = await feed(s, optneg(), connect(), mail('<a@x>'), macro('R', '{rcpt_mailer}', 'error'), rcpt('<full@x>'));
   assert.deepEqual(replies.slice(1), ['c']);
   assert.equal(asked.length, 0);
+});
+
+/** n tiny macros ("m0" = "v", "m1" = "v", ...) as one list. */
+const tinyMacros = (n: number) => Array.from({ length: n }, (_, i) => [`m${i}`, 'v']).flat();
+const overLimit = (e: MilterProtocolError) => e.code === 'MACROS_OVER_LIMIT';
+
+test('each stage keeps only its latest macro list: an MTA resending macros never piles them up', async () => {
+  const { s, asked } = newSession();
+  const resent = Array.from({ length: 2000 }, (_, i) => macro('R', 'i', `Q${i}`, ...tinyMacros(100)));
+  await feed(s, optneg(), connect(), mail('<a@x>'), ...resent, rcpt('<ok@x>'));
+  assert.equal(asked[0]!.ctx.queueId, 'Q1999');
+});
+
+test('macros for codes that are no stage are accepted and not kept (nor counted)', async () => {
+  const { s, asked } = newSession();
+  const unknown = Array.from({ length: 256 }, (_, code) => code).filter((c) => !'CHMRTNE'.includes(String.fromCharCode(c)));
+  const replies = await feed(s, optneg(), ...unknown.map((c) => macro(String.fromCharCode(c), ...tinyMacros(MAX_MACROS))), mail('<a@x>'), macro('R', 'i', 'Q1'), rcpt('<ok@x>'));
+  assert.deepEqual(replies.slice(1), ['c']);
+  assert.equal(asked[0]!.ctx.queueId, 'Q1');
+});
+
+test(`more than ${MAX_MACROS} macros over the stages of one connection are a protocol error`, async () => {
+  const half = MAX_MACROS / 2;
+  await feed(newSession().s, optneg(), macro('C', ...tinyMacros(half)), macro('H', ...tinyMacros(half)));
+  await assert.rejects(feed(newSession().s, optneg(), macro('C', ...tinyMacros(half)), macro('H', ...tinyMacros(half)), macro('M', 'i', 'Q1')), overLimit);
+});
+
+test(`more than ${MAX_MACRO_BYTES} bytes of macros on one connection are a protocol error`, async () => {
+  const value = 'x'.repeat(MAX_MACRO_BYTES / 2);
+  await assert.rejects(feed(newSession().s, optneg(), macro('C', 'a', value), macro('M', 'b', value)), overLimit);
+  await assert.rejects(feed(newSession().s, optneg(), macro('E', 'a', value + value)), overLimit);
 });

@@ -78,3 +78,21 @@ export const MAX_VERSION = 6;
 
 /** libmilter's default data limit (MILTER_MAX_DATA_SIZE); we never negotiate the 256K/1M sizes. */
 export const MAX_DATA_SIZE = 65535;
+
+/**
+ * Macro stages kept, in protocol order: the command codes libmilter accepts macros for (engine.c
+ * st_macros: CONNECT, HELO, MAIL, RCPT, DATA, EOH, end of message). Macros for any other code
+ * (Postfix has milter_unknown_command_macros) are accepted and not kept.
+ */
+export const MACRO_STAGES = ['C', 'H', 'M', 'R', 'T', 'N', 'E'] as const;
+
+/**
+ * Macros one connection may hold, over all kept stages (each stage's list replaces the last one,
+ * as in libmilter). Postfix's defaults send about 20 short macros per session, Sendmail's about
+ * 25, a few hundred bytes with TLS certificate names. Past either bound the MTA is not an MTA:
+ * the connection is dropped and logged. Without a bound, one connection of tiny macros under 256
+ * stage codes held 135-152 MB, and 24 of them ran the frontend out of heap (issue 11).
+ */
+export const MAX_MACROS = 256;
+/** Bytes of macro data (names, values, their NULs) one connection may hold (see MAX_MACROS). */
+export const MAX_MACRO_BYTES = 32 * 1024;

@@ -3,15 +3,20 @@
  *
  * One MilterSession per connection, packets handled in order, each reply written with one write.
  * A connection that breaks the protocol (junk, a bad length, a truncated packet, an unknown
- * command) is logged and dropped alone; the MTA then applies its own default for that session
- * (Postfix milter_default_action, Sendmail F=). Close: stop accepting, finish what is in flight.
+ * command, macros over their bounds) is logged and dropped alone; the MTA then applies its own
+ * default for that session (Postfix milter_default_action, Sendmail F=). A client that
+ * half-closes (its FIN after its last packet) is answered everything it sent, then closed: the
+ * listener allows half-open sockets (sockets.ts), so ending our side is ours to do. What one
+ * connection holds is bounded: one packet in the decoder, MAX_QUEUED_PACKETS / MAX_QUEUED_BYTES
+ * waiting (reading pauses past them), macros within MAX_MACROS / MAX_MACRO_BYTES (session.ts).
+ * Close: stop accepting, finish what is in flight.
  */
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { ListenAddress } from '../listen.js';
 import { closeListeners, openListeners } from '../sockets.js';
 import { MilterDecoder, MilterProtocolError, type Packet } from './codec.js';
-import { MilterSession, type RcptDecider } from './session.js';
+import { MilterSession, type MessageEvents, type RcptDecider } from './session.js';
 
 export interface MilterServerOptions {
   listeners: ListenAddress[];
@@ -19,6 +24,8 @@ export interface MilterServerOptions {
   /** MTAs keep the connection for a whole SMTP session; this only bounds a forgotten one. */
   idleTimeoutMs: number;
   decide: RcptDecider;
+  /** Ends and aborts of messages, for reservations (the decision core); null: not told. */
+  messages?: MessageEvents | null;
   logger: Logger;
   shutdownGraceMs: number;
 }
@@ -29,8 +36,10 @@ export interface RunningMilterServer {
   close(): Promise<void>;
 }
 
-/** Packets queued on one connection before we stop reading from it. */
+/** Packets queued on one connection before we stop reading from it (resumed at half). */
 const MAX_QUEUED_PACKETS = 256;
+/** Bytes of queued packets on one connection before we stop reading from it (resumed at half). */
+const MAX_QUEUED_BYTES = 256 * 1024;
 
 export async function startMilterServer(opts: MilterServerOptions): Promise<RunningMilterServer> {
   const live = new Map<net.Socket, { busy: () => boolean }>();
@@ -40,37 +49,49 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
   const onConnection = (socket: net.Socket, listener: string) => {
     const log = opts.logger.child({ conn: nextId++, listener, face: 'milter' });
     const decoder = new MilterDecoder();
-    const session = new MilterSession(opts.decide);
+    const session = new MilterSession(opts.decide, opts.messages ?? null);
     const queue: Packet[] = [];
+    let queuedBytes = 0;
+    let paused = false;
     let busy = false;
     let dead = false;
+    /** The client sent its FIN: answer what is queued, then end our side. */
+    let peerEnded = false;
     const drop = (reason: string, code?: string) => {
       if (dead) return;
       dead = true;
       log.warn({ code, peer: socket.remoteAddress }, `milter connection dropped: ${reason}`);
       socket.destroy();
     };
+    const finish = () => {
+      if (dead) return;
+      dead = true;
+      socket.end(() => socket.destroy());
+    };
     const drain = async () => {
       busy = true;
       while (queue.length > 0 && !dead) {
         const packet = queue.shift()!;
+        queuedBytes -= packet.data.length;
         try {
-          const out = await session.handle(packet);
+          // Only RCPT returns a promise: the other packets are answered without waiting a turn.
+          let out = session.handle(packet);
+          if (out instanceof Promise) out = await out;
           if (dead) break;
           if (out.note) log.info({ note: out.note }, 'recipient passed with a note (dry run)');
           if (out.reply) socket.write(out.reply);
-          if (out.close) {
-            dead = true;
-            socket.end(() => socket.destroy());
-          }
+          if (out.close) finish();
         } catch (err) {
           if (err instanceof MilterProtocolError) drop(err.message, err.code);
           else drop(`internal error: ${(err as Error).message}`, 'INTERNAL');
         }
-        if (queue.length === MAX_QUEUED_PACKETS / 2) socket.resume();
+        if (paused && queue.length <= MAX_QUEUED_PACKETS / 2 && queuedBytes <= MAX_QUEUED_BYTES / 2) {
+          paused = false;
+          socket.resume();
+        }
       }
       busy = false;
-      if (closing && !dead) socket.end(() => socket.destroy());
+      if (closing || peerEnded) finish();
     };
     live.set(socket, { busy: () => busy || queue.length > 0 });
     socket.setNoDelay(true);
@@ -84,20 +105,32 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
         const e = err as MilterProtocolError;
         return drop(e.message, e.code);
       }
-      queue.push(...packets);
-      if (queue.length > MAX_QUEUED_PACKETS) socket.pause();
+      for (const p of packets) {
+        queue.push(p);
+        queuedBytes += p.data.length;
+      }
+      if (!paused && (queue.length > MAX_QUEUED_PACKETS || queuedBytes > MAX_QUEUED_BYTES)) {
+        paused = true;
+        socket.pause();
+      }
       if (!busy && queue.length > 0) void drain();
     });
     socket.on('end', () => {
-      if (decoder.midPacket) drop('connection closed in the middle of a packet (truncated)', 'TRUNCATED');
-      else if (!busy) socket.destroy();
+      if (decoder.midPacket) return drop('connection closed in the middle of a packet (truncated)', 'TRUNCATED');
+      peerEnded = true;
+      if (!busy) finish();
     });
     socket.on('timeout', () => {
       log.debug('closing idle milter connection');
       socket.destroy();
     });
     socket.on('error', (err: NodeJS.ErrnoException) => log.debug({ code: err.code }, `milter connection error: ${err.message}`));
-    socket.on('close', () => live.delete(socket));
+    socket.on('close', () => {
+      live.delete(socket);
+      // Lost in the middle of a message: its recipients' reservations go (an MTA that gives up
+      // on us applies its default; the message may still come, but not counted by us).
+      session.giveUpMessage();
+    });
   };
 
   const { servers, addresses } = await openListeners(opts.listeners, opts.socketMode, onConnection, (err, listener) =>
