@@ -2,11 +2,16 @@
 /*
  * The `overquota` command: frontend, quota-service, check, config.
  *
- * Exit codes: 0 fine, 64 usage error, 78 invalid configuration (sysexits EX_USAGE, EX_CONFIG),
- * 1 start-up failure. In --stdio (spawn) mode nothing is ever written to stderr: smtpd reads it.
+ * Exit codes: 0 fine, 64 usage error, 78 invalid configuration (an unknown OVERQUOTA_ variable and
+ * a log.file that cannot be opened included), 70 a bug (see exitOnBugs), 1 start-up failure
+ * (sysexits EX_USAGE, EX_CONFIG, EX_SOFTWARE). A daemon that does not start says why in its log as
+ * well as on stderr. In --stdio (spawn) mode nothing is ever written to stderr: smtpd reads it.
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError, loadSettings, redactedSettings } from './config.js';
+import type { Logger } from 'pino';
+import { ConfigError, loadSettings, redactedSettings, type Settings } from './config.js';
+import { createLogger } from './log.js';
+import { exitOnBugs, reportFatal, warningsToLog } from './commands/process.js';
 import { flagIsOn, parseArgs, UsageError } from './commands/args.js';
 import { COMMANDS, commandHelp, mainHelp } from './commands/help.js';
 import { runFrontend } from './commands/frontend.js';
@@ -22,11 +27,18 @@ function version(): string {
   return pkg.version;
 }
 
+/** The commands that run as daemons, with a log of their own. */
+const DAEMONS = ['frontend', 'quota-service'];
+
 async function main(argv: string[]): Promise<number> {
   // Known before parsing: in spawn mode even a usage error must not reach stderr (smtpd reads it).
   const stdio = flagIsOn(argv, 'stdio');
-  const complain = (text: string) => {
-    if (!stdio) process.stderr.write(`overquota: ${text}\n`);
+  let logger: Logger | null = null;
+  if (stdio) warningsToLog(() => logger);
+  let daemon = false;
+  const fail = (why: string, err: unknown, code: number) => {
+    reportFatal(logger, !stdio, why, err);
+    return code;
   };
   try {
     const args = parseArgs(argv, { boolean: ['help', 'version', 'stdio', 'json'], valued: ['config', 'size'] });
@@ -47,13 +59,19 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (!['check', 'invalidate', 'notify'].includes(command) && rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
+    daemon = DAEMONS.includes(command);
     const file = args.flags.get('config');
     const settings = loadSettings({ file: typeof file === 'string' ? file : undefined, args: args.settingArgs });
+    const daemonLog = () => {
+      logger = daemonLogger(settings.log, stdio);
+      exitOnBugs(logger, !stdio);
+      return logger;
+    };
     switch (command) {
       case 'frontend':
-        return await runFrontend(settings, stdio);
+        return await runFrontend(settings, stdio, daemonLog());
       case 'quota-service':
-        return await runQuotaService(settings);
+        return await runQuotaService(settings, daemonLog());
       case 'check': {
         const size = args.flags.get('size');
         return await runCheck(settings, rest[0], typeof size === 'string' ? size : undefined, args.flags.has('json'));
@@ -68,16 +86,26 @@ async function main(argv: string[]): Promise<number> {
     }
     return EX_USAGE;
   } catch (err) {
-    if (err instanceof UsageError) {
-      complain(`${err.message}\n(see overquota --help)`);
-      return EX_USAGE;
-    }
+    if (err instanceof UsageError) return fail(`${err.message}\n(see overquota --help)`, undefined, EX_USAGE);
     if (err instanceof ConfigError) {
-      complain(`invalid configuration:\n${err.message}`);
-      return EX_CONFIG;
+      // Settings that failed validation may still say where the daemon logs: it logs there why.
+      if (daemon && !logger && err.log?.file) logger = fallbackLogger(err.log, stdio);
+      return fail(`invalid configuration:\n${err.message}`, undefined, EX_CONFIG);
     }
-    complain(`cannot start: ${(err as Error).message}`);
-    return 1;
+    return fail(`cannot start: ${(err as Error).message}`, err, 1);
+  }
+}
+
+function daemonLogger(log: Settings['log'], stdio: boolean): Logger {
+  return createLogger({ level: log.level, file: log.file, stdoutIsProtocol: stdio });
+}
+
+/** A logger for the fatal line only, from settings that did not validate; null when it cannot be had. */
+function fallbackLogger(log: { file: string; level: string }, stdio: boolean): Logger | null {
+  try {
+    return daemonLogger({ level: log.level === 'silent' ? 'silent' : 'fatal', file: log.file }, stdio);
+  } catch {
+    return null;
   }
 }
 

@@ -7,8 +7,10 @@
  * Loading must fail loudly, naming the setting, the value and what is allowed: a wrong reply text
  * or listener found at start-up costs nothing, found in production it costs mail.
  */
+import fs from 'node:fs';
 import convict from 'convict';
 import { parseListenAddress } from './listen.js';
+import { groupId } from './sockets.js';
 import { replyProblem } from './core/replies.js';
 import { KEY_PLACEHOLDERS } from './core/address.js';
 
@@ -27,6 +29,47 @@ export function parseBytes(v: unknown): number | null {
   if (typeof v === 'number') return Number.isInteger(v) && v >= 0 ? v : null;
   const m = /^\s*(\d+)\s*(?:([kmgt])(?:i?b)?|b)?\s*$/i.exec(String(v));
   return m ? Number(m[1]) * UNITS_BYTES[(m[2] ?? '').toLowerCase()]! : null;
+}
+
+/*
+ * Operators' spellings, read strictly. convict's own Boolean reads everything but "false" as true
+ * (OVERQUOTA_DRY_RUN=0 turned dry run ON) and its 'nat' and 'int' use parseInt, which cuts "10k"
+ * to 10, "1e3" to 1 and "12.7" to 12. The three formats below replace them under the same names,
+ * so every setting of those formats (also one added later) reads strictly; junk stays a string
+ * and fails validation, naming the setting. Counts are plain whole numbers; sizes and durations
+ * have their own formats with suffixes (bytes, duration).
+ */
+const TRUE_WORDS = ['true', 'yes', 'on', '1'];
+const FALSE_WORDS = ['false', 'no', 'off', '0'];
+const BOOLEAN_RULE = 'must be true or false (also yes/no, on/off, 1/0)';
+
+/** true/yes/on/1 and false/no/off/0, any case; anything else is null. */
+export function readBoolean(text: string): boolean | null {
+  const word = text.trim().toLowerCase();
+  if (TRUE_WORDS.includes(word)) return true;
+  if (FALSE_WORDS.includes(word)) return false;
+  return null;
+}
+
+convict.addFormat({
+  // Also the coercion of schema entries declared `format: Boolean` (convict looks it up by this name).
+  name: 'boolean',
+  coerce: (v: string) => readBoolean(v) ?? v,
+  validate(v: unknown) {
+    if (typeof v !== 'boolean') throw new Error(BOOLEAN_RULE);
+  },
+});
+for (const [name, signed] of [['nat', false], ['int', true]] as const) {
+  const digits = signed ? /^\s*-?\d+\s*$/ : /^\s*\d+\s*$/;
+  convict.addFormat({
+    name,
+    coerce: (v: string) => (digits.test(v) ? Number(v) : v),
+    validate(v: unknown) {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || (!signed && v < 0)) {
+        throw new Error(`must be a whole number such as 100000 (digits only: no suffix, ${signed ? '' : 'sign, '}decimals or exponent)`);
+      }
+    },
+  });
 }
 
 convict.addFormat({
@@ -108,7 +151,18 @@ convict.addFormat({
   name: 'octal-mode',
   coerce: (v: string) => v,
   validate(v: unknown) {
-    if (!/^0?[0-7]{3}$/.test(String(v))) throw new Error('must be an octal file mode such as 0666');
+    if (!/^0?[0-7]{3}$/.test(String(v))) throw new Error('must be an octal file mode such as 0660');
+  },
+});
+convict.addFormat({
+  name: 'group',
+  validate(v: unknown) {
+    if (v === '') return;
+    try {
+      groupId(String(v));
+    } catch (err) {
+      throw new Error(`must be empty (the process's own group) or a group name or number: ${(err as Error).message}`);
+    }
   },
 });
 
@@ -209,21 +263,23 @@ const schema = {
   },
   policy: {
     listen: { doc: 'Policy delegation listeners: inet:HOST:PORT, inet:[IPV6]:PORT, unix:/PATH; comma-separated in env and flags. Empty: no policy service (a milter-only frontend).', format: 'listeners', default: ['inet:127.0.0.1:10033'] },
-    socket_mode: { doc: 'File mode of unix-domain policy sockets (Postfix smtpd runs as the postfix user).', format: 'octal-mode', default: '0666' },
+    socket_mode: { doc: 'File mode of unix-domain policy sockets, set as they are created (0660: owner and socket_group only; any local user could ask a 0666 one).', format: 'octal-mode', default: '0660' },
+    socket_group: { doc: 'Group of unix-domain policy sockets, name or number: postfix (Postfix smtpd runs as user postfix, group postfix). Empty: the process\'s own group.', format: 'group', default: '' },
     idle_timeout: { doc: 'Close a policy connection idle this long. Keep it above smtpd_policy_service_max_idle (300s): Postfix must close first.', format: 'duration', default: '330s' },
-    max_line_length: { doc: 'Longest attribute line, in bytes; a longer one drops the connection without a reply.', format: 'nat', default: 4096 },
+    max_line_length: { doc: 'Longest attribute line, in bytes (or 4k, binary multiples); a longer one drops the connection without a reply.', format: 'bytes', default: 4096 },
     max_attributes: { doc: 'Most attributes in one request (Postfix 3.x sends about 40).', format: 'nat', default: 100 },
-    max_request_size: { doc: 'Most bytes in one request.', format: 'nat', default: 65536 },
-    check_end_of_message: { doc: 'Also check at END-OF-MESSAGE (real size known) when the request names a recipient, i.e. when the message has exactly one recipient.', format: Boolean, default: false },
+    max_request_size: { doc: 'Most bytes in one request (or 64k, binary multiples).', format: 'bytes', default: 65536 },
+    check_end_of_message: { doc: 'Also check at END-OF-MESSAGE (real size known) when the request names a recipient, i.e. when the message has exactly one recipient.', format: 'boolean', default: false },
   },
   milter: {
     listen: { doc: 'Milter listeners for Sendmail (INPUT_MAIL_FILTER) and Postfix (smtpd_milters): inet:HOST:PORT, inet:PORT@HOST (Sendmail spelling), unix:/PATH; comma-separated. Empty: no milter.', format: 'listeners', default: [] },
-    socket_mode: { doc: 'File mode of unix-domain milter sockets.', format: 'octal-mode', default: '0666' },
+    socket_mode: { doc: 'File mode of unix-domain milter sockets, set as they are created.', format: 'octal-mode', default: '0660' },
+    socket_group: { doc: 'Group of unix-domain milter sockets, name or number: postfix for Postfix (smtpd runs as user postfix); for Sendmail the group of its RunAsUser, e.g. smmsp (running as root, Sendmail connects anyway). Empty: the process\'s own group.', format: 'group', default: '' },
     idle_timeout: { doc: 'Close a milter connection idle this long (MTAs keep one per SMTP session and time out their own side first).', format: 'duration', default: '1h' },
   },
   recipient: {
     delimiter: { doc: 'Characters that start an address extension, as Postfix recipient_delimiter (user+tag@ -> user@). Empty: none.', format: String, default: '+' },
-    lowercase_local_part: { doc: 'Fold the local part to lower case before building the mailbox key.', format: Boolean, default: true },
+    lowercase_local_part: { doc: 'Fold the local part to lower case before building the mailbox key.', format: 'boolean', default: true },
     mailbox_key: { doc: 'Mailbox key sent to the quota source: {local} (the seed quota.cgi), {address} (local@domain) or any mix with {domain}.', format: 'key-template', default: '{local}' },
   },
   aliases: {
@@ -267,6 +323,18 @@ const schema = {
       near_limit_ratio: { doc: 'Headroom below which the under-quota TTL shrinks in proportion to the room left, down to near_limit (0.1: the last 10% of the quota).', format: 'ratio', default: 0.1 },
     },
   },
+  reservations: {
+    enabled: {
+      doc: 'Count the mail accepted for a mailbox until a reading shows it stored: usage + mail on its way + the message size decides, so a burst cannot fill a mailbox past its limit on one cached reading. With Redis every frontend counts every other\'s. Transactions are told apart by Postfix\'s instance attribute (the milter: the message).',
+      format: 'boolean',
+      default: true,
+    },
+    ttl: {
+      doc: 'How long accepted mail counts at most while no reading shows it stored: covers a message held in a queue or a slow delivery; a transaction that failed after RCPT stops counting after this.',
+      format: 'duration',
+      default: '10m',
+    },
+  },
   redis: {
     url: { doc: 'Turns the shared Redis tier on. redis://[user:password@]host:port[/db], rediss:// for TLS, or a unix socket path. For sentinel and cluster: comma-separated addresses. Empty: process-local cache only.', format: String, default: '' },
     mode: { doc: 'standalone, sentinel (url lists the sentinels) or cluster (url lists some cluster nodes).', format: ['standalone', 'sentinel', 'cluster'], default: 'standalone' },
@@ -279,6 +347,7 @@ const schema = {
   },
   admin: {
     listen: { doc: 'Admin HTTP listener of the frontend (POST /invalidate?address=ADDRESS, GET /health), HOST:PORT. Empty: off.', format: 'optional-listener', default: '' },
+    token: { doc: 'Bearer token that POST requests to the admin listener must carry. Required when admin.listen is not on loopback (start-up refuses it without one).', format: String, default: '', sensitive: true },
   },
   replies: {
     under_quota: { doc: 'Reply for a mailbox with room. Never OK: OK skips the later restrictions.', format: 'reply', default: 'DUNNO' },
@@ -287,12 +356,13 @@ const schema = {
     unknown: { doc: 'Reply for a mailbox the source does not know (aliases arrive unexpanded: keep DUNNO).', format: 'reply', default: 'DUNNO' },
     on_error: { doc: 'Reply when the source fails or the latency budget is spent. Our trouble must not refuse mail: DUNNO, or a 4XX.', format: 'temporary-reply', default: 'DUNNO' },
   },
-  dry_run: { doc: 'Answer WARN (Postfix logs it, the mail passes) instead of deferring or rejecting: for a safe roll-out.', format: Boolean, default: false },
+  dry_run: { doc: 'Answer WARN (Postfix logs it, the mail passes) instead of deferring or rejecting: for a safe roll-out.', format: 'boolean', default: false },
   latency_budget: { doc: 'Longest time from request to answer; past it the on_error reply is sent.', format: 'duration', default: '2s' },
   quota_service: {
     listen: { doc: 'Quota service HTTP listener, HOST:PORT. Keep it on loopback or a private network.', format: 'listener', default: '127.0.0.1:10035' },
     token: { doc: 'Bearer token the quota service requires (empty: none).', format: String, default: '', sensitive: true },
-    max_concurrent_scans: { doc: 'Most mailbox scans at once; more are answered 503.', format: 'nat', default: 8 },
+    max_concurrent_scans: { doc: 'Most Maildir recounts (directory scans) at once; more wait for a free one within their deadline.', format: 'nat', default: 8 },
+    max_lookups: { doc: 'Most lookups being answered at once, waiting ones included; more are answered 503 with Retry-After (frontends ask again within their budget).', format: 'nat', default: 1024 },
   },
 } satisfies Tree;
 
@@ -317,8 +387,8 @@ export type Config = convict.Config<any>;
 
 export interface Settings {
   log: { level: string; file: string };
-  policy: { listen: string[]; socket_mode: string; idle_timeout: number; max_line_length: number; max_attributes: number; max_request_size: number; check_end_of_message: boolean };
-  milter: { listen: string[]; socket_mode: string; idle_timeout: number };
+  policy: { listen: string[]; socket_mode: string; socket_group: string; idle_timeout: number; max_line_length: number; max_attributes: number; max_request_size: number; check_end_of_message: boolean };
+  milter: { listen: string[]; socket_mode: string; socket_group: string; idle_timeout: number };
   recipient: { delimiter: string; lowercase_local_part: boolean; mailbox_key: string };
   doveadm: { url: string; password: string; api_key: string };
   aliases: { file: string; defer_when: 'any' | 'all' };
@@ -326,34 +396,126 @@ export interface Settings {
   backends: Backend[];
   store: { type: 'mbox' | 'maildir' | 'doveadm'; path: string; mailbox: string; limit: number; limits_file: string; trash_folders: string[]; scan_cache_mailboxes: number };
   cache: { max_entries: number; memory_ttl: number; ttl: { under_quota: number; over_quota: number; unknown: number; near_limit: number; near_limit_ratio: number } };
+  reservations: { enabled: boolean; ttl: number };
   redis: { url: string; mode: 'standalone' | 'sentinel' | 'cluster'; sentinel_master: string; username: string; password: string; tls_ca: string; prefix: string; command_timeout: number };
-  admin: { listen: string };
+  admin: { listen: string; token: string };
   replies: { under_quota: string; over_quota: string; too_large: string; unknown: string; on_error: string };
   dry_run: boolean;
   latency_budget: number;
-  quota_service: { listen: string; token: string; max_concurrent_scans: number };
+  quota_service: { listen: string; token: string; max_concurrent_scans: number; max_lookups: number };
 }
 
 export class ConfigError extends Error {
   readonly code = 'CONFIG_INVALID';
+  /** log.file and log.level as far as they could be read: a daemon logs there why it did not start. */
+  constructor(message: string, readonly log?: { file: string; level: string }) {
+    super(message);
+  }
 }
+
+/*
+ * OVERQUOTA_ variables that are legitimate without naming a setting: the config file, and those of
+ * the project's own scripts (bench/, test/helpers/sendmail.ts, scripts/install-deps.sh), which
+ * reach the daemons they start. Any other is refused: a misspelt variable must not be ignored.
+ */
+const OTHER_VARIABLES = new Set(['OVERQUOTA_CONFIG', 'OVERQUOTA_BENCH_RESULTS', 'OVERQUOTA_SENDMAIL_CACHE', 'OVERQUOTA_POLICY_RC_D']);
 
 /**
  * Loads defaults, then the file, env and flags, and validates. Throws ConfigError with every problem.
- * @param args command-line words (flags such as --log.level debug); other words are ignored here.
+ * @param args setting flags as --path.of.setting VALUE pairs (what parseArgs hands over).
  */
 export function loadSettings(opts: { file?: string; env?: NodeJS.ProcessEnv; args?: string[] } = {}): Settings {
   const env = opts.env ?? process.env;
-  let config: convict.Config<any>;
+  const variables = new Set(describeSettings().map((s) => s.env));
+  const unknown = Object.keys(env).filter((name) => name.startsWith('OVERQUOTA_') && !variables.has(name) && !OTHER_VARIABLES.has(name));
+  if (unknown.length > 0) {
+    throw new ConfigError(unknown.map((name) => `${name}: names no setting (overquota frontend --help lists every setting's variable)`).join('\n'));
+  }
+  // The few calls used, typed plainly (convict's own types for a schema this size exceed tsc's depth).
+  let config: { load(values: object): void; set(path: string, value: string): void; validate(o: { allowed: 'strict' }): void; getProperties(): unknown } | undefined;
   try {
-    config = convict(fullSchema as any, { env, args: opts.args ?? [] });
+    config = convict(fullSchema as any, { env, args: [] }) as unknown as NonNullable<typeof config>;
     const file = opts.file ?? env.OVERQUOTA_CONFIG;
-    if (file) config.loadFile(file);
+    // load() applies the environment again over the file, as loadFile() would.
+    if (file) config.load(readConfigFile(file));
+    // Set here rather than handed to convict as args: its argument parser turns "1e3" into 1000
+    // and "0x10" into 16 before any format sees them.
+    for (const [path, value] of settingPairs(opts.args ?? [])) config.set(path, value);
     config.validate({ allowed: 'strict' });
   } catch (err) {
-    throw new ConfigError(redactText((err as Error).message));
+    const read = config?.getProperties() as { log?: { file?: unknown; level?: unknown } } | undefined;
+    const log = read?.log ? { file: String(read.log.file ?? ''), level: String(read.log.level ?? 'info') } : undefined;
+    throw new ConfigError(redactText((err as Error).message), log);
   }
   return config.getProperties() as Settings;
+}
+
+function settingPairs(words: string[]): [string, string][] {
+  const paths = new Set(describeSettings().map((s) => s.path));
+  const pairs: [string, string][] = [];
+  for (let i = 0; i < words.length; i += 2) {
+    const path = words[i]!.replace(/^--/, '');
+    const value = words[i + 1];
+    if (!paths.has(path) || value === undefined) throw new Error(`"${words[i]}": not a --path.of.setting VALUE pair`);
+    pairs.push([path, value]);
+  }
+  return pairs;
+}
+
+/** The config file as an object; a syntax error named by file, line and column. */
+function readConfigFile(file: string): object {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`config file ${file}: cannot be read: ${(err as Error).message}`);
+  }
+  if (text.trim() === '') return {};
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // V8's message is not repeated: it quotes the text around the error, secrets included.
+    const { line, column, found } = whereJsonFails(text);
+    throw new Error(`config file ${file}, line ${line}, column ${column}: not valid JSON (unexpected ${found})`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new Error(`config file ${file}: must hold one JSON object, such as {"log": {"level": "info"}}`);
+  }
+  return parsed;
+}
+
+/**
+ * Where JSON.parse first gives up on text. V8 names a position for most errors but not all
+ * ("Unexpected token 'x', ... is not valid JSON"), so: the shortest prefix that fails before
+ * its own end ends at the culprit (a prefix of good JSON fails only at its end), found by halving.
+ */
+function whereJsonFails(text: string): { line: number; column: number; found: string } {
+  const failsBeforeEnd = (length: number): boolean => {
+    try {
+      JSON.parse(text.slice(0, length));
+      return false;
+    } catch (err) {
+      const message = (err as Error).message;
+      const position = /at position (\d+)/.exec(message);
+      if (position) return Number(position[1]) < length;
+      return !message.includes('Unexpected end of JSON input');
+    }
+  };
+  let low = 1;
+  let high = text.length + 1;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (failsBeforeEnd(middle)) high = middle;
+    else low = middle + 1;
+  }
+  const offset = low - 1;
+  const before = text.slice(0, offset).split('\n');
+  return {
+    line: before.length,
+    column: before[before.length - 1]!.length + 1,
+    found: offset < text.length ? JSON.stringify(text[offset]) : 'end of file',
+  };
 }
 
 /** Secrets inside an error text (convict prints the offending value, e.g. a backends list). */

@@ -9,12 +9,14 @@ import { isIP } from 'node:net';
 
 export type ListenAddress =
   | { kind: 'inet'; host: string; port: number; text: string }
-  | { kind: 'unix'; path: string; text: string };
+  /** group: who may connect besides the owner (the *.socket_group setting); empty: the process's. */
+  | { kind: 'unix'; path: string; text: string; group?: string };
 
-export function parseListenAddress(text: string): ListenAddress | string {
+/** @param socketGroup the group a unix socket is given (ignored for inet). */
+export function parseListenAddress(text: string, socketGroup = ''): ListenAddress | string {
   const spec = text.trim();
   let m = /^(?:unix|local):(\/.+)$/.exec(spec);
-  if (m) return { kind: 'unix', path: m[1]!, text: spec };
+  if (m) return { kind: 'unix', path: m[1]!, text: spec, group: socketGroup };
   m = /^inet6?:(\d+)@(.+)$/.exec(spec) ?? null;
   if (m) return inet(m[2]!.replace(/^\[(.*)\]$/, '$1'), m[1]!, spec);
   m = /^(?:inet:)?\[([^\]]+)\]:(\d+)$/.exec(spec);

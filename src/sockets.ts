@@ -1,29 +1,71 @@
 /*
  * Opening listeners for the socket faces (policy, milter): inet and unix, with a stale unix socket
  * from a previous run replaced, and never a regular file or a live server's socket.
+ *
+ * A unix socket gets its mode as bind(2) creates it and its group by lchown: nothing here follows
+ * a symlink. A chmod after listen() would: whoever can write the socket's directory could swap a
+ * link to any file in between and have that file's mode changed (Linux has no lchmod).
  */
 import net from 'node:net';
 import fs from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
 import type { ListenAddress } from './listen.js';
 
 /** Listens and returns the bound address in Postfix spelling (the real port when 0 was asked). */
 export async function listen(server: net.Server, where: ListenAddress, mode: number): Promise<string> {
-  if (where.kind === 'unix') await removeStaleSocket(where.path);
+  let gid: number | null = null;
+  if (where.kind === 'unix') {
+    // Looked up first: a wrong group name leaves no socket behind.
+    gid = where.group ? groupId(where.group) : null;
+    await removeStaleSocket(where.path);
+  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     const done = () => {
       server.off('error', reject);
       resolve();
     };
-    if (where.kind === 'unix') server.listen(where.path, done);
+    if (where.kind === 'unix') listenWithMode(server, where.path, mode, done);
     else server.listen(where.port, where.host, done);
   });
   if (where.kind === 'unix') {
-    await fs.chmod(where.path, mode);
+    if (gid !== null) await fs.lchown(where.path, -1, gid);
     return `unix:${where.path}`;
   }
   const bound = server.address() as net.AddressInfo;
   return bound.family === 'IPv6' ? `inet:[${bound.address}]:${bound.port}` : `inet:${bound.address}:${bound.port}`;
+}
+
+/**
+ * bind(2) creates the socket file with mode 0777 & ~umask, so the umask is set to give exactly
+ * `mode`, for the one listen() call: Node binds a unix socket synchronously inside it. The umask
+ * is process-wide; listeners open at start-up, before any mail traffic, and a file a thread-pool
+ * call creates in that instant would only get a narrower mode.
+ */
+function listenWithMode(server: net.Server, path: string, mode: number, done: () => void): void {
+  const previous = process.umask(~mode & 0o777);
+  try {
+    server.listen(path, done);
+  } finally {
+    process.umask(previous);
+  }
+}
+
+/** A group name (as in /etc/group, or NSS) or number -> its number; throws a sentence saying why not. */
+export function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  if (!/^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(group)) throw new Error(`"${group}" is not a group name`);
+  let entry: string;
+  try {
+    // getent asks NSS, as Postfix and Sendmail do: the group may live in LDAP, not /etc/group.
+    entry = execFileSync('getent', ['group', group], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch (err) {
+    const status = (err as { status?: number }).status;
+    throw new Error(status === 2 ? `there is no group "${group}"` : `cannot look up the group "${group}": ${(err as Error).message}`);
+  }
+  const gid = Number(entry.split(':')[2]);
+  if (!Number.isInteger(gid)) throw new Error(`getent gave no number for the group "${group}"`);
+  return gid;
 }
 
 /**
@@ -60,7 +102,9 @@ export async function openListeners(
   const addresses: string[] = [];
   try {
     for (const where of listeners) {
-      const server = net.createServer({ noDelay: true }, (s) => onConnection(s, where.text));
+      // allowHalfOpen: a client that half-closes after its request (nc -N, socat, a probe) still
+      // gets the answer; each face ends its side itself once it owes nothing.
+      const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (s) => onConnection(s, where.text));
       server.on('error', (err) => onError(err, where.text));
       addresses.push(await listen(server, where, mode));
       servers.push(server);

@@ -89,6 +89,59 @@ test('an unknown key in the config file is refused', async () => {
   assert.match(r.stderr, /replys/);
 });
 
+test('boolean settings read true/false, yes/no, on/off and 1/0 in any case, and refuse anything else', async () => {
+  for (const [spelling, value] of [['0', false], ['no', false], ['OFF', false], ['False', false], ['1', true], ['yes', true], ['On', true], ['TRUE', true]] as const) {
+    assert.equal((await config([], { OVERQUOTA_DRY_RUN: spelling })).dry_run, value, `OVERQUOTA_DRY_RUN=${spelling}`);
+    assert.equal((await config(['--dry_run', spelling])).dry_run, value, `--dry_run ${spelling}`);
+  }
+  for (const junk of ['maybe', '', 'nope', '2']) {
+    const r = await runToEnd(['config'], clean({ OVERQUOTA_DRY_RUN: junk }));
+    assert.equal(r.code, 78, `OVERQUOTA_DRY_RUN=${junk}: ${r.stderr}`);
+    assert.match(r.stderr, /dry_run: must be true or false \(also yes\/no, on\/off, 1\/0\)/);
+  }
+});
+
+test('a count is a whole number: a suffix, a decimal or an exponent stops start-up instead of being cut', async () => {
+  for (const junk of ['10k', '1e3', '12.7', '4096x', '0x10', '-5']) {
+    for (const [args, env] of [[[], { OVERQUOTA_CACHE_MAX_ENTRIES: junk }], [['--cache.max_entries', junk], {}]] as const) {
+      const r = await runToEnd(['config', ...args], clean(env));
+      assert.equal(r.code, 78, `${junk}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`cache\\.max_entries: must be a whole number.*value was "${junk.replace('.', '\\.')}"`));
+    }
+  }
+  assert.equal((await config([], { OVERQUOTA_CACHE_MAX_ENTRIES: '5000' })).cache.max_entries, 5000);
+  // Sizes take the documented binary suffixes.
+  const sized = await config(['--policy.max_request_size', '64k'], { OVERQUOTA_POLICY_MAX_LINE_LENGTH: '2K' });
+  assert.equal(sized.policy.max_request_size, 65536);
+  assert.equal(sized.policy.max_line_length, 2048);
+  const cut = await runToEnd(['config', '--policy.max_request_size', '12.7k'], clean());
+  assert.equal(cut.code, 78);
+  assert.match(cut.stderr, /policy\.max_request_size: must be a size/);
+});
+
+test('an OVERQUOTA_ variable that names no setting stops start-up, naming the variable', async () => {
+  const r = await runToEnd(['config'], clean({ OVERQUOTA_CACHE_MAX_ENTRY: '5000', OVERQUOTA_DRYRUN: 'yes' }));
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /OVERQUOTA_CACHE_MAX_ENTRY: names no setting/);
+  assert.match(r.stderr, /OVERQUOTA_DRYRUN: names no setting/);
+  // The project's own scripts' variables reach the daemons they start and are no typo.
+  assert.equal((await config([], { OVERQUOTA_BENCH_RESULTS: dir })).dry_run, false);
+});
+
+test('a JSON syntax error in the config file is named by file, line and column, without quoting secrets', async () => {
+  const file = path.join(dir, 'broken.json');
+  await fs.writeFile(file, '{\n  "source": { "token": "hunter2" },\n  "log": { "level": "info", },\n  "dry_run": true\n}\n');
+  const r = await runToEnd(['config', '--config', file], clean());
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, new RegExp(`config file ${file.replaceAll('.', '\\.')}, line 3, column 29: not valid JSON \\(unexpected "}"\\)`));
+  assert.doesNotMatch(r.stderr, /hunter2/);
+  // A token V8 names no position for (an unquoted word) is found all the same.
+  await fs.writeFile(file, '{"log": {"level": info}}');
+  assert.match((await runToEnd(['config', '--config', file], clean())).stderr, /line 1, column 19: not valid JSON \(unexpected "i"\)/);
+  await fs.writeFile(file, '{"log": {"level": "info"}');
+  assert.match((await runToEnd(['config', '--config', file], clean())).stderr, /line 1, column 26: not valid JSON \(unexpected end of file\)/);
+});
+
 test('an unknown flag is a usage error, not silently ignored', async () => {
   const r = await runToEnd(['frontend', '--policy.lisen', 'inet:127.0.0.1:1'], clean());
   assert.equal(r.code, 64);
@@ -151,6 +204,20 @@ test('the README configuration reference names every setting with its env var an
   for (const s of describeSettings()) {
     assert.ok(readme.includes(`| \`${s.path}\` | \`${s.env}\` | \`${JSON.stringify(s.default)}\` |`), `README lacks ${s.path}`);
   }
+});
+
+test('the README puts the policy service, the milter, the quota service and the admin endpoint on ports of their own', async () => {
+  const { describeSettings } = await import('../src/config.js');
+  const readme = await fs.readFile(new URL('../README.md', import.meta.url), 'utf8');
+  const defaultPort = (setting: string) => /:(\d+)"?\]?$/.exec(JSON.stringify(describeSettings().find((s) => s.path === setting)!.default))![1];
+  const mentioned = (pattern: RegExp) => [...readme.matchAll(pattern)].map((m) => m[1]!);
+  const admin = new Set(mentioned(/admin\.listen`, e\.g\. `127\.0\.0\.1:(\d+)`/g));
+  for (const port of mentioned(/http:\/\/127\.0\.0\.1:(\d+)\/invalidate\?address=/g)) admin.add(port);
+  const milter = new Set(mentioned(/--milter\.listen inet:127\.0\.0\.1:(\d+)/g));
+  assert.equal(admin.size, 1, `one admin port: ${[...admin].join(', ')}`);
+  assert.equal(milter.size, 1, `one milter port: ${[...milter].join(', ')}`);
+  const ports = [defaultPort('policy.listen'), defaultPort('quota_service.listen'), [...milter][0], [...admin][0]];
+  assert.equal(new Set(ports).size, 4, `policy, quota service, milter, admin: ${ports.join(', ')}`);
 });
 
 test('.ci/run runs exactly the README test command', async () => {

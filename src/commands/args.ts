@@ -2,7 +2,7 @@
  * Command-line words -> our own flags, positional words, and the setting flags handed to convict.
  * A flag that is neither ours nor a setting is an error: a typo must not be silently ignored.
  */
-import { describeSettings } from '../config.js';
+import { describeSettings, readBoolean } from '../config.js';
 
 export interface ParsedArgs {
   positional: string[];
@@ -14,20 +14,18 @@ export interface ParsedArgs {
 
 export class UsageError extends Error {}
 
-const ON = /^(true|yes|1)$/i;
-
-/** --NAME alone, or --NAME=true|yes|1 is on; --NAME=false|no|0 is off; anything else a usage error. */
+/** --NAME alone is on; --NAME=VALUE reads VALUE as a boolean setting does; anything else a usage error. */
 export function booleanValue(name: string, inline: string | undefined): boolean {
-  if (inline === undefined || ON.test(inline)) return true;
-  if (/^(false|no|0)$/i.test(inline)) return false;
-  throw new UsageError(`--${name}=${inline}: expected true or false`);
+  const value = inline === undefined ? true : readBoolean(inline);
+  if (value === null) throw new UsageError(`--${name}=${inline}: expected true or false (also yes/no, on/off, 1/0)`);
+  return value;
 }
 
 /** Whether a boolean flag is on in these words, before (and whatever) the full parse says. */
 export function flagIsOn(words: string[], name: string): boolean {
   const on = words.filter((w) => w === `--${name}` || w.startsWith(`--${name}=`)).map((w) => {
     const eq = w.indexOf('=');
-    return eq === -1 || ON.test(w.slice(eq + 1));
+    return eq === -1 || readBoolean(w.slice(eq + 1)) === true;
   });
   return on.length > 0 && on[on.length - 1]!;
 }

@@ -16,7 +16,7 @@ function pendingLine(settings: Settings, pending: { bytes: number; messages: num
   if (!settings.reservations.enabled) return 'not counted (reservations.enabled is off)';
   const figures = `${pending?.bytes ?? 0} bytes in ${pending?.messages ?? 0} messages on their way`;
   // Without Redis each frontend keeps its own count in memory, out of this command's sight.
-  return settings.redis.url ? figures : `${figures} (without redis.url each frontend counts its own: ask its admin endpoint)`;
+  return settings.redis.url ? figures : `${figures} here (without redis.url each frontend counts its own, in memory)`;
 }
 
 export async function runCheck(settings: Settings, address: string | undefined, sizeText: string | undefined, json: boolean): Promise<number> {

@@ -1,13 +1,13 @@
 /*
  * `overquota frontend`: the policy listeners (or spawn mode) over the decision core.
  */
-import type { Settings } from '../config.js';
-import { createLogger } from '../log.js';
+import { ConfigError, type Settings } from '../config.js';
+import { isLoopback } from '../bearer.js';
 import { buildDecisionCore } from '../app.js';
 import { makePolicyHandler } from '../policy/answer.js';
 import { servePolicyStdio, startPolicyServer } from '../policy/server.js';
 import { parseListenAddress, type ListenAddress } from '../listen.js';
-import { keepRunningOnBugs, onStopSignal } from './process.js';
+import { onStopSignal } from './process.js';
 import { startAdminServer } from '../admin/server.js';
 import { startMilterServer } from '../milter/server.js';
 import { makeMilterDecider } from '../milter/decide.js';
@@ -18,10 +18,12 @@ import type { Logger } from 'pino';
 const SHUTDOWN_GRACE_MS = 1000;
 const REDIS_STARTUP_WAIT_MS = 1000;
 
-export async function runFrontend(settings: Settings, stdio: boolean): Promise<number> {
-  const logger = createLogger({ level: settings.log.level, file: settings.log.file, stdoutIsProtocol: stdio });
-  keepRunningOnBugs(logger);
-  const core = await buildDecisionCore(settings, logger, { subscribe: true });
+/** logger: the daemon's, made by cli.ts (which also logs a failed start and exits on bugs). */
+export async function runFrontend(settings: Settings, stdio: boolean, logger: Logger): Promise<number> {
+  checkAdminToken(settings);
+  // Spawn mode is one process per SMTP session (Postfix runs up to 100): one Redis connection
+  // each, no invalidation subscriber (its memory tier lives seconds; it reads Redis anyway).
+  const core = await buildDecisionCore(settings, logger, { subscribe: !stdio });
   // Not required to answer (Redis is optional at every moment), but a frontend that starts
   // with Redis reachable should use it from its first request.
   // Not in spawn mode: one process per SMTP session must answer at once (Redis is optional anyway).
@@ -46,7 +48,7 @@ export async function runFrontend(settings: Settings, stdio: boolean): Promise<n
     throw new Error('nothing to listen on: policy.listen and milter.listen are both empty');
   }
   const policy = settings.policy.listen.length === 0 ? null : await startPolicyServer({
-    listeners: settings.policy.listen.map((l) => parseListenAddress(l) as ListenAddress),
+    listeners: settings.policy.listen.map((l) => parseListenAddress(l, settings.policy.socket_group) as ListenAddress),
     socketMode: parseInt(settings.policy.socket_mode, 8),
     idleTimeoutMs: settings.policy.idle_timeout,
     limits,
@@ -55,10 +57,11 @@ export async function runFrontend(settings: Settings, stdio: boolean): Promise<n
     shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
   });
   const milter = settings.milter.listen.length === 0 ? null : await startMilterServer({
-    listeners: settings.milter.listen.map((l) => parseListenAddress(l) as ListenAddress),
+    listeners: settings.milter.listen.map((l) => parseListenAddress(l, settings.milter.socket_group) as ListenAddress),
     socketMode: parseInt(settings.milter.socket_mode, 8),
     idleTimeoutMs: settings.milter.idle_timeout,
     decide: makeMilterDecider(core.checker, settings.replies.on_error, logger),
+    messages: core.checker,
     logger,
     shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
   });
@@ -75,11 +78,20 @@ export async function runFrontend(settings: Settings, stdio: boolean): Promise<n
   return 0;
 }
 
+/** An admin listener others can reach must not take invalidations from anyone: a token is required there. */
+function checkAdminToken(settings: Settings): void {
+  if (!settings.admin.listen || settings.admin.token) return;
+  const where = parseListenAddress(settings.admin.listen);
+  if (typeof where !== 'string' && where.kind === 'inet' && !isLoopback(where.host)) {
+    throw new ConfigError(`admin.listen: ${settings.admin.listen} is not on loopback: set admin.token (POST requests must then carry it), or listen on 127.0.0.1`);
+  }
+}
+
 async function startAdminIfWanted(settings: Settings, core: DecisionCore, logger: Logger) {
   if (!settings.admin.listen) return null;
   const where = parseListenAddress(settings.admin.listen);
   if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`admin.listen: ${String(where)}`);
-  const admin = await startAdminServer({ host: where.host, port: where.port, core, redisOn: settings.redis.url !== '', logger });
+  const admin = await startAdminServer({ host: where.host, port: where.port, core, token: settings.admin.token, logger });
   logger.info({ listen: admin.address }, 'admin endpoint ready');
   return admin;
 }

@@ -1,24 +1,37 @@
 /*
  * `overquota quota-service`: the backend HTTP service over the local mail store.
+ * Refuses to start (a configuration error, exit 78) on a listener beyond loopback that would let
+ * anyone reaching it make every frontend forget its cache: POST /invalidate without a token.
  */
-import type { Settings } from '../config.js';
-import { createLogger } from '../log.js';
+import { ConfigError, type Settings } from '../config.js';
+import type { Logger } from 'pino';
 import { parseListenAddress } from '../listen.js';
 import { buildLocalStore } from '../sources/factory.js';
 import { blockingIo } from '../sources/store-io.js';
 import { reloadLimits } from '../sources/limits.js';
-import { startQuotaService } from '../quota-service/server.js';
-import { keepRunningOnBugs, onStopSignal } from './process.js';
+import { isLoopbackHost, startQuotaService } from '../quota-service/server.js';
+import { onStopSignal } from './process.js';
 import { RedisTier } from '../cache/redis-tier.js';
 
-export async function runQuotaService(settings: Settings): Promise<number> {
-  const logger = createLogger({ level: settings.log.level, file: settings.log.file, stdoutIsProtocol: false });
-  keepRunningOnBugs(logger);
+/** logger: the daemon's, made by cli.ts (which also logs a failed start and exits on bugs). */
+export async function runQuotaService(settings: Settings, logger: Logger): Promise<number> {
   const where = parseListenAddress(settings.quota_service.listen);
   if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`quota_service.listen: ${String(where)}`);
+  if (settings.redis.url && !settings.quota_service.token && !isLoopbackHost(where.host)) {
+    throw new ConfigError(
+      `quota_service.token: required when quota_service.listen (${settings.quota_service.listen}) is not on loopback and redis.url is set: ` +
+        'without it anyone who reaches the port can POST /invalidate and make every frontend forget its cache',
+    );
+  }
   // Blocking file-system calls: thread-pool round trips were most of this service's CPU, and a
   // frontend bounds its wait on us anyway (store-io.ts).
-  const { store, limits } = await buildLocalStore(settings.store, { writeMaildirsize: true, doveadm: settings.doveadm, io: blockingIo });
+  const { store, limits } = await buildLocalStore(settings.store, {
+    writeMaildirsize: true,
+    doveadm: settings.doveadm,
+    io: blockingIo,
+    maxConcurrentScans: settings.quota_service.max_concurrent_scans,
+    logger,
+  });
   process.on('SIGHUP', () => {
     if (limits) void reloadLimits(limits, logger);
   });
@@ -30,7 +43,7 @@ export async function runQuotaService(settings: Settings): Promise<number> {
     store,
     token: settings.quota_service.token || undefined,
     logger,
-    maxConcurrentScans: settings.quota_service.max_concurrent_scans,
+    maxLookups: settings.quota_service.max_lookups,
     publishInvalidation: tier ? (user) => tier.publishInvalidation(user) : undefined,
   });
   logger.info({ listen: `${where.host}:${service.port}`, store: store.name }, 'quota service ready');
