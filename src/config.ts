@@ -470,6 +470,7 @@ function readConfigFile(file: string): object {
   } catch (err) {
     throw new Error(`config file ${file}: cannot be read: ${(err as Error).message}`);
   }
+  text = blankComments(text);
   if (text.trim() === '') return {};
   let parsed: unknown;
   try {
@@ -483,6 +484,39 @@ function readConfigFile(file: string): object {
     throw new Error(`config file ${file}: must hold one JSON object, such as {"log": {"level": "info"}}`);
   }
   return parsed;
+}
+
+/**
+ * JSON with comments, as the packaged /etc/overquota files are written (every setting commented
+ * with its doc): `// ...` to the end of the line and `/* ... *\/` outside strings become spaces, so
+ * a syntax error's line and column stay those of the file. An unclosed block comment runs to the end.
+ */
+export function blankComments(text: string): string {
+  let out = '';
+  let i = 0;
+  while (i < text.length) {
+    const c = text[i]!;
+    if (c === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"' && text[j] !== '\n') j += text[j] === '\\' ? 2 : 1;
+      out += text.slice(i, j + 1);
+      i = j + 1;
+    } else if (c === '/' && text[i + 1] === '/') {
+      const end = text.indexOf('\n', i);
+      const stop = end === -1 ? text.length : end;
+      out += ' '.repeat(stop - i);
+      i = stop;
+    } else if (c === '/' && text[i + 1] === '*') {
+      const end = text.indexOf('*/', i + 2);
+      const stop = end === -1 ? text.length : end + 2;
+      out += text.slice(i, stop).replace(/[^\n]/g, ' ');
+      i = stop;
+    } else {
+      out += c;
+      i++;
+    }
+  }
+  return out;
 }
 
 /**

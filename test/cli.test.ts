@@ -142,6 +142,18 @@ test('a JSON syntax error in the config file is named by file, line and column, 
   assert.match((await runToEnd(['config', '--config', file], clean())).stderr, /line 1, column 26: not valid JSON \(unexpected end of file\)/);
 });
 
+test('the config file may carry // and /* */ comments (the packaged files are commented); errors keep their line and column', async () => {
+  const file = path.join(dir, 'commented.json');
+  await fs.writeFile(file, '{\n  // Log level: warn logs no decisions\n  "log": { "level": "warn" /* quiet */ },\n  "store": { "path": "/srv//mail" } // two slashes in a string stay\n}\n');
+  const r = await runToEnd(['config', '--config', file], clean());
+  assert.equal(r.code, 0, r.stderr);
+  const settings = JSON.parse(r.stdout);
+  assert.equal(settings.log.level, 'warn');
+  assert.equal(settings.store.path, '/srv//mail');
+  await fs.writeFile(file, '{\n  /* a comment */ "log": { "level": "warn", },\n}\n');
+  assert.match((await runToEnd(['config', '--config', file], clean())).stderr, /line 2, column 45: not valid JSON \(unexpected "}"\)/);
+});
+
 test('an unknown flag is a usage error, not silently ignored', async () => {
   const r = await runToEnd(['frontend', '--policy.lisen', 'inet:127.0.0.1:1'], clean());
   assert.equal(r.code, 64);
