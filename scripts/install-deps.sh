@@ -6,7 +6,7 @@
 # missing and the command to install it, and exits 1.
 set -euo pipefail
 
-PACKAGES=(postfix swaks redis-server dovecot-core dovecot-lmtpd miltertest)
+PACKAGES=(postfix swaks redis-server dovecot-core dovecot-lmtpd miltertest iproute2)
 POLICY_RC_D=${OVERQUOTA_POLICY_RC_D:-/usr/sbin/policy-rc.d} # overridable only to test this script
 
 missing_packages() {

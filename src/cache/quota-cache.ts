@@ -181,13 +181,16 @@ export class QuotaCache {
 
   /**
    * Transaction `txn` was accepted for mailbox `id` (judged on `state`). Answered at once without
-   * Redis; with Redis, once Redis has added it atomically and said what every frontend has pending.
+   * Redis; with Redis, once Redis has added it atomically and said what every frontend has pending,
+   * or after `waitMs` (what is left of the request's budget) as if Redis had not answered: a
+   * frozen Redis held the answer for its whole command timeout, past the budget (fault matrix).
    */
-  reserve(id: string, txn: string, bytes: number, state: MailboxQuota): Reserved | Promise<Reserved> {
+  reserve(id: string, txn: string, bytes: number, state: MailboxQuota, waitMs: number): Reserved | Promise<Reserved> {
     const added = this.reservations?.reserve(id, txn, bytes, state) ?? false;
     const redis = this.redis;
     if (!redis?.up || !this.reservations) return { added, shared: null };
-    return redis.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX).then((shared) => ({ added: added || (shared?.added ?? false), shared }));
+    const shared = redis.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX);
+    return orAfter(shared, waitMs, null).then((r) => ({ added: added || (r?.added ?? false), shared: r }));
   }
 
   /** Every frontend's reservations for `id`, from Redis; null without Redis (or while it is away). */
@@ -241,6 +244,15 @@ export class QuotaCache {
 
 export function cacheId(sourceName: string, key: string): string {
   return `${sourceName}|${key}`;
+}
+
+/** What `p` gives, or `fallback` once `ms` have passed (the timer does not outlive the race). */
+function orAfter<T, F>(p: Promise<T>, ms: number, fallback: F): Promise<T | F> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<F>((resolve) => {
+    timer = setTimeout(() => resolve(fallback), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 /** Aborts the source at the timeout and does not wait for a source that ignores its signal. */

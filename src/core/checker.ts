@@ -113,7 +113,7 @@ export class QuotaChecker {
     const counted = pending.messages > 0 ? pending : null;
     if (verdict.pending) this.cache.readSoon(id);
     if (verdict.kind !== 'under_quota' || txn === null || !worthReserving(state, size)) return this.decided(started, size, recipient, verdict, source.name, cache, state, counted, null);
-    const reserved = this.cache.reserve(id, txn, size, state);
+    const reserved = this.cache.reserve(id, txn, size, state, this.budgetLeft(started));
     if (!(reserved instanceof Promise)) return this.decided(started, size, recipient, verdict, source.name, cache, state, counted, reserved.added ? id : null);
     const began = started ?? performance.now();
     return reserved.then((r) => this.judgeShared(began, size, recipient, source.name, cache, state, id, txn, r, verdict));
@@ -130,6 +130,11 @@ export class QuotaChecker {
     if (r.added && txn !== null) this.cache.release(id, txn);
     if (verdict.pending) this.cache.readSoon(id);
     return this.decided(started, size, recipient, verdict, source, cache, base, pending, null);
+  }
+
+  /** What is left of the latency budget of a request that started at `started` (null: now). */
+  private budgetLeft(started: number | null): number {
+    return started === null ? this.opts.latencyBudgetMs : Math.max(1, this.opts.latencyBudgetMs - (performance.now() - started));
   }
 
   private counted(id: string, txn: string | null): Pending | null {
@@ -166,7 +171,7 @@ export class QuotaChecker {
 
   private async lookUp(started: number, size: number, recipient: Recipient, source: QuotaSource, id: string, txn: string | null): Promise<Decision> {
     // What is left of the request's budget (an alias's mailboxes share it).
-    const budget = Math.max(1, this.opts.latencyBudgetMs - (performance.now() - started));
+    const budget = this.budgetLeft(started);
     const timeout = Math.min(this.opts.sourceTimeoutMs, budget);
     let timer: NodeJS.Timeout | undefined;
     try {
