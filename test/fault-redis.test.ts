@@ -121,6 +121,23 @@ describe('fault matrix: Redis', () => {
       alive(fe);
     });
 
+    it('Redis frozen: after a command times out Redis is passed over for a while, so misses do not each pay two timeouts', async () => {
+      process.kill(redis.pid, 'SIGSTOP');
+      const since = Date.now();
+      try {
+        for (let i = 0; i < 3; i++) await round(fe, RIGHT_OR_ON_ERROR);
+      } finally {
+        process.kill(redis.pid, 'SIGCONT');
+      }
+      const slow = fe.logs.filter((l) => l.msg === 'decision' && Number(l.time) >= since && Number(l.ms) >= 2 * 250);
+      const all = fe.logs.filter((l) => l.msg === 'decision' && Number(l.time) >= since);
+      // Each round asks every mailbox afresh (the memory tier is off): without the pause, every one
+      // of them waited for Redis's read and lock to time out.
+      assert.ok(slow.length <= CONNECTIONS * 2, `${slow.length} of ${all.length} answers waited for two Redis timeouts`);
+      await fe.waitForLog((l) => l.msg === 'redis did not answer within redis.command_timeout: going on without it for a while' && Number(l.time) >= since);
+      await untilFromRedis(fe);
+    });
+
     it('Redis frozen, redis.command_timeout longer than the budget: a cached mailbox is still answered within the budget', async () => {
       // The reservation of an accepted recipient is added in Redis; a frozen Redis held that
       // answer for the whole command timeout (2 s here) although the budget is 1 s.

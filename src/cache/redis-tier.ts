@@ -15,6 +15,8 @@ import type { MailboxQuota, QuotaState } from '../sources/types.js';
 import type { Base, Pending } from './reservations.js';
 
 export const SCHEMA_VERSION = 'v1';
+/** How long Redis is passed over after a command timed out (see RedisTier.up). */
+export const SUSPEND_AFTER_TIMEOUT_MS = 1000;
 /** Poll interval bounds while another frontend looks a mailbox up. */
 const POLL_MIN_MS = 5;
 const POLL_MAX_MS = 40;
@@ -201,8 +203,30 @@ export class RedisTier {
     return this.conn as unknown as ReservationCommands;
   }
 
+  /**
+   * Connected and not just seen timing out. A Redis that is connected but does not answer (frozen,
+   * its link cut) costs every command redis.command_timeout: a read and a lock before each source
+   * lookup would spend most of a request's budget. After a command times out, Redis is passed over
+   * for SUSPEND_AFTER_TIMEOUT_MS; the first command after that is the probe.
+   */
   get up(): boolean {
-    return this.conn.status === 'ready';
+    return this.conn.status === 'ready' && (this.suspendedUntil === 0 || Date.now() >= this.suspendedUntil);
+  }
+
+  private suspendedUntil = 0;
+
+  /** Every command's failure comes here: a timeout suspends the tier (see up). */
+  private failed(err: unknown): void {
+    if (!(err instanceof Error) || !/timed out/i.test(err.message)) return;
+    if (this.suspendedUntil === 0) this.logger.warn({ suspend_ms: SUSPEND_AFTER_TIMEOUT_MS }, 'redis did not answer within redis.command_timeout: going on without it for a while');
+    this.suspendedUntil = Date.now() + SUSPEND_AFTER_TIMEOUT_MS;
+  }
+
+  /** A command answered: the tier is fully back if it was suspended. */
+  private answered(): void {
+    if (this.suspendedUntil === 0) return;
+    this.suspendedUntil = 0;
+    this.logger.info('redis answers again: shared cache in use');
   }
 
   stateKey(id: string): string {
@@ -221,8 +245,11 @@ export class RedisTier {
   async reserve(id: string, txn: string, bytes: number, state: MailboxQuota, ttlMs: number, max: number): Promise<SharedReservation | null> {
     if (!this.up) return null;
     try {
-      return shared(await this.scripts.oqReserve(this.reservationsKey(id), sharedName(txn), bytes, Date.now(), ttlMs, state.usageBytes, state.usageMessages ?? -1, max));
-    } catch {
+      const r = shared(await this.scripts.oqReserve(this.reservationsKey(id), sharedName(txn), bytes, Date.now(), ttlMs, state.usageBytes, state.usageMessages ?? -1, max));
+      this.answered();
+      return r;
+    } catch (err) {
+      this.failed(err);
       return null;
     }
   }
@@ -232,7 +259,8 @@ export class RedisTier {
     if (!this.up) return null;
     try {
       return shared(await this.scripts.oqPeek(this.reservationsKey(id), Date.now()));
-    } catch {
+    } catch (err) {
+      this.failed(err);
       return null;
     }
   }
@@ -242,7 +270,8 @@ export class RedisTier {
     if (!this.up) return;
     try {
       await this.scripts.oqReconcile(this.reservationsKey(id), state.usageBytes, state.usageMessages ?? -1, at, Date.now());
-    } catch {
+    } catch (err) {
+      this.failed(err);
       /* the reservations expire by their TTL */
     }
   }
@@ -251,7 +280,8 @@ export class RedisTier {
     if (!this.up) return;
     try {
       await this.scripts.oqRelease(this.reservationsKey(id), sharedName(txn));
-    } catch {
+    } catch (err) {
+      this.failed(err);
       /* it expires by its TTL */
     }
   }
@@ -260,7 +290,8 @@ export class RedisTier {
     if (!this.up) return;
     try {
       await this.scripts.oqResize(this.reservationsKey(id), sharedName(txn), bytes);
-    } catch {
+    } catch (err) {
+      this.failed(err);
       /* the SIZE= figure stays */
     }
   }
@@ -273,7 +304,8 @@ export class RedisTier {
     if (!this.up) return;
     try {
       await this.conn.pexpire(this.stateKey(id), ms, 'LT');
-    } catch {
+    } catch (err) {
+      this.failed(err);
       /* Redis before 7.0 has no LT: the state lives its TTL */
     }
   }
@@ -281,8 +313,11 @@ export class RedisTier {
   async get(id: string): Promise<QuotaState | undefined> {
     if (!this.up) return undefined;
     try {
-      return decode(await this.conn.get(this.stateKey(id)));
-    } catch {
+      const value = await this.conn.get(this.stateKey(id));
+      this.answered();
+      return decode(value);
+    } catch (err) {
+      this.failed(err);
       return undefined;
     }
   }
@@ -291,7 +326,8 @@ export class RedisTier {
     if (!this.up || ttlMs <= 0) return;
     try {
       await this.conn.set(this.stateKey(id), encode(state, source), 'PX', ttlMs);
-    } catch {
+    } catch (err) {
+      this.failed(err);
       /* the next lookup asks the source again */
     }
   }
@@ -303,7 +339,8 @@ export class RedisTier {
     try {
       const ok = await this.conn.set(this.lockKey(id), token, 'PX', Math.max(1, ttlMs), 'NX');
       return ok === 'OK' ? token : false;
-    } catch {
+    } catch (err) {
+      this.failed(err);
       return null;
     }
   }
@@ -311,7 +348,8 @@ export class RedisTier {
   async unlock(id: string, token: string): Promise<void> {
     try {
       await this.conn.eval(UNLOCK, 1, this.lockKey(id), token);
-    } catch {
+    } catch (err) {
+      this.failed(err);
       /* it expires by itself */
     }
   }
@@ -333,7 +371,8 @@ export class RedisTier {
         const state = decode(value);
         if (state) return state;
         if (!locked) return undefined;
-      } catch {
+      } catch (err) {
+        this.failed(err);
         return undefined;
       }
     }
@@ -345,7 +384,8 @@ export class RedisTier {
     try {
       // One DEL per mailbox: in a cluster mailboxes live in different slots (a mailbox's keys share one).
       await Promise.all(ids.map((id) => this.conn.del(this.stateKey(id), this.reservationsKey(id))));
-    } catch {
+    } catch (err) {
+      this.failed(err);
       /* TTLs are short */
     }
   }
@@ -355,7 +395,8 @@ export class RedisTier {
     try {
       await this.conn.publish(this.channel, JSON.stringify({ key }));
       return true;
-    } catch {
+    } catch (err) {
+      this.failed(err);
       return false;
     }
   }
