@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseRecipient, type RecipientRules } from '../src/core/address.js';
-import { decide, replyFor, type ReplyTexts } from '../src/core/verdict.js';
+import { decide, Replies, type ReplyTexts } from '../src/core/verdict.js';
 import { found } from '../src/sources/types.js';
 import { Router } from '../src/sources/router.js';
 import type { QuotaSource } from '../src/sources/types.js';
@@ -106,19 +106,23 @@ const texts: ReplyTexts = {
 
 test('each verdict maps to its configured reply, with figures filled in', () => {
   const state = found(1500, 1000);
-  assert.equal(replyFor(decide(state, 0), texts, false, state, 0), '452 4.2.2 Mailbox full (150% of 1000), try again later');
-  assert.equal(replyFor({ kind: 'too_large', reason: '' }, texts, false, state, 2000), texts.too_large);
-  assert.equal(replyFor({ kind: 'under_quota', reason: '' }, texts, false, state, 0), 'DUNNO');
-  assert.equal(replyFor({ kind: 'error', reason: '' }, { ...texts, on_error: '451 4.3.0 Try later' }, false, undefined, 0), '451 4.3.0 Try later');
-  assert.equal(replyFor({ kind: 'not_checked', reason: '' }, texts, false, undefined, 0), 'DUNNO');
+  const replies = new Replies(texts, false);
+  assert.equal(replies.for(decide(state, 0), state, 0).words, '452 4.2.2 Mailbox full (150% of 1000), try again later');
+  assert.deepEqual(replies.for(decide(state, 0), state, 0), { kind: 'refuse', code: '452', status: '4.2.2', text: 'Mailbox full (150% of 1000), try again later', words: '452 4.2.2 Mailbox full (150% of 1000), try again later' });
+  assert.equal(replies.for({ kind: 'too_large', reason: '' }, state, 2000).words, texts.too_large);
+  assert.equal(replies.for({ kind: 'under_quota', reason: '' }, state, 0).words, 'DUNNO');
+  assert.equal(new Replies({ ...texts, on_error: '451 4.3.0 Try later' }, false).for({ kind: 'error', reason: '' }, null, 0).words, '451 4.3.0 Try later');
+  assert.equal(replies.for({ kind: 'not_checked', reason: '' }, null, 0).words, 'DUNNO');
 });
 
 test('dry-run turns a deferral into WARN, which Postfix logs and lets pass', () => {
   const state = found(1500, 1000);
-  const reply = replyFor(decide(state, 0), texts, true, state, 0);
-  assert.match(reply, /^WARN /);
-  assert.match(reply, /Mailbox full/);
-  assert.equal(replyFor({ kind: 'under_quota', reason: '' }, texts, true, state, 0), 'DUNNO');
+  const replies = new Replies(texts, true);
+  const reply = replies.for(decide(state, 0), state, 0);
+  assert.match(reply.words, /^WARN /);
+  assert.match(reply.words, /Mailbox full/);
+  assert.equal(reply.kind, 'pass');
+  assert.equal(replies.for({ kind: 'under_quota', reason: '' }, state, 0).words, 'DUNNO');
 });
 
 const source = (name: string): QuotaSource => ({ name, lookup: async () => ({ kind: 'unknown' }), close: async () => {} });

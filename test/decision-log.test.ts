@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { parseReply } from '../src/core/replies.js';
 import pino from 'pino';
 import { logDecision } from '../src/core/decision-log.js';
 import type { Decision } from '../src/core/checker.js';
@@ -13,7 +14,7 @@ function capture(level = 'info') {
 
 const decision: Decision = {
   verdict: { kind: 'over_quota', reason: '5000 of 1000 bytes used' },
-  action: '452 4.2.2 Mailbox full, try again later',
+  reply: parseReply('452 4.2.2 Mailbox full, try again later'),
   recipient: { original: 'a@x', local: 'a', domain: 'x', address: 'a@x', fullAddress: 'a@x', key: 'a' },
   source: 'mbox:/var/mail',
   cache: 'hit',
@@ -48,7 +49,7 @@ test('the hand-written decision line is valid JSON in pino format, whatever the 
 
 test('source names and reply texts from the configuration are escaped too, and absent fields left out', () => {
   const { logger, lines } = capture();
-  const odd = { ...decision, source: 'mbox:/var/"mail\\x', action: '452 4.2.2 "Mailbox" full\\', cache: null, state: null };
+  const odd = { ...decision, source: 'mbox:/var/"mail\\x', reply: parseReply('452 4.2.2 "Mailbox" full\\'), cache: null, state: null };
   logDecision(logger, () => ({ face: 'milter', size: 0 }), odd);
   logDecision(logger, () => ({ face: 'milter', size: 0 }), odd);
   for (const line of lines) {

@@ -42,9 +42,9 @@ test("the seed quota.cgi's OK and OVERQUOTA answers are understood unchanged", a
 test('the full decision over a quota.cgi backend: full mailbox gets 452 4.2.2, room gets DUNNO', async () => {
   const { source } = await sourceFor(cgiAnswer({ alice: 1000, bob: QUOTA + 1 }, QUOTA));
   const checker = checkerFor(source);
-  assert.equal((await checker.check('<bob@example.com>', 0)).action, '452 4.2.2 Mailbox full, try again later');
-  assert.equal((await checker.check('<alice@example.com>', 0)).action, 'DUNNO');
-  assert.equal((await checker.check('<alice@example.com>', QUOTA)).action, '452 4.2.2 Mailbox full, try again later');
+  assert.equal((await checker.check('<bob@example.com>', 0)).reply.words, '452 4.2.2 Mailbox full, try again later');
+  assert.equal((await checker.check('<alice@example.com>', 0)).reply.words, 'DUNNO');
+  assert.equal((await checker.check('<alice@example.com>', QUOTA)).reply.words, '452 4.2.2 Mailbox full, try again later');
 });
 
 test('our quota service JSON is understood, with message counts', async () => {
@@ -84,7 +84,7 @@ test('garbage, HTTP errors and oversized answers become errors, never a verdict 
     await assert.rejects(source.lookup('a', signal()), (e: SourceError) => e instanceof SourceError && e.code === codes[name], name);
     const decision = await checkerFor(source).check('a@x', 0);
     assert.equal(decision.verdict.kind, 'error', name);
-    assert.equal(decision.action, 'DUNNO', name);
+    assert.equal(decision.reply.words, 'DUNNO', name);
   }
 });
 
@@ -95,7 +95,7 @@ test('a backend that never answers gets the on_error reply when the latency budg
   const decision = await checkerFor(source, 200).check('a@x', 0);
   assert.equal(decision.verdict.kind, 'error');
   assert.equal(decision.error?.code, 'SOURCE_TIMEOUT');
-  assert.equal(decision.action, 'DUNNO');
+  assert.equal(decision.reply.words, 'DUNNO');
 });
 
 test('a backend that is down is an unreachable error', async () => {
@@ -103,7 +103,7 @@ test('a backend that is down is an unreachable error', async () => {
   await backend.close();
   const decision = await checkerFor(source).check('a@x', 0);
   assert.equal(decision.error?.code, 'SOURCE_UNREACHABLE');
-  assert.equal(decision.action, 'DUNNO');
+  assert.equal(decision.reply.words, 'DUNNO');
 });
 
 test('concurrent lookups of one cold mailbox cost the backend one request, and the answer is cached', async () => {
@@ -161,7 +161,7 @@ test('an answer naming another mailbox is a bad answer (on_error), never a verdi
     const { source } = await sourceFor(answer);
     await assert.rejects(source.lookup('alice', signal()), (e: SourceError) => e.code === 'SOURCE_BAD_ANSWER' && /not the mailbox asked|names no user/.test(e.message), name);
     const decision = await checkerFor(source).check('alice@example.com', 2_000_000);
-    assert.deepEqual([decision.verdict.kind, decision.action], ['error', 'DUNNO'], name);
+    assert.deepEqual([decision.verdict.kind, decision.reply.words], ['error', 'DUNNO'], name);
   }
 });
 
@@ -176,7 +176,7 @@ test('a limit too small to be a quota is not believed: "OK user 0 1" gives on_er
   for (const [name, answer] of Object.entries(answers)) {
     const { source } = await sourceFor(answer);
     const decision = await checkerFor(source).check('alice@example.com', 5000);
-    assert.deepEqual([decision.verdict.kind, decision.error?.code, decision.action], ['error', 'SOURCE_BAD_ANSWER', 'DUNNO'], name);
+    assert.deepEqual([decision.verdict.kind, decision.error?.code, decision.reply.words], ['error', 'SOURCE_BAD_ANSWER', 'DUNNO'], name);
     assert.match(decision.error!.message, /limit of (1|511) bytes/, name);
   }
   // 0 still means no limit, and the smallest plausible limit is believed.
@@ -195,7 +195,7 @@ test('a busy answer (503 with Retry-After) is asked again within the budget, not
     } else cgiAnswer({ full: QUOTA }, QUOTA)(url, q, res);
   });
   const decision = await checkerFor(source, 5000).check('full@example.com', 0);
-  assert.equal(decision.action, '452 4.2.2 Mailbox full, try again later');
+  assert.equal(decision.reply.words, '452 4.2.2 Mailbox full, try again later');
   assert.equal(backend.requests.length, 4);
 });
 
@@ -205,7 +205,7 @@ test('a backend busy until the budget is spent gets on_error, after asking more 
     res.end('ERROR busy, try again\n');
   });
   const decision = await checkerFor(source, 300).check('full@example.com', 0);
-  assert.deepEqual([decision.verdict.kind, decision.action], ['error', 'DUNNO']);
+  assert.deepEqual([decision.verdict.kind, decision.reply.words], ['error', 'DUNNO']);
   assert.ok(backend.requests.length > 1, `asked ${backend.requests.length} times`);
   await assert.rejects(source.lookup('full', AbortSignal.timeout(100)), (e: SourceError) => e.code === 'SOURCE_BUSY' || e.code === 'SOURCE_TIMEOUT');
 });

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { MilterDecoder, MilterProtocolError, countMacros, decodeConnect, decodeMacros, encodePacket, findMacro } from '../src/milter/codec.js';
 import { formatReplyText, rcptReplyFor, MAX_REPLY_TEXT_BYTES } from '../src/milter/reply.js';
+import { parseReply } from '../src/core/replies.js';
 import { connect, macro, mail, optneg, rcpt } from './helpers/milter-packets.js';
 
 const session = Buffer.concat([optneg(), macro('C', 'j', 'mx.example.com', '{daemon_name}', 'smtpd'), connect(), mail('<a@example.net>', 'SIZE=1024'), macro('R', 'i', 'ABC123'), rcpt('<u@example.com>')]);
@@ -145,11 +146,11 @@ test('the reply formatter always produces a reply both MTAs accept, whatever the
 });
 
 test('the usual replies become y with the text escaped; DUNNO and WARN continue', () => {
-  assert.deepEqual(rcptReplyFor('452 4.2.2 Mailbox full, try again later'), { kind: 'replycode', text: '452 4.2.2 Mailbox full, try again later' });
-  assert.deepEqual(rcptReplyFor('452 4.2.2 Mailbox full ({percent}% used)'.replace('{percent}', '100')), { kind: 'replycode', text: '452 4.2.2 Mailbox full (100%% used)' });
-  assert.deepEqual(rcptReplyFor('552 5.2.3 Too large'), { kind: 'replycode', text: '552 5.2.3 Too large' });
-  assert.deepEqual(rcptReplyFor('452 Mailbox full'), { kind: 'replycode', text: '452 4.0.0 Mailbox full' });
-  assert.deepEqual(rcptReplyFor('DEFER_IF_PERMIT 4.2.2 Mailbox full'), { kind: 'replycode', text: '450 4.2.2 Mailbox full' });
-  assert.deepEqual(rcptReplyFor('DUNNO'), { kind: 'continue' });
-  assert.equal(rcptReplyFor('WARN overquota dry run: Mailbox full').kind, 'continue');
+  assert.deepEqual(rcptReplyFor(parseReply('452 4.2.2 Mailbox full, try again later')), { kind: 'replycode', text: '452 4.2.2 Mailbox full, try again later' });
+  assert.deepEqual(rcptReplyFor(parseReply('452 4.2.2 Mailbox full ({percent}% used)'.replace('{percent}', '100'))), { kind: 'replycode', text: '452 4.2.2 Mailbox full (100%% used)' });
+  assert.deepEqual(rcptReplyFor(parseReply('552 5.2.3 Too large')), { kind: 'replycode', text: '552 5.2.3 Too large' });
+  assert.deepEqual(rcptReplyFor(parseReply('452 Mailbox full')), { kind: 'replycode', text: '452 4.0.0 Mailbox full' });
+  assert.deepEqual(rcptReplyFor(parseReply('DEFER_IF_PERMIT 4.2.2 Mailbox full')), { kind: 'replycode', text: '450 4.2.2 Mailbox full' });
+  assert.deepEqual(rcptReplyFor(parseReply('DUNNO')), { kind: 'continue' });
+  assert.equal(rcptReplyFor(parseReply('WARN overquota dry run: Mailbox full')).kind, 'continue');
 });

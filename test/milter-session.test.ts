@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { parseReply } from '../src/core/replies.js';
 import fc from 'fast-check';
 import { MilterDecoder, MilterProtocolError, decodeOptneg, type Packet } from '../src/milter/codec.js';
 import { MilterSession, type RcptContext } from '../src/milter/session.js';
@@ -11,7 +12,7 @@ function newSession() {
   const asked: { rcpt: string; ctx: RcptContext }[] = [];
   const s = new MilterSession(async (r, ctx) => {
     asked.push({ rcpt: r, ctx });
-    return r.includes('full@') ? '452 4.2.2 Mailbox full ({percent}%)'.replace('{percent}', '100') : 'DUNNO';
+    return parseReply(r.includes('full@') ? '452 4.2.2 Mailbox full ({percent}%)'.replace('{percent}', '100') : 'DUNNO');
   });
   return { s, asked };
 }

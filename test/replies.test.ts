@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { postfixWouldSay, replyProblem } from '../src/core/replies.js';
+import { parseReply, postfixWouldSay, replyProblem } from '../src/core/replies.js';
 
 test('sound replies pass validation', () => {
   for (const ok of [
@@ -43,15 +43,16 @@ test('replies Postfix would misread are refused with the reason', () => {
 
 test('the check command shows what the SMTP client would see', () => {
   assert.equal(
-    postfixWouldSay('452 4.2.2 Mailbox full, try again later', 'u@x'),
+    postfixWouldSay(parseReply('452 4.2.2 Mailbox full, try again later'), 'u@x'),
     '452 4.2.2 <u@x>: Recipient address rejected: Mailbox full, try again later',
   );
-  assert.match(postfixWouldSay('DEFER_IF_PERMIT 4.2.2 Mailbox full', 'u@x'), /^450 4\.2\.2 <u@x>: Recipient address rejected: Mailbox full/);
-  assert.match(postfixWouldSay('DUNNO', 'u@x'), /^250 2\.1\.5 Ok/);
+  assert.match(postfixWouldSay(parseReply('DEFER_IF_PERMIT 4.2.2 Mailbox full'), 'u@x'), /^450 4\.2\.2 <u@x>: Recipient address rejected: Mailbox full/);
+  assert.match(postfixWouldSay(parseReply('DUNNO'), 'u@x'), /^250 2\.1\.5 Ok/);
 });
 
 test('a template must be sound for every figure a placeholder can become, not only for "100"', () => {
-  assert.match(replyProblem('452 4.2.2{percent}')!, /status code but no text \(when a placeholder is 0\)/);
-  assert.match(replyProblem('452 {size}.2.2 Mailbox full')!, /class does not match 452/);
+  assert.match(replyProblem('452 4.2.2{percent}')!, /placeholder in its first two words/);
+  assert.match(replyProblem('452 {size}.2.2 Mailbox full')!, /placeholder in its first two words/);
+  assert.match(replyProblem('DEFER_IF_REJECT {percent}{size}')!, /placeholder in its first two words/, 'renders "010" at 0% of a 10-byte message');
   assert.equal(replyProblem('452 4.2.2 Mailbox full ({usage} of {limit} bytes, {percent}%)'), null);
 });

@@ -53,7 +53,7 @@ test("an alias's mailboxes are looked up at once, under the request's one budget
     const d = await checker.check('list@x', 0);
     assert.equal(m.maxInFlight(), 5, 'all five mailboxes asked together, not one after another');
     assert.equal(d.verdict.kind, 'error');
-    assert.equal(d.action, 'DUNNO');
+    assert.equal(d.reply.words, 'DUNNO');
   } finally {
     await dir.cleanup();
   }
@@ -88,7 +88,7 @@ test('an alias with one mailbox too small for the message is deferred (452), not
     const checker = new QuotaChecker(new Router(source, new Map()), new QuotaCache({ maxEntries: 100, memoryTtlMs: 60_000, ttl }), {
       rules, replies, dryRun: false, latencyBudgetMs: 1000, sourceTimeoutMs: 1000, aliases: { map, deferWhen: 'any' },
     });
-    assert.equal((await checker.check('team@x', 5000)).action, '452 4.2.2 Mailbox full, try again later');
+    assert.equal((await checker.check('team@x', 5000)).reply.words, '452 4.2.2 Mailbox full, try again later');
   } finally {
     await dir.cleanup();
   }

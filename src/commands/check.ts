@@ -28,9 +28,9 @@ export async function runCheck(settings: Settings, address: string | undefined, 
   try {
     const d = await core.checker.check(address, size);
     const state = d.state?.kind === 'found' ? d.state : null;
-    const postfix = postfixWouldSay(d.action, d.recipient?.address ?? address);
+    const postfix = postfixWouldSay(d.reply, d.recipient?.address ?? address);
     if (json) {
-      console.log(JSON.stringify({ recipient: address, mailbox: d.recipient?.key ?? null, size, verdict: d.verdict.kind, reason: d.verdict.reason, usage: state?.usageBytes ?? null, limit: state?.limitBytes ?? null, pending: d.pending ?? { bytes: 0, messages: 0 }, source: d.source, cache: d.cache, error: d.error, ms: d.ms, reply: d.action, postfix }));
+      console.log(JSON.stringify({ recipient: address, mailbox: d.recipient?.key ?? null, size, verdict: d.verdict.kind, reason: d.verdict.reason, usage: state?.usageBytes ?? null, limit: state?.limitBytes ?? null, pending: d.pending ?? { bytes: 0, messages: 0 }, source: d.source, cache: d.cache, error: d.error, ms: d.ms, reply: d.reply.words, postfix }));
     } else {
       const percent = state?.limitBytes ? ` (${Math.floor((state.usageBytes * 100) / state.limitBytes)}%)` : '';
       const rows: [string, string][] = [
@@ -42,14 +42,14 @@ export async function runCheck(settings: Settings, address: string | undefined, 
         ['limit', state ? (state.limitBytes === null ? 'unlimited' : `${state.limitBytes} bytes`) : '-'],
         ['pending', pendingLine(settings, d.pending)],
         ['source', d.source ? `${d.source} (cache ${d.cache ?? '-'}, ${d.ms} ms)` : '-'],
-        ['policy reply', `action=${d.action}`],
+        ['policy reply', `action=${d.reply.words}`],
         ['Postfix says', postfix],
       ];
       if (d.error) rows.splice(4, 0, ['error', `${d.error.code}: ${d.error.message}`]);
       for (const [k, v] of rows) console.log(`${k.padEnd(13)} ${v}`);
     }
     if (d.verdict.kind === 'error') return 2;
-    return /^(\d{3}\s|DEFER|REJECT)/i.test(d.action) ? 1 : 0;
+    return d.reply.kind === 'refuse' ? 1 : 0;
   } finally {
     await core.close();
   }

@@ -12,7 +12,8 @@
  */
 import { RecipientParser, type Recipient, type RecipientRules } from './address.js';
 import type { AliasMap } from './aliases.js';
-import { decide, replyFor, type ReplyTexts, type Verdict } from './verdict.js';
+import { decide, Replies, type ReplyTexts, type Verdict } from './verdict.js';
+import type { Reply } from './replies.js';
 import type { QuotaCache, CacheOutcome, Reserved } from '../cache/quota-cache.js';
 import type { Pending } from '../cache/reservations.js';
 import type { Router } from '../sources/router.js';
@@ -32,8 +33,8 @@ export interface CheckerOptions {
 
 export interface Decision {
   verdict: Verdict;
-  /** The reply in Postfix access(5) words; the milter translates it. */
-  action: string;
+  /** The reply, as a value: each face renders it (policy: its words; milter: a REPLYCODE or continue). */
+  reply: Reply;
   recipient: Recipient | null;
   source: string | null;
   cache: CacheOutcome | null;
@@ -48,6 +49,7 @@ export interface Decision {
 
 export class QuotaChecker {
   private readonly recipients: RecipientParser;
+  private readonly replies: Replies;
 
   constructor(
     private readonly router: Router,
@@ -55,6 +57,7 @@ export class QuotaChecker {
     private readonly opts: CheckerOptions,
   ) {
     this.recipients = new RecipientParser(opts.rules);
+    this.replies = new Replies(opts.replies, opts.dryRun);
   }
 
   /**
@@ -210,7 +213,7 @@ export class QuotaChecker {
   ): Decision {
     return {
       verdict,
-      action: replyFor(verdict, this.opts.replies, this.opts.dryRun, state ?? undefined, size),
+      reply: this.replies.for(verdict, state, size),
       recipient,
       source,
       cache,

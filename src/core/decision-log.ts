@@ -93,6 +93,6 @@ export function writeDecision(logger: Logger, ctx: DecisionContext, d: Decision)
     // Named when mail on its way to the mailbox (reservations) is what made it full.
     (d.verdict.pending === undefined ? '' : `,"pending_bytes":${d.verdict.pending.bytes},"pending_messages":${d.verdict.pending.messages}`) +
     (d.error === null ? '' : `,"error":${str(d.error.code)}`) +
-    `,"ms":${d.ms},"action":${configured(d.action)},"msg":"decision"}\n`;
+    `,"ms":${d.ms},"action":${configured(d.reply.words)},"msg":"decision"}\n`;
   internals[pino.symbols.streamSym].write(line);
 }

@@ -1,11 +1,13 @@
 /*
- * Reply texts: validated once at start-up, rendered per decision.
+ * Reply texts: validated once at start-up, parsed into a face-neutral value, rendered per decision.
  *
  * An operator writes replies in Postfix's access(5) words ("452 4.2.2 Mailbox full", "DUNNO",
  * "DEFER_IF_PERMIT 4.2.2 ..."). Several spellings look right and are silently wrong in Postfix
  * (see ../shared/references/postfix-policy.md); this module refuses them before the first request,
  * so a typo never turns into accepted-and-bounced mail. It must never let through an all-numeric
  * action (Postfix reads it as OK) or OK itself (it skips the operator's later restrictions).
+ * A sound text becomes a Reply (kind, SMTP code, enhanced status, text, and the words as written):
+ * each face renders that value in its own protocol; none parses another face's words.
  */
 
 /** SMTP reply lines are at most 512 bytes (RFC 5321); Postfix adds "<rcpt>: Recipient address rejected: ". */
@@ -41,6 +43,11 @@ export function replyProblem(reply: string): string | null {
   if (reply !== reply.trim()) return 'has leading or trailing white space';
   const stray = /\{[a-z_]+\}/.exec(PLACEHOLDERS.reduce((text, p) => text.replaceAll(p, ''), reply));
   if (stray) return `uses the unknown placeholder ${stray[0]} (known: ${PLACEHOLDERS.join(' ')})`;
+  // Figures in the first two words could become the code, a status code or a code after a named
+  // action, whatever their values: "{percent}{size}" is "010" at 0% of a 10-byte message.
+  if (reply.split(' ', 2).some((word) => PLACEHOLDERS.some((p) => word.includes(p)))) {
+    return 'has a placeholder in its first two words, where a figure could be read as a code or a status code: put it in the text';
+  }
   for (const figure of SAMPLE_FIGURES) {
     const problem = renderedProblem(PLACEHOLDERS.reduce((text, p) => text.replaceAll(p, figure), reply));
     if (problem) return figure === '100' ? problem : `${problem} (when a placeholder is ${figure})`;
@@ -96,14 +103,48 @@ export function renderReply(template: string, f: ReplyFigures): string {
     .replaceAll('{size}', String(f.sizeBytes ?? 0));
 }
 
-/** The dry-run form of a deferring reply: Postfix logs it and goes on (access(5) WARN). */
-export function warnReply(reply: string): string {
-  const text = reply.replace(/^(\d{3}|[A-Z_]+)\s+/, '');
-  return `WARN overquota dry run: ${text}`;
+/** A reply as a value, for any face. */
+export interface Reply {
+  /** refuse: this recipient gets a 4XX or 5XX; pass: the mail goes on (DUNNO; WARN and HOLD, which Postfix logs or holds). */
+  kind: 'refuse' | 'pass';
+  /**
+   * The SMTP code of a refusal; a named action stands for the code Postfix gives it by default
+   * (DEFER, DEFER_IF_PERMIT and DEFER_IF_REJECT: access_map_defer_code 450; REJECT:
+   * access_map_reject_code 554). Empty for a pass.
+   */
+  code: string;
+  /** The enhanced status code as written ("4.2.2"), or empty. */
+  status: string;
+  /** What follows the code and status (for WARN and HOLD: their text). */
+  text: string;
+  /** As configured, in Postfix access(5) words: what the policy face sends and the decision line shows. */
+  words: string;
 }
 
-/** What the SMTP client would see from Postfix for this policy action at RCPT; for the check command. */
-export function postfixWouldSay(action: string, recipient: string): string {
+const NAMED_CODE: Record<string, string> = { DEFER_IF_PERMIT: '450', DEFER_IF_REJECT: '450', DEFER: '450', REJECT: '554' };
+
+/** A sound reply text (replyProblem() found nothing) as a value. */
+export function parseReply(words: string): Reply {
+  const [word = '', ...after] = words.trim().split(/\s+/);
+  let rest = after.join(' ');
+  const upper = word.toUpperCase();
+  const code = /^[45]\d\d$/.test(word) ? word : NAMED_CODE[upper];
+  if (code === undefined) return { kind: 'pass', code: '', status: '', text: rest, words };
+  const dsn = /^\d\.\d{1,3}\.\d{1,3}(?=\s|$)/.exec(rest);
+  const status = dsn ? dsn[0] : '';
+  if (dsn) rest = rest.slice(status.length).trim();
+  return { kind: 'refuse', code, status, text: rest, words };
+}
+
+/** The dry-run form of a refusing reply: Postfix logs it and the mail goes on (access(5) WARN). */
+export function warnReply(reply: Reply): Reply {
+  const text = `overquota dry run: ${reply.status ? `${reply.status} ` : ''}${reply.text}`;
+  return { kind: 'pass', code: '', status: '', text, words: `WARN ${text}` };
+}
+
+/** What the SMTP client would see from Postfix for this reply at RCPT; for the check command. */
+export function postfixWouldSay(reply: Reply, recipient: string): string {
+  const action = reply.words;
   const [word = '', ...rest] = action.split(' ');
   const text = rest.join(' ');
   const upper = word.toUpperCase();

@@ -7,7 +7,7 @@
  */
 import type { QuotaState } from '../sources/types.js';
 import { NOTHING_PENDING, type Pending } from '../cache/reservations.js';
-import { renderReply, warnReply } from './replies.js';
+import { parseReply, renderReply, warnReply, type Reply } from './replies.js';
 
 export type VerdictKind =
   | 'under_quota'
@@ -67,37 +67,43 @@ export interface ReplyTexts {
   on_error: string;
 }
 
-/** The action for a verdict; dry-run turns deferring and rejecting answers into WARN. */
-export function replyFor(verdict: Verdict, texts: ReplyTexts, dryRun: boolean, state: QuotaState | undefined, size: number): string {
-  let template: string;
-  switch (verdict.kind) {
-    case 'over_quota':
-      template = texts.over_quota;
-      break;
-    case 'too_large':
-      template = texts.too_large;
-      break;
-    case 'under_quota':
-      template = texts.under_quota;
-      break;
-    case 'unknown_mailbox':
-      template = texts.unknown;
-      break;
-    case 'error':
-      template = texts.on_error;
-      break;
-    case 'not_checked':
-      return 'DUNNO';
-  }
-  // Figures only for a template that uses them (most replies are fixed texts).
-  const reply = template.includes('{')
-    ? renderReply(template, state?.kind === 'found' ? { usageBytes: state.usageBytes, limitBytes: state.limitBytes, sizeBytes: size } : { sizeBytes: size })
-    : template;
-  if (dryRun && refuses(reply)) return warnReply(reply);
-  return reply;
-}
+/** A DUNNO: what a recipient that is not ours gets (another state, no address, a domain not served). */
+export const NOT_OURS: Reply = Object.freeze(parseReply('DUNNO'));
 
-/** Whether an access(5) reply refuses the mail (for now or for good) rather than letting it pass. */
-export function refuses(reply: string): boolean {
-  return /^(\d{3}\s|DEFER|REJECT)/i.test(reply);
+/**
+ * The configured replies, parsed once: the reply for a verdict is then a lookup, except for a
+ * template with figures ({usage} ...), rendered and parsed per decision. Dry run turns each
+ * refusing reply into its WARN form, also once.
+ */
+export class Replies {
+  /** Parsed once; null for a template with figures ({usage} ...), rendered per decision. */
+  private readonly fixed: Record<Exclude<VerdictKind, 'not_checked'>, Reply | null>;
+
+  constructor(
+    private readonly texts: ReplyTexts,
+    private readonly dryRun: boolean,
+  ) {
+    const prepared = (t: string) => (t.includes('{') ? null : this.softened(parseReply(t)));
+    this.fixed = {
+      under_quota: prepared(texts.under_quota),
+      over_quota: prepared(texts.over_quota),
+      too_large: prepared(texts.too_large),
+      unknown_mailbox: prepared(texts.unknown),
+      error: prepared(texts.on_error),
+    };
+  }
+
+  /** The reply for a verdict. */
+  for(verdict: Verdict, state: QuotaState | null, size: number): Reply {
+    if (verdict.kind === 'not_checked') return NOT_OURS;
+    const fixed = this.fixed[verdict.kind];
+    if (fixed !== null) return fixed;
+    const template = verdict.kind === 'unknown_mailbox' ? this.texts.unknown : verdict.kind === 'error' ? this.texts.on_error : this.texts[verdict.kind];
+    const figures = state?.kind === 'found' ? { usageBytes: state.usageBytes, limitBytes: state.limitBytes, sizeBytes: size } : { sizeBytes: size };
+    return this.softened(parseReply(renderReply(template, figures)));
+  }
+
+  private softened(reply: Reply): Reply {
+    return this.dryRun && reply.kind === 'refuse' ? warnReply(reply) : reply;
+  }
 }

@@ -1,32 +1,26 @@
 /*
- * A verdict's reply, in Postfix access(5) words (core/verdict.ts), -> the milter reply at RCPT.
+ * A verdict's reply (a value: core/replies.ts) -> the milter reply at RCPT.
  *
  * Only REPLYCODE ('y') carries "452 4.2.2 text" to the client (a plain TEMPFAIL gives 451 4.7.1).
  * The text must survive both MTAs: one terminating NUL; 3 digits, 4 or 5, then a space; an enhanced
  * status code whose class matches (else Postfix logs "malformed reply" and drops the milter);
  * '%' doubled (a lone one makes Sendmail answer 550 5.7.1 instead); no CR or LF; at most 980 bytes.
- * The access(5) actions map to the codes Postfix itself would use by default (access_map_defer_code
- * 450, access_map_reject_code 554).
+ * A reply that lets the mail pass is CONTINUE; one other than DUNNO (WARN in a dry run) is noted.
  */
 import { encodePacket } from './codec.js';
 import { Reply } from './constants.js';
+import type { Reply as Verdict } from '../core/replies.js';
 
 export const MAX_REPLY_TEXT_BYTES = 980;
 
 export type RcptReply = { kind: 'continue'; note?: string } | { kind: 'replycode'; text: string };
 
-const NAMED_CODE: Record<string, string> = { DEFER_IF_PERMIT: '450', DEFER_IF_REJECT: '450', DEFER: '450', REJECT: '554' };
-
-export function rcptReplyFor(action: string): RcptReply {
-  const [word = '', ...rest] = action.trim().split(/\s+/);
-  const text = rest.join(' ');
-  const upper = word.toUpperCase();
-  if (/^[45]\d\d$/.test(word)) return { kind: 'replycode', text: formatReplyText(word, text) };
-  const code = NAMED_CODE[upper];
-  if (code) return { kind: 'replycode', text: formatReplyText(code, text) };
-  // DUNNO, WARN (dry run), anything else that lets the mail pass: continue.
-  return upper === 'DUNNO' ? { kind: 'continue' } : { kind: 'continue', note: action };
+export function rcptReplyFor(reply: Verdict): RcptReply {
+  if (reply.kind === 'refuse') return { kind: 'replycode', text: formatReplyText(reply.code, reply.status === '' ? reply.text : `${reply.status} ${reply.text}`) };
+  return /^dunno$/i.test(reply.words) ? CONTINUE_REPLY : { kind: 'continue', note: reply.words };
 }
+
+const CONTINUE_REPLY: RcptReply = Object.freeze({ kind: 'continue' });
 
 /** "452", "4.2.2 Mailbox full" -> "452 4.2.2 Mailbox full", made safe for Postfix and Sendmail. */
 export function formatReplyText(code: string, text: string): string {

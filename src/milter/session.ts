@@ -25,6 +25,7 @@
 import { Action, Cmd, MACRO_STAGES, MAX_MACRO_BYTES, MAX_MACROS, MAX_VERSION, MIN_VERSION, Proto, Stage } from './constants.js';
 import { countMacros, decodeConnect, decodeOptneg, encodeOptneg, findMacro, firstString, MilterProtocolError, splitStrings, type ConnectInfo, type OptionNegotiation, type Packet } from './codec.js';
 import { CONTINUE_PACKET, encodeRcptReply, rcptReplyFor, type RcptReply } from './reply.js';
+import type { Reply } from '../core/replies.js';
 
 /**
  * Steps we never use. DATA is not among them, and is answered: with DATA skipped, Postfix still
@@ -73,8 +74,8 @@ export interface MessageEvents {
 /** Sessions in this process, for transaction names. */
 let sessions = 0;
 
-/** Decides one recipient; returns the action in Postfix access(5) words. Must not throw. */
-export type RcptDecider = (recipient: string, ctx: RcptContext) => Promise<string>;
+/** Decides one recipient; returns its reply (core/replies.ts), rendered here. Must not throw. */
+export type RcptDecider = (recipient: string, ctx: RcptContext) => Promise<Reply>;
 
 export type SessionOutput = Readonly<{ reply: Buffer | null; close?: boolean; note?: string }>;
 
@@ -197,8 +198,8 @@ export class MilterSession {
     if (this.macro('{rcpt_mailer}') === 'error') return CONTINUE;
     // A RCPT outside MAIL..end (Sendmail after an early accept) still gets a transaction of its own.
     this.txn ??= `m${this.id}.${++this.messages}`;
-    const action = await this.decide(recipient, { queueId: this.macro('i'), client: this.client, sender: this.sender, size: this.size, txn: this.txn });
-    const reply: RcptReply = rcptReplyFor(action);
+    const decided = await this.decide(recipient, { queueId: this.macro('i'), client: this.client, sender: this.sender, size: this.size, txn: this.txn });
+    const reply: RcptReply = rcptReplyFor(decided);
     return { reply: encodeRcptReply(reply), note: reply.kind === 'continue' ? reply.note : undefined };
   }
 

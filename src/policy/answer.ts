@@ -11,7 +11,6 @@ import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
 import type { QuotaChecker, Decision } from '../core/checker.js';
 import { decisionLogged, writeDecision } from '../core/decision-log.js';
-import { refuses } from '../core/verdict.js';
 
 export interface PolicyAnswerOptions {
   checkEndOfMessage: boolean;
@@ -59,7 +58,8 @@ export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptio
         decision,
       );
     }
-    return decision.action;
+    // Postfix's own words: the reply as the operator configured it (validated as access(5)).
+    return decision.reply.words;
   };
   const failed = (err: unknown): string => {
     logger.error({ err }, 'internal error while answering a policy request; sent the on_error reply');
@@ -67,7 +67,7 @@ export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptio
   };
   /** The whole message is refused at its end: what it reserved will not arrive. */
   const endOfMessage = (request: PolicyRequest, txn: string | null, d: Decision): string => {
-    if (txn !== null && refuses(d.action)) checker.giveUp(txn);
+    if (txn !== null && d.reply.kind === 'refuse') checker.giveUp(txn);
     return answer(request, d);
   };
   /** A string at once for a cache hit, a promise otherwise. */

@@ -25,6 +25,7 @@ import { MilterSession, type RcptContext } from '../../../src/milter/session.js'
 import { anyChar, textOf } from '../strings.js';
 import { bytesFromJson, bytesToJson, type BytesJson, type Target } from '../target.js';
 import { actionArbitrary, assertRcptReply } from './reply-formatter.js';
+import { parseReply } from '../../../src/core/replies.js';
 
 export interface SessionInput {
   packets: Packet[];
@@ -141,7 +142,7 @@ export async function checkSession(input: SessionInput): Promise<void> {
   const session = new MilterSession(async (recipient, ctx) => {
     const action = input.actions[asked.length % input.actions.length] ?? 'DUNNO';
     asked.push({ recipient, ctx, action });
-    return action;
+    return parseReply(action);
   });
   let protocol: number | null = null;
   for (const [i, p] of input.packets.entries()) {

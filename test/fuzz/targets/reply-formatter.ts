@@ -16,6 +16,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { MilterDecoder } from '../../../src/milter/codec.js';
 import { encodeRcptReply, formatReplyText, MAX_REPLY_TEXT_BYTES, rcptReplyFor } from '../../../src/milter/reply.js';
+import { parseReply } from '../../../src/core/replies.js';
 import { nearBound, SPECIAL_CHARS, textOf } from '../strings.js';
 import { jsonTarget } from '../target.js';
 
@@ -83,7 +84,7 @@ export function checkReplyFormatter(input: ReplyInput): void {
   if (/^[\x21-\x7e][\x20-\x7e]{0,200}$/.test(input.text) && input.text === input.text.trim() && !/^[245]\.\d{1,3}\.\d{1,3}(\s|$)/.test(input.text)) {
     assert.equal(out, `${input.code} ${input.code[0]}.0.0 ${input.text.replaceAll('%', '%%')}`, 'plain short text arrives unchanged');
   }
-  assertRcptReply(encodeRcptReply(rcptReplyFor(input.action)), input.action);
+  assertRcptReply(encodeRcptReply(rcptReplyFor(parseReply(input.action))), input.action);
 }
 
 export const replyFormatterTarget = jsonTarget<ReplyInput>({
