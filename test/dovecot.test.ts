@@ -113,14 +113,13 @@ describe("Dovecot's quota_warning -> overquota notify -> every frontend forgets,
     notifyLog = path.join(tmp.path, 'notify.log');
     const script = path.join(tmp.path, 'overquota-notify');
     const wrapper = await fs.readFile(new URL('../postfix/dovecot/overquota-notify', import.meta.url), 'utf8');
-    assert.match(wrapper, /^exec \/usr\/bin\/node \/opt\/overquota\/dist\/cli\.js notify --config \/etc\/overquota\/notify\.json "\$@"$/m);
+    assert.match(wrapper, /^exec \/usr\/bin\/overquota notify --config \/etc\/overquota\/notify\.json "\$@"$/m);
     const config = path.join(tmp.path, 'notify.json');
     await fs.writeFile(config, JSON.stringify({ redis: { url: redis.url } }));
     await fs.writeFile(
       script,
       wrapper
-        .replace('/usr/bin/node', process.execPath)
-        .replace('/opt/overquota/dist/cli.js', CLI)
+        .replace(/^exec \/usr\/bin\/overquota /m, `exec ${process.execPath} ${CLI} `)
         .replace('/etc/overquota/notify.json', config)
         .replace(/"\$@"$/m, `"$@" >> ${notifyLog} 2>&1`),
       { mode: 0o755 },

@@ -163,9 +163,12 @@ describe('Postfix spawn(8) service running `overquota frontend --stdio`', () => 
     await fs.chmod(config, 0o644);
     // postfix/master.cf and its main.cf companion lines, with this machine's paths.
     const companion = masterCfCompanionMain();
+    // The package's command and its user are not installed on this host: node on the copy above,
+    // as nobody, in their place.
+    assert.match(masterCfSnippet(), / user=overquota argv=\/usr\/bin\/overquota frontend --stdio --config \/etc\/overquota\/frontend\.json$/);
     const service = masterCfSnippet()
-      .replace('/usr/bin/node', NODE_FOR_NOBODY)
-      .replace('/opt/overquota/dist/cli.js', cli)
+      .replace('user=overquota', 'user=nobody')
+      .replace('/usr/bin/overquota', `${NODE_FOR_NOBODY} ${cli}`)
       .replace('/etc/overquota/frontend.json', config);
     pf = await startPostfix({
       smtpdRecipientRestrictions: companion.get('smtpd_recipient_restrictions')!,

@@ -23,8 +23,9 @@ process.on('exit', () => {
   for (const p of running) p.kill('SIGKILL');
 });
 
-export function runOverquota(args: string[], env: Record<string, string> = {}): Running {
-  const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+/** command: how to start overquota (default: this node on dist/cli.js; the package tests run an installed one). */
+export function runOverquota(args: string[], env: Record<string, string> = {}, command: string[] = [process.execPath, CLI]): Running {
+  const proc = spawn(command[0]!, [...command.slice(1), ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
   running.add(proc);
   const logs: Record<string, unknown>[] = [];
   let err = '';
