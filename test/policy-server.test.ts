@@ -233,3 +233,39 @@ test('each served domain is asked at its own backend; a domain not served gets D
   assert.equal(one.requests.length, 1);
   assert.equal(two.requests.length, 1);
 });
+
+/** A backend that answers in the seed CGI text after `ms`: every lookup is a slow cache miss. */
+async function slowBackend(ms: number) {
+  const backend = await startBackend((url, req, res) => setTimeout(() => cgiAnswer({ full: 2000 }, 1000)(url, req, res), ms));
+  cleanups.push(() => backend.close());
+  return backend;
+}
+
+const requestText = (recipient: string) =>
+  Object.entries(rcpt(recipient))
+    .map(([k, v]) => `${k}=${v}\n`)
+    .join('') + '\n';
+
+test('a client that half-closes after its requests (nc -N) gets every answer on a cache miss, then the server closes', async () => {
+  const backend = await slowBackend(200);
+  const fe = await frontend(['--policy.listen', 'inet:127.0.0.1:0', '--source.type', 'http', '--source.url', backend.url()]);
+  const port = Number(fe.listeners[0]!.split(':').pop());
+  const socket = net.connect(port, '127.0.0.1');
+  cleanups.push(() => void socket.destroy());
+  await new Promise((resolve) => socket.once('connect', resolve));
+  let received = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (d: string) => (received += d));
+  const serverEnded = new Promise((resolve) => socket.once('end', resolve));
+  socket.end(requestText('full@example.com') + requestText('room@example.com'));
+  await serverEnded;
+  assert.equal(received, 'action=452 4.2.2 Mailbox full, try again later\n\naction=DUNNO\n\n');
+  assert.equal(backend.requests.length, 2);
+});
+
+test('spawn mode answers a lookup still pending when stdin ends', async () => {
+  const backend = await slowBackend(200);
+  const r = await stdioSession(['--source.type', 'http', '--source.url', backend.url()], requestText('full@example.com'));
+  assert.equal(r.stdout, 'action=452 4.2.2 Mailbox full, try again later\n\n');
+  assert.equal(r.code, 0);
+});

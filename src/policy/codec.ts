@@ -38,10 +38,10 @@ function needle(name: string): string {
 }
 
 /** Attribute name -> its slot in PolicyRequest.spans (start and end of the value, in the text). */
-const KNOWN: Record<string, number> = { recipient: 0, protocol_state: 2, size: 4, queue_id: 6, client_address: 8, sender: 10 };
+const KNOWN: Record<string, number> = { recipient: 0, protocol_state: 2, size: 4, queue_id: 6, client_address: 8, sender: 10, instance: 12 };
 /* A plain array: a typed array costs an ArrayBuffer (malloc) per request. */
 function noSpans(): number[] {
-  return [-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1];
+  return [-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1];
 }
 
 /** The KNOWN slot for a name at `bytes[start, start + length)`, or -1; checks the length first. */
@@ -54,7 +54,7 @@ function knownSlot(bytes: string, start: number, length: number): number {
     case 4:
       return bytes.startsWith('size', start) ? 4 : -1;
     case 8:
-      return bytes.startsWith('queue_id', start) ? 6 : -1;
+      return bytes.startsWith('queue_id', start) ? 6 : bytes.startsWith('instance', start) ? 12 : -1;
     case 6:
       return bytes.startsWith('sender', start) ? 10 : -1;
     default:
@@ -115,17 +115,28 @@ export class PolicyProtocolError extends Error {
 }
 
 const CR = 0x0d;
+const LF = 0x0a;
+/** First room for a request split across reads: a Postfix 3.x request is ~600-900 bytes. */
+const PENDING_START_BYTES = 2048;
 
 export class PolicyDecoder {
-  /** Bytes of the current request so far (copied, so a large read is not retained). */
+  /**
+   * The request in progress when a read ended inside it, from index 0 to `filled`: one buffer
+   * that grows by doubling and is released when no request is in progress (as pg-protocol keeps
+   * its buffer and offsets). A read appends to it; nothing already checked is copied or decoded
+   * again, so the cost per byte is the same however the bytes arrive.
+   */
   private pending: Buffer | null = null;
-  /** Bytes of `pending` already checked: whole lines. */
-  private scanned = 0;
+  private filled = 0;
+  /** Where the line in progress starts in `pending`: every byte before it is in whole lines, checked. */
+  private lineStart = 0;
   private attributes = 0;
   private sawCr = false;
   /** Where the KNOWN attributes of the request in progress were found so far (see PolicyRequest). */
   private spans: number[] | null = null;
   private failed: PolicyProtocolError | null = null;
+  /** Bytes copied or turned into text so far: lets a test show the work per byte stays flat. */
+  bytesCopied = 0;
 
   constructor(private readonly limits: PolicyLimits) {}
 
@@ -145,19 +156,36 @@ export class PolicyDecoder {
   }
 
   private decode(chunk: Uint8Array): PolicyRequest[] {
+    if (this.pending === null) {
+      // The common case (Postfix writes a whole request at once): the read itself is scanned.
+      const data = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+      this.bytesCopied += data.length;
+      // Scanned as latin1 (one char per byte, so positions are byte offsets for the byte bounds):
+      // String#indexOf runs inside V8, where Buffer#indexOf crosses into C++ on every call (and a
+      // charCodeAt loop measured slower than two indexOf per line).
+      return this.scan(data, 0, data.toString('latin1'), 0);
+    }
+    this.append(chunk);
+    if (chunk.indexOf(LF) === -1) {
+      // No line ended: check the bounds, and leave the bytes for the read that ends their line.
+      this.checkUnfinished(this.filled - this.lineStart, this.filled);
+      return [];
+    }
+    const data = this.pending.subarray(0, this.filled);
+    const bytes = data.toString('latin1', this.lineStart);
+    this.bytesCopied += bytes.length;
+    return this.scan(data, this.lineStart, bytes, -this.lineStart);
+  }
+
+  /**
+   * The lines of `bytes`, the latin1 view of `data` from `base` (char i is byte base + i), which
+   * starts at a line's start. The request in progress starts at `requestStart` in the view
+   * (negative: it began in an earlier read, and its first bytes are in `data` before `base`).
+   */
+  private scan(data: Buffer, base: number, bytes: string, requestStart: number): PolicyRequest[] {
     const { maxLineLength, maxAttributes, maxRequestSize } = this.limits;
-    const data = this.pending
-      ? Buffer.concat([this.pending, chunk])
-      : Buffer.isBuffer(chunk)
-        ? chunk
-        : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    // Scanned as latin1 (one char per byte, so positions are byte offsets for the byte bounds):
-    // String#indexOf runs inside V8, where Buffer#indexOf crosses into C++ on every call (and a
-    // charCodeAt loop measured slower than two indexOf per line).
-    const bytes = data.toString('latin1');
     const done: PolicyRequest[] = [];
-    let requestStart = 0;
-    let pos = this.scanned;
+    let pos = 0;
     let spans = this.spans;
     for (let nl = bytes.indexOf('\n', pos); nl !== -1; nl = bytes.indexOf('\n', pos)) {
       let end = nl;
@@ -168,7 +196,7 @@ export class PolicyDecoder {
       if (end - pos > maxLineLength) throw new PolicyProtocolError('LINE_TOO_LONG', `line longer than ${maxLineLength} bytes`);
       if (nl + 1 - requestStart > maxRequestSize) throw new PolicyProtocolError('REQUEST_TOO_LARGE', `request larger than ${maxRequestSize} bytes`);
       if (end === pos) {
-        done.push(this.request(data, bytes, requestStart, pos, spans));
+        done.push(this.request(data, base, bytes, requestStart, pos, spans));
         requestStart = nl + 1;
         this.attributes = 0;
         this.sawCr = false;
@@ -176,7 +204,7 @@ export class PolicyDecoder {
       } else {
         const eq = bytes.indexOf('=', pos);
         if (eq === -1 || eq >= end || eq === pos) {
-          const shown = data.toString('utf8', pos, Math.min(end, pos + 60));
+          const shown = data.toString('utf8', base + pos, base + Math.min(end, pos + 60));
           throw new PolicyProtocolError('MALFORMED_LINE', `line is not name=value: ${JSON.stringify(shown)}`);
         }
         if (++this.attributes > maxAttributes) {
@@ -194,23 +222,76 @@ export class PolicyDecoder {
       }
       pos = nl + 1;
     }
-    if (data.length - pos > maxLineLength + 1) throw new PolicyProtocolError('LINE_TOO_LONG', `line longer than ${maxLineLength} bytes`);
-    if (data.length - requestStart > maxRequestSize) throw new PolicyProtocolError('REQUEST_TOO_LARGE', `request larger than ${maxRequestSize} bytes`);
-    this.pending = requestStart < data.length ? Buffer.from(data.subarray(requestStart)) : null;
-    this.scanned = pos - requestStart;
-    // Offsets kept for the next read are relative to the request's start, which moves to 0.
+    this.checkUnfinished(bytes.length - pos, bytes.length - requestStart);
+    this.keep(data, base + requestStart, pos - requestStart);
     this.spans = this.pending ? spans : null;
     return done;
   }
 
+  /** The bounds, checked before a line or request ends: a client cannot make us hold more. */
+  private checkUnfinished(lineBytes: number, requestBytes: number): void {
+    // One more byte than the line bound: the CR of a CRLF.
+    if (lineBytes > this.limits.maxLineLength + 1) throw new PolicyProtocolError('LINE_TOO_LONG', `line longer than ${this.limits.maxLineLength} bytes`);
+    if (requestBytes > this.limits.maxRequestSize) throw new PolicyProtocolError('REQUEST_TOO_LARGE', `request larger than ${this.limits.maxRequestSize} bytes`);
+  }
+
+  /** Adds a read to the request in progress. */
+  private append(chunk: Uint8Array): void {
+    const pending = this.pending!;
+    const filled = this.filled + chunk.length;
+    if (filled > pending.length) {
+      const grown = Buffer.allocUnsafe(Math.max(filled, 2 * pending.length));
+      pending.copy(grown, 0, 0, this.filled);
+      this.bytesCopied += this.filled;
+      this.pending = grown;
+    }
+    this.pending!.set(chunk, this.filled);
+    this.bytesCopied += chunk.length;
+    this.filled = filled;
+  }
+
   /**
-   * The request's lines as text: the latin1 view itself when all ASCII, else decoded as UTF-8.
-   * The spans hold only for the ASCII view without CRs (their removal shifts every offset).
+   * Keeps the unfinished request, `data` from `from` (its line in progress at `lineStart` from
+   * there), at the start of `pending`; releases `pending` when there is none.
    */
-  private request(data: Buffer, bytes: string, start: number, end: number, spans: number[] | null): PolicyRequest {
-    const ascii = start === 0 && end === data.length - 1 ? isAscii(data) : isAscii(data.subarray(start, end));
-    if (!ascii) return new PolicyRequest(data.toString('utf8', start, end).replaceAll('\r\n', '\n'));
-    const lines = bytes.slice(start, end);
+  private keep(data: Buffer, from: number, lineStart: number): void {
+    const rest = data.length - from;
+    this.lineStart = lineStart;
+    this.filled = rest;
+    if (rest === 0) {
+      this.pending = null;
+    } else if (this.pending === null) {
+      // Copied out of the read, so a large read is not retained by a few bytes of it.
+      this.pending = Buffer.allocUnsafe(Math.max(PENDING_START_BYTES, 2 * rest));
+      data.copy(this.pending, 0, from);
+      this.bytesCopied += rest;
+    } else if (from > 0) {
+      this.pending.copyWithin(0, from, data.length);
+      this.bytesCopied += rest;
+    }
+  }
+
+  /**
+   * The request's lines as text (`start`, `end` in the latin1 view; `start` may be before it): the
+   * latin1 view itself when all ASCII, else decoded as UTF-8. The spans hold only for the ASCII
+   * text without CRs (their removal shifts every offset).
+   */
+  private request(data: Buffer, base: number, bytes: string, start: number, end: number, spans: number[] | null): PolicyRequest {
+    const from = base + start;
+    const to = base + end;
+    const ascii = from === 0 && to === data.length - 1 ? isAscii(data) : isAscii(data.subarray(from, to));
+    if (!ascii) {
+      this.bytesCopied += to - from;
+      return new PolicyRequest(data.toString('utf8', from, to).replaceAll('\r\n', '\n'));
+    }
+    let lines: string;
+    if (start >= 0) {
+      lines = bytes.slice(start, end);
+    } else {
+      // Begun in an earlier read: its text is made once, now that it is whole.
+      lines = data.toString('latin1', from, to);
+      this.bytesCopied += lines.length;
+    }
     if (this.sawCr) return new PolicyRequest(lines.replaceAll('\r\n', '\n'));
     return new PolicyRequest(lines, spans ?? noSpans());
   }

@@ -9,7 +9,7 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Readable, Writable } from 'node:stream';
-import type { PolicyLimits } from './codec.js';
+import { PolicyProtocolError, type PolicyLimits } from './codec.js';
 import { PolicyConnection, type PolicyHandler } from './connection.js';
 import type { ListenAddress } from '../listen.js';
 import { closeListeners, openListeners } from '../sockets.js';
@@ -60,7 +60,7 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
     const conn = new PolicyConnection(opts.limits, opts.handle, {
       ...flow,
       drop: (err) => {
-        if (err) log.warn({ code: err.code, peer: socket.remoteAddress }, `policy client dropped without a reply: ${err.message}`);
+        logDrop(log, err, { peer: socket.remoteAddress });
         socket.destroy();
       },
       // Everything owed is written: close fully, without waiting for the client to close its side.
@@ -72,6 +72,8 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
       entry.lastTick = tick;
       conn.receive(chunk);
     });
+    // The client half-closed (nc -N, socat, a monitoring probe): answer what it sent, then close.
+    // Needs allowHalfOpen on the server (sockets.ts), else Node ends our side with the client's.
     socket.on('end', () => conn.finish());
     socket.on('error', (err: NodeJS.ErrnoException) => log.debug({ code: err.code }, `policy connection error: ${err.message}`));
     socket.on('close', () => live.delete(socket));
@@ -112,7 +114,7 @@ export function servePolicyStdio(opts: { input: Readable; output: Writable; limi
   const conn = new PolicyConnection(opts.limits, opts.handle, {
     ...flowControl(opts.input, opts.output),
     drop: (err) => {
-      if (err) opts.logger.warn({ code: err.code }, `policy client dropped without a reply: ${err.message}`);
+      logDrop(opts.logger, err, {});
       opts.input.destroy();
       settle();
     },
@@ -123,6 +125,12 @@ export function servePolicyStdio(opts: { input: Readable; output: Writable; limi
   opts.input.on('error', () => conn.finish());
   opts.output.on('error', () => settle());
   return { done, finish: () => conn.finish() };
+}
+
+/** A dropped client: its protocol error is a warning; our own trouble answering is an error. */
+function logDrop(log: Logger, err: Error, fields: Record<string, unknown>): void {
+  if (err instanceof PolicyProtocolError) log.warn({ ...fields, code: err.code }, `policy client dropped without a reply: ${err.message}`);
+  else log.error({ ...fields, err }, 'internal error while answering a policy request: connection dropped without a reply (Postfix retries)');
 }
 
 /**
