@@ -14,11 +14,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildDecisionCore } from '../src/app.js';
-import { loadSettings } from '../src/config.js';
-import { createLogger } from '../src/log.js';
-import { makePolicyHandler } from '../src/policy/answer.js';
-import { PolicyDecoder } from '../src/policy/codec.js';
+import { buildDecisionCore } from '../src/core/assemble.js';
+import { loadSettings } from '../src/config/schema.js';
+import { createLogger } from '../src/runtime/log.js';
+import { makePolicyHandler } from '../src/faces/policy/handler.js';
+import { PolicyDecoder } from '../src/faces/policy/codec.js';
 import { buildRequestPool } from './policy-load.js';
 import { RECIPIENTS, STORE_LIMIT, writeSpool } from './policy-spool.js';
 

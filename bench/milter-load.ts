@@ -25,8 +25,8 @@
  */
 import net from 'node:net';
 import { parseArgs } from 'node:util';
-import { MilterDecoder, encodePacket } from '../src/milter/codec.js';
-import { Cmd, Proto, Reply, Stage } from '../src/milter/constants.js';
+import { MilterDecoder, encodePacket } from '../src/faces/milter/codec.js';
+import { Cmd, Proto, Reply, Stage } from '../src/faces/milter/constants.js';
 import { parseTarget } from './closed-loop.js';
 import { cpuPct, idlePct, intArg, isMain, machineJiffies, processCpuSeconds, sleep } from './shared.js';
 

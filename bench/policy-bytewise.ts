@@ -9,7 +9,7 @@
  * Prints nanoseconds per byte (medians of the rounds) and the decoder's bytesCopied per byte.
  */
 import { parseArgs } from 'node:util';
-import { PolicyDecoder } from '../src/policy/codec.js';
+import { PolicyDecoder } from '../src/faces/policy/codec.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '3' } } });
 const rounds = Number(values.rounds);

@@ -4,7 +4,7 @@
  * BENCHMARKS.md marker update, child-process and temporary-directory bookkeeping, the main()
  * runner and argument parsing. Importing it has no side effects.
  */
-import { FLUSH_AFTER_MS } from '../src/log.js';
+import { FLUSH_AFTER_MS } from '../src/runtime/log.js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm } from 'node:fs/promises';

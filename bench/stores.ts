@@ -34,9 +34,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { MboxStore } from '../src/sources/mbox.js';
-import { MaildirStore, RACY_MARGIN_MS, type MaildirScanStats } from '../src/sources/maildir.js';
-import type { QuotaSource } from '../src/sources/types.js';
+import { MboxStore } from '../src/stores/mbox.js';
+import { MaildirStore, RACY_MARGIN_MS, type MaildirScanStats } from '../src/stores/maildir/store.js';
+import type { QuotaSource } from '../src/quota.js';
 import { figureCheck, saveResults, type ResultsOfRun, type StoreFigure } from './results.js';
 import {
   ROOT,

@@ -9,7 +9,7 @@
  * It must never print anything but the page: its stdout is the file.
  */
 import { readFileSync } from 'node:fs';
-import { describeSettings } from '../src/config.js';
+import { describeSettings } from '../src/config/schema.js';
 import { COMMANDS } from '../src/commands/help.js';
 
 /**

@@ -9,9 +9,9 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { ConfigError, loadSettings, redactedSettings, type Settings } from './config.js';
-import { createLogger } from './log.js';
-import { exitOnBugs, reportFatal, warningsToLog } from './commands/process.js';
+import { ConfigError, loadSettings, redactedSettings, type Settings } from './config/schema.js';
+import { createLogger } from './runtime/log.js';
+import { exitOnBugs, reportFatal, warningsToLog } from './runtime/process.js';
 import { flagIsOn, parseArgs, UsageError } from './commands/args.js';
 import { COMMANDS, commandHelp, mainHelp } from './commands/help.js';
 import { runFrontend } from './commands/frontend.js';

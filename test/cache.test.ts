@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { ttlFor, type TtlPolicy } from '../src/cache/ttl.js';
 import { MemoryCache } from '../src/cache/memory.js';
 import { parseRedisAddress } from '../src/cache/redis-client.js';
-import { found } from '../src/sources/types.js';
+import { found } from '../src/quota.js';
 
 const policy: TtlPolicy = { under_quota: 30_000, over_quota: 10_000, unknown: 60_000, near_limit: 2_000, near_limit_ratio: 0.1 };
 

@@ -211,7 +211,7 @@ test('check without an address is a usage error', async () => {
 });
 
 test('the README configuration reference names every setting with its env var and default', async () => {
-  const { describeSettings } = await import('../src/config.js');
+  const { describeSettings } = await import('../src/config/schema.js');
   const readme = await fs.readFile(new URL('../README.md', import.meta.url), 'utf8');
   for (const s of describeSettings()) {
     assert.ok(readme.includes(`| \`${s.path}\` | \`${s.env}\` | \`${JSON.stringify(s.default)}\` |`), `README lacks ${s.path}`);
@@ -219,7 +219,7 @@ test('the README configuration reference names every setting with its env var an
 });
 
 test('the README puts the policy service, the milter, the quota service and the admin endpoint on ports of their own', async () => {
-  const { describeSettings } = await import('../src/config.js');
+  const { describeSettings } = await import('../src/config/schema.js');
   const readme = await fs.readFile(new URL('../README.md', import.meta.url), 'utf8');
   const defaultPort = (setting: string) => /:(\d+)"?\]?$/.exec(JSON.stringify(describeSettings().find((s) => s.path === setting)!.default))![1];
   const mentioned = (pattern: RegExp) => [...readme.matchAll(pattern)].map((m) => m[1]!);

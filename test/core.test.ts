@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseRecipient, type RecipientRules } from '../src/core/address.js';
+import { parseRecipient, type RecipientRules } from '../src/core/recipient.js';
 import { decide, Replies, type ReplyTexts } from '../src/core/verdict.js';
-import { found } from '../src/sources/types.js';
+import { found } from '../src/quota.js';
 import { Router } from '../src/sources/router.js';
-import type { QuotaSource } from '../src/sources/types.js';
+import type { QuotaSource } from '../src/quota.js';
 
 const seed: RecipientRules = { delimiters: '+', lowercaseLocalPart: true, keyTemplate: '{local}' };
 

@@ -2,9 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseReply } from '../src/core/replies.js';
 import pino from 'pino';
-import { logDecision } from '../src/core/decision-log.js';
+import { logDecision } from '../src/faces/decision-line.js';
 import type { Decision } from '../src/core/checker.js';
-import { found } from '../src/sources/types.js';
+import { found } from '../src/quota.js';
 
 function capture(level = 'info') {
   const lines: string[] = [];

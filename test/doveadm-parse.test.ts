@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseQuotaGet } from '../src/sources/doveadm.js';
-import { SourceError } from '../src/sources/types.js';
+import { SourceError } from '../src/quota.js';
 
 test("doveadm's quotaGet answer: STORAGE KiB become bytes, MESSAGE counts are kept", () => {
   const body = '[["doveadmResponse",[{"root":"User quota","type":"STORAGE","value":"1354","limit":"1024","percent":"132"},{"root":"User quota","type":"MESSAGE","value":"6","limit":"-","percent":"0"}],"q"]]';

@@ -4,7 +4,7 @@ import { HttpSource } from '../src/sources/http.js';
 import { QuotaCache } from '../src/cache/quota-cache.js';
 import { QuotaChecker } from '../src/core/checker.js';
 import { Router } from '../src/sources/router.js';
-import { SourceError, type QuotaSource } from '../src/sources/types.js';
+import { SourceError, type QuotaSource } from '../src/quota.js';
 import { startBackend, cgiAnswer, type Answer } from './helpers/http-backend.js';
 
 const QUOTA = 200 * 1024 * 1024;

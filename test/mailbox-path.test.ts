@@ -15,8 +15,8 @@ import {
   checkMailboxUser,
   expandMailboxTemplate,
   resolveInside,
-} from '../src/sources/mailbox-path.js';
-import { blockingIo, threadPoolIo } from '../src/sources/store-io.js';
+} from '../src/stores/paths.js';
+import { blockingIo, threadPoolIo } from '../src/stores/io.js';
 
 test('ordinary user names and addresses are accepted', () => {
   for (const user of ['alice', 'bob.smith', 'carol+tag@example.com', 'd_e-f@mail.example.org', 'josé', 'a..b@example.com']) {

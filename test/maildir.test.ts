@@ -22,11 +22,11 @@ import {
   sizeFromFileName,
   type MaildirScan,
   type MaildirScanStats,
-} from '../src/sources/maildir.js';
-import { MaildirScanCache, emptySnapshot, type StopFlag } from '../src/sources/maildir-cache.js';
-import { LimitsFile } from '../src/sources/limits.js';
-import type { QuotaState } from '../src/sources/types.js';
-import { blockingIo, threadPoolIo } from '../src/sources/store-io.js';
+} from '../src/stores/maildir/store.js';
+import { MaildirScanCache, emptySnapshot, type StopFlag } from '../src/stores/maildir/scan-cache.js';
+import { LimitsFile } from '../src/stores/limits.js';
+import type { QuotaState } from '../src/quota.js';
+import { blockingIo, threadPoolIo } from '../src/stores/io.js';
 import { pino } from 'pino';
 
 /** Lookups make their file-system calls on the thread pool (frontends) or blocking (the quota service). */

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { MilterDecoder, MilterProtocolError, countMacros, decodeConnect, decodeMacros, encodePacket, findMacro } from '../src/milter/codec.js';
-import { formatReplyText, rcptReplyFor, MAX_REPLY_TEXT_BYTES } from '../src/milter/reply.js';
+import { MilterDecoder, MilterProtocolError, countMacros, decodeConnect, decodeMacros, encodePacket, findMacro } from '../src/faces/milter/codec.js';
+import { formatReplyText, rcptReplyFor, MAX_REPLY_TEXT_BYTES } from '../src/faces/milter/render.js';
 import { parseReply } from '../src/core/replies.js';
 import { connect, macro, mail, optneg, rcpt } from './helpers/milter-packets.js';
 

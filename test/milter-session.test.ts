@@ -2,9 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseReply } from '../src/core/replies.js';
 import fc from 'fast-check';
-import { MilterDecoder, MilterProtocolError, decodeOptneg, type Packet } from '../src/milter/codec.js';
-import { MilterSession, type RcptContext } from '../src/milter/session.js';
-import { MAX_MACRO_BYTES, MAX_MACROS } from '../src/milter/constants.js';
+import { MilterDecoder, MilterProtocolError, decodeOptneg, type Packet } from '../src/faces/milter/codec.js';
+import { MilterSession, type RcptContext } from '../src/faces/milter/session.js';
+import { MAX_MACRO_BYTES, MAX_MACROS } from '../src/faces/milter/constants.js';
 import { abort, connect, eob, helo, macro, mail, optneg, quit, quitNc, rcpt } from './helpers/milter-packets.js';
 
 /** A session whose decider says "full" for full@ and records what it was asked. */

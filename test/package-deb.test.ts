@@ -16,7 +16,7 @@ import { tempDir, type TempDir } from './helpers/tmp.js';
 import { REPO, run, runOk, scratchDebianRoot, single, SLOW_COMMAND_MS, unitDirectives, UNITS, type ScratchRoot } from './helpers/package.js';
 import { runOverquota, runToEnd, type Running } from './helpers/overquota.js';
 import { PolicyClient, rcpt } from './helpers/policy-client.js';
-import { describeSettings } from '../src/config.js';
+import { describeSettings } from '../src/config/schema.js';
 
 const VERSION = (JSON.parse(await fs.readFile(path.join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
 const NODE_LTS = (await runOk('bash', [path.join(REPO, 'scripts', 'node-lts.sh'), '--version'])).trim();

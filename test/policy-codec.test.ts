@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { encodeReply, PolicyDecoder, PolicyProtocolError, type PolicyRequest } from '../src/policy/codec.js';
+import { encodeReply, PolicyDecoder, PolicyProtocolError, type PolicyRequest } from '../src/faces/policy/codec.js';
 
 const limits = { maxLineLength: 256, maxAttributes: 50, maxRequestSize: 4096 };
 

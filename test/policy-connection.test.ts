@@ -6,10 +6,10 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import pino from 'pino';
-import { startPolicyServer, type RunningPolicyServer } from '../src/policy/server.js';
-import { parseListenAddress, type ListenAddress } from '../src/listen.js';
-import type { PolicyHandler } from '../src/policy/connection.js';
-import type { PolicyRequest } from '../src/policy/codec.js';
+import { startPolicyServer, type RunningPolicyServer } from '../src/faces/policy/server.js';
+import { parseListenAddress, type ListenAddress } from '../src/config/listen.js';
+import type { PolicyHandler } from '../src/faces/policy/connection.js';
+import type { PolicyRequest } from '../src/faces/policy/codec.js';
 import { PolicyClient, rcpt } from './helpers/policy-client.js';
 
 const servers: RunningPolicyServer[] = [];

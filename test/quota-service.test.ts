@@ -12,11 +12,11 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { startQuotaService, type QuotaServiceOptions } from '../src/quota-service/server.js';
-import { MboxStore } from '../src/sources/mbox.js';
-import { MaildirStore } from '../src/sources/maildir.js';
-import { LimitsFile } from '../src/sources/limits.js';
-import { SourceError, found, type QuotaSource } from '../src/sources/types.js';
+import { startQuotaService, type QuotaServiceOptions } from '../src/faces/quota-service/server.js';
+import { MboxStore } from '../src/stores/mbox.js';
+import { MaildirStore } from '../src/stores/maildir/store.js';
+import { LimitsFile } from '../src/stores/limits.js';
+import { SourceError, found, type QuotaSource } from '../src/quota.js';
 
 const MiB200 = 200 * 1024 * 1024;
 const SECRET_SIZE = 987_654;

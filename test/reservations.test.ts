@@ -13,7 +13,7 @@ import { PolicyClient, rcpt } from './helpers/policy-client.js';
 import { redisUnavailable, startRedis, type RedisServer } from './helpers/redis.js';
 import { tempDir, type TempDir } from './helpers/tmp.js';
 import { LocalReservations, deliveredCount } from '../src/cache/reservations.js';
-import { found } from '../src/sources/types.js';
+import { found } from '../src/quota.js';
 
 const LIMIT = 1024 * 1024;
 const MESSAGE = 50 * 1024;

@@ -10,7 +10,7 @@ import { QuotaCache } from '../src/cache/quota-cache.js';
 import { QuotaChecker } from '../src/core/checker.js';
 import { AliasMap } from '../src/core/aliases.js';
 import { Router } from '../src/sources/router.js';
-import { found, SourceError, type QuotaSource, type QuotaState } from '../src/sources/types.js';
+import { found, SourceError, type QuotaSource, type QuotaState } from '../src/quota.js';
 import { tempDir } from './helpers/tmp.js';
 import { freePort } from './helpers/ports.js';
 import { startFrontend, runOverquota, runToEnd } from './helpers/overquota.js';

@@ -4,8 +4,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ScanSlots } from '../src/sources/scan-slots.js';
-import type { SourceError } from '../src/sources/types.js';
+import { ScanSlots } from '../src/stores/maildir/scan-slots.js';
+import type { SourceError } from '../src/quota.js';
 
 const live = () => new AbortController().signal;
 

@@ -15,11 +15,11 @@ import { pino } from 'pino';
 import { startFrontend, startQuotaServiceProcess, type Running } from './helpers/overquota.js';
 import { PolicyClient, rcpt } from './helpers/policy-client.js';
 import { tempDir } from './helpers/tmp.js';
-import { MaildirStore } from '../src/sources/maildir.js';
-import { MboxStore } from '../src/sources/mbox.js';
-import { startQuotaService } from '../src/quota-service/server.js';
-import { SourceError } from '../src/sources/types.js';
-import { blockingIo, threadPoolIo } from '../src/sources/store-io.js';
+import { MaildirStore } from '../src/stores/maildir/store.js';
+import { MboxStore } from '../src/stores/mbox.js';
+import { startQuotaService } from '../src/faces/quota-service/server.js';
+import { SourceError } from '../src/quota.js';
+import { blockingIo, threadPoolIo } from '../src/stores/io.js';
 
 /** How long an answer may take before the test calls it a hang (far above any real answer). */
 const HANG_MS = 5000;

@@ -10,7 +10,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { listen } from '../src/sockets.js';
+import { listen } from '../src/runtime/listeners.js';
 import { runToEnd, startFrontend, type Running } from './helpers/overquota.js';
 import { tempDir, type TempDir } from './helpers/tmp.js';
 import { startPostfix, postfixUnavailable } from './helpers/postfix.js';

@@ -10,8 +10,8 @@
  * collides. It never caches an error, and never waits on a source longer than the timeout given;
  * Redis failing only costs the shared tier, never an answer.
  */
-import type { MailboxQuota, QuotaSource, QuotaState } from '../sources/types.js';
-import { SourceError } from '../sources/types.js';
+import type { MailboxQuota, QuotaSource, QuotaState } from '../quota.js';
+import { SourceError } from '../quota.js';
 import { MemoryCache } from './memory.js';
 import { SingleFlight } from './single-flight.js';
 import { ttlFor, type TtlPolicy } from './ttl.js';

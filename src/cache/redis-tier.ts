@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { RedisConnection } from './redis-client.js';
-import type { MailboxQuota, QuotaState } from '../sources/types.js';
+import type { MailboxQuota, QuotaState } from '../quota.js';
 import type { Base, Pending } from './reservations.js';
 
 export const SCHEMA_VERSION = 'v1';

@@ -21,7 +21,7 @@
  * while Redis is away); with Redis the shared copy (redis-tier.ts) is the one that decides. It
  * must never grow without bound: mailboxes, reservations per mailbox and transactions are capped.
  */
-import type { MailboxQuota } from '../sources/types.js';
+import type { MailboxQuota } from '../quota.js';
 
 export interface Pending {
   bytes: number;

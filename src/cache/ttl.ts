@@ -6,7 +6,7 @@
  * A filling mailbox is thus re-checked often just when it matters, so the window in which mail is
  * still accepted for a mailbox that has just become full stays small.
  */
-import { isFull, type QuotaState } from '../sources/types.js';
+import { isFull, type QuotaState } from '../quota.js';
 
 export interface TtlPolicy {
   under_quota: number;

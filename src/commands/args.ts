@@ -2,7 +2,7 @@
  * Command-line words -> our own flags, positional words, and the setting flags handed to convict.
  * A flag that is neither ours nor a setting is an error: a typo must not be silently ignored.
  */
-import { describeSettings, readBoolean } from '../config.js';
+import { describeSettings, readBoolean } from '../config/schema.js';
 
 export interface ParsedArgs {
   positional: string[];

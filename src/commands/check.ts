@@ -2,11 +2,11 @@
  * `overquota check ADDRESS [--size BYTES]`: the operator's first tool. Same settings, same path
  * as the frontend, printed for a person (or as JSON with --json).
  */
-import type { Settings } from '../config.js';
-import { buildDecisionCore } from '../app.js';
+import type { Settings } from '../config/schema.js';
+import { buildDecisionCore } from '../core/assemble.js';
 import { postfixWouldSay } from '../core/replies.js';
 import { UsageError } from './args.js';
-import { createLogger } from '../log.js';
+import { createLogger } from '../runtime/log.js';
 
 /** check asks Redis like the frontend does, once connected; it gives Redis this long. */
 const REDIS_WAIT_MS = 1000;

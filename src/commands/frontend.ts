@@ -1,17 +1,17 @@
 /*
  * `overquota frontend`: the policy listeners (or spawn mode) over the decision core.
  */
-import { ConfigError, type Settings } from '../config.js';
-import { isLoopback } from '../bearer.js';
-import { buildDecisionCore } from '../app.js';
-import { makePolicyHandler } from '../policy/answer.js';
-import { servePolicyStdio, startPolicyServer } from '../policy/server.js';
-import { parseListenAddress, type ListenAddress } from '../listen.js';
-import { onStopSignal } from './process.js';
-import { startAdminServer } from '../admin/server.js';
-import { startMilterServer } from '../milter/server.js';
-import { makeMilterDecider } from '../milter/decide.js';
-import type { DecisionCore } from '../app.js';
+import { ConfigError, type Settings } from '../config/schema.js';
+import { isLoopback } from '../runtime/bearer.js';
+import { buildDecisionCore } from '../core/assemble.js';
+import { makePolicyHandler } from '../faces/policy/handler.js';
+import { servePolicyStdio, startPolicyServer } from '../faces/policy/server.js';
+import { parseListenAddress, type ListenAddress } from '../config/listen.js';
+import { onStopSignal } from '../runtime/process.js';
+import { startAdminServer } from '../faces/admin/server.js';
+import { startMilterServer } from '../faces/milter/server.js';
+import { makeMilterDecider } from '../faces/milter/handler.js';
+import type { DecisionCore } from '../core/assemble.js';
 import type { Logger } from 'pino';
 
 /** Extra time after the latency budget for in-flight answers at shutdown. */

@@ -1,7 +1,7 @@
 /*
  * --help texts. The settings list is generated from the schema, so it cannot drift.
  */
-import { describeSettings } from '../config.js';
+import { describeSettings } from '../config/schema.js';
 
 export const COMMANDS: Record<string, { usage: string; summary: string }> = {
   frontend: {

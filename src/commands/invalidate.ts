@@ -6,11 +6,11 @@
  * forgotten at once instead of after its TTL. With Redis: delete the shared entry and publish on the
  * invalidation channel, heard by every frontend. Without Redis: ask one frontend's admin endpoint.
  */
-import type { Settings } from '../config.js';
-import { buildDecisionCore } from '../app.js';
-import { createLogger } from '../log.js';
+import type { Settings } from '../config/schema.js';
+import { buildDecisionCore } from '../core/assemble.js';
+import { createLogger } from '../runtime/log.js';
 import { UsageError } from './args.js';
-import { parseListenAddress } from '../listen.js';
+import { parseListenAddress } from '../config/listen.js';
 
 const REDIS_WAIT_MS = 2000;
 const ADMIN_TIMEOUT_MS = 5000;

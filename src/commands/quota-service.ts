@@ -3,14 +3,14 @@
  * Refuses to start (a configuration error, exit 78) on a listener beyond loopback that would let
  * anyone reaching it make every frontend forget its cache: POST /invalidate without a token.
  */
-import { ConfigError, type Settings } from '../config.js';
+import { ConfigError, type Settings } from '../config/schema.js';
 import type { Logger } from 'pino';
-import { parseListenAddress } from '../listen.js';
+import { parseListenAddress } from '../config/listen.js';
 import { buildLocalStore } from '../sources/factory.js';
-import { blockingIo } from '../sources/store-io.js';
-import { reloadLimits } from '../sources/limits.js';
-import { isLoopbackHost, startQuotaService } from '../quota-service/server.js';
-import { onStopSignal } from './process.js';
+import { blockingIo } from '../stores/io.js';
+import { reloadLimits } from '../stores/limits.js';
+import { isLoopbackHost, startQuotaService } from '../faces/quota-service/server.js';
+import { onStopSignal } from '../runtime/process.js';
 import { RedisTier } from '../cache/redis-tier.js';
 
 /** logger: the daemon's, made by cli.ts (which also logs a failed start and exits on bugs). */

@@ -12,7 +12,7 @@
  * with bad lines is refused and the previous map kept.
  */
 import { readFile } from 'node:fs/promises';
-import { stripExtension } from './address.js';
+import { stripExtension } from './recipient.js';
 
 export const MAX_DEPTH = 10;
 /** Refuse absurd expansions (an address fanning out to thousands) rather than look them all up. */

@@ -10,14 +10,14 @@
  * cannot fill a mailbox past its limit on one cached reading. check() without a transaction (the
  * check command) only looks.
  */
-import { RecipientParser, type Recipient, type RecipientRules } from './address.js';
+import { RecipientParser, type Recipient, type RecipientRules } from './recipient.js';
 import type { AliasMap } from './aliases.js';
 import { decide, Replies, type ReplyTexts, type Verdict } from './verdict.js';
 import type { Reply } from './replies.js';
 import type { QuotaCache, CacheOutcome, Reserved } from '../cache/quota-cache.js';
 import type { Pending } from '../cache/reservations.js';
 import type { Router } from '../sources/router.js';
-import { SourceError, type MailboxQuota, type QuotaSource, type QuotaState } from '../sources/types.js';
+import { SourceError, type MailboxQuota, type QuotaSource, type QuotaState } from '../quota.js';
 
 export interface CheckerOptions {
   rules: RecipientRules;

@@ -5,7 +5,7 @@
  * only translate a Verdict into their wire form. Our own trouble is the "error" verdict, whose
  * reply is the operator's on_error answer: it must never become a permanent rejection by accident.
  */
-import type { QuotaState } from '../sources/types.js';
+import type { QuotaState } from '../quota.js';
 import { NOTHING_PENDING, type Pending } from '../cache/reservations.js';
 import { parseReply, renderReply, warnReply, type Reply } from './replies.js';
 

@@ -13,7 +13,7 @@
  * plausible limit (types.ts).
  */
 import { Pool } from 'undici';
-import { found, SourceError, type QuotaSource, type QuotaState } from './types.js';
+import { found, SourceError, type QuotaSource, type QuotaState } from '../quota.js';
 import { BUSY, readBounded, asSourceError, untilNotBusy } from './http.js';
 
 export interface DoveadmSourceOptions {

@@ -3,13 +3,13 @@
  * Fails at start-up (throws) on a limits file with bad lines: better than a wrong quota later.
  */
 import type { Logger } from 'pino';
-import type { Backend, Settings } from '../config.js';
-import { LimitsFile } from './limits.js';
-import { MaildirStore } from './maildir.js';
-import { MboxStore } from './mbox.js';
+import type { Backend, Settings } from '../config/schema.js';
+import { LimitsFile } from '../stores/limits.js';
+import { MaildirStore } from '../stores/maildir/store.js';
+import { MboxStore } from '../stores/mbox.js';
 import { Router } from './router.js';
-import type { QuotaSource } from './types.js';
-import type { StoreIo } from './store-io.js';
+import type { QuotaSource } from '../quota.js';
+import type { StoreIo } from '../stores/io.js';
 
 /** HTTP clients are loaded only when a backend needs one (undici is a large part of start-up memory). */
 export async function doveadmSource(url: string, password: string, apiKey: string, maxConnections: number): Promise<QuotaSource> {

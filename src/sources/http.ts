@@ -15,7 +15,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool, errors as undiciErrors } from 'undici';
 import { parseJsonAnswer, parseTextAnswer, MAX_ANSWER_BYTES } from './quota-answer.js';
-import { SourceError, type QuotaSource, type QuotaState } from './types.js';
+import { SourceError, type QuotaSource, type QuotaState } from '../quota.js';
 
 /** First pause before asking a busy backend again; it doubles up to BUSY_RETRY_MAX_PAUSE_MS. */
 export const BUSY_RETRY_FIRST_PAUSE_MS = 10;

@@ -12,7 +12,7 @@
  * SOURCE_BAD_ANSWER too (types.ts): a refusal, above all the permanent 552, must rest on an answer
  * that makes sense.
  */
-import { checkPlausibleLimit, found, SourceError, type QuotaState } from './types.js';
+import { checkPlausibleLimit, found, SourceError, type QuotaState } from '../quota.js';
 
 /** Longest answer we read; the seed's is under 100 bytes. */
 export const MAX_ANSWER_BYTES = 4096;

@@ -5,7 +5,7 @@
  * table, only its domains are ours; an entry ".example.com" also matches every subdomain, as
  * Postfix's parent_domain_matches_subdomains style tables do. Any other domain: null (DUNNO).
  */
-import type { QuotaSource } from './types.js';
+import type { QuotaSource } from '../quota.js';
 
 export class Router {
   constructor(

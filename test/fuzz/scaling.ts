@@ -7,12 +7,12 @@
  * Must never: run in npm test (timing is not asserted there; the decoders' byte counters are,
  * in the targets), or keep a measurement from a single run (best of PROBE_ROUNDS).
  */
-import { formatReplyText } from '../../src/milter/reply.js';
-import { MilterDecoder, encodePacket } from '../../src/milter/codec.js';
-import { PolicyDecoder } from '../../src/policy/codec.js';
+import { formatReplyText } from '../../src/faces/milter/render.js';
+import { MilterDecoder, encodePacket } from '../../src/faces/milter/codec.js';
+import { PolicyDecoder } from '../../src/faces/policy/codec.js';
 import { replyProblem } from '../../src/core/replies.js';
-import { checkMailboxUser } from '../../src/sources/mailbox-path.js';
-import { parseRecipient } from '../../src/core/address.js';
+import { checkMailboxUser } from '../../src/stores/paths.js';
+import { parseRecipient } from '../../src/core/recipient.js';
 
 export const MAX_PER_BYTE_GROWTH = 4;
 const GROWTH = 16;

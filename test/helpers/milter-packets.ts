@@ -1,7 +1,7 @@
 /*
  * Builds milter packets as an MTA sends them, for codec and session tests.
  */
-import { encodePacket } from '../../src/milter/codec.js';
+import { encodePacket } from '../../src/faces/milter/codec.js';
 
 export function optneg(version = 6, actions = 0x1ff, protocol = 0x1fffff): Buffer {
   const b = Buffer.alloc(12);

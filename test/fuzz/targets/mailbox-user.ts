@@ -18,7 +18,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import fc from 'fast-check';
-import { checkMailboxUser, expandMailboxTemplate, isStrictlyInside, MAX_USER_LENGTH } from '../../../src/sources/mailbox-path.js';
+import { checkMailboxUser, expandMailboxTemplate, isStrictlyInside, MAX_USER_LENGTH } from '../../../src/stores/paths.js';
 import { anyChar, nearBound, textOf } from '../strings.js';
 import { jsonTarget } from '../target.js';
 

@@ -15,8 +15,8 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { MilterDecoder, MilterProtocolError, type Packet } from '../../../src/milter/codec.js';
-import { MAX_DATA_SIZE } from '../../../src/milter/constants.js';
+import { MilterDecoder, MilterProtocolError, type Packet } from '../../../src/faces/milter/codec.js';
+import { MAX_DATA_SIZE } from '../../../src/faces/milter/constants.js';
 import { assertFlatWork, BYTEWISE_MAX_BYTES, bytewise, cutAt, cutsArbitrary, feed, type Fed } from '../chunks.js';
 import { bytesTarget, type BytesInput } from '../target.js';
 

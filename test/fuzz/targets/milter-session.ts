@@ -19,9 +19,9 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { decodeOptneg, MilterDecoder, MilterProtocolError, type Packet } from '../../../src/milter/codec.js';
-import { Action, MACRO_STAGES, MAX_DATA_SIZE, MAX_MACRO_BYTES, MAX_MACROS, MIN_VERSION, MAX_VERSION, Proto } from '../../../src/milter/constants.js';
-import { MilterSession, type RcptContext } from '../../../src/milter/session.js';
+import { decodeOptneg, MilterDecoder, MilterProtocolError, type Packet } from '../../../src/faces/milter/codec.js';
+import { Action, MACRO_STAGES, MAX_DATA_SIZE, MAX_MACRO_BYTES, MAX_MACROS, MIN_VERSION, MAX_VERSION, Proto } from '../../../src/faces/milter/constants.js';
+import { MilterSession, type RcptContext } from '../../../src/faces/milter/session.js';
 import { anyChar, textOf } from '../strings.js';
 import { bytesFromJson, bytesToJson, type BytesJson, type Target } from '../target.js';
 import { actionArbitrary, assertRcptReply } from './reply-formatter.js';

@@ -19,7 +19,7 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { PolicyDecoder, PolicyProtocolError, type PolicyLimits, type PolicyRequest } from '../../../src/policy/codec.js';
+import { PolicyDecoder, PolicyProtocolError, type PolicyLimits, type PolicyRequest } from '../../../src/faces/policy/codec.js';
 import { assertFlatWork, BYTEWISE_MAX_BYTES, bytewise, cutAt, cutsArbitrary, feed, type Fed } from '../chunks.js';
 import { bytesTarget, type BytesInput } from '../target.js';
 

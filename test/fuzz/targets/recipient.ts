@@ -14,7 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { MAX_ADDRESS_LENGTH, parseRecipient, type RecipientRules } from '../../../src/core/address.js';
+import { MAX_ADDRESS_LENGTH, parseRecipient, type RecipientRules } from '../../../src/core/recipient.js';
 import { anyChar, nearBound, textOf } from '../strings.js';
 import { jsonTarget } from '../target.js';
 

@@ -14,8 +14,8 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { MilterDecoder } from '../../../src/milter/codec.js';
-import { encodeRcptReply, formatReplyText, MAX_REPLY_TEXT_BYTES, rcptReplyFor } from '../../../src/milter/reply.js';
+import { MilterDecoder } from '../../../src/faces/milter/codec.js';
+import { encodeRcptReply, formatReplyText, MAX_REPLY_TEXT_BYTES, rcptReplyFor } from '../../../src/faces/milter/render.js';
 import { parseReply } from '../../../src/core/replies.js';
 import { nearBound, SPECIAL_CHARS, textOf } from '../strings.js';
 import { jsonTarget } from '../target.js';

@@ -3,9 +3,9 @@
  * policy face's. Never throws: a bug becomes the on_error reply.
  */
 import type { Logger } from 'pino';
-import type { QuotaChecker } from '../core/checker.js';
-import { logDecision } from '../core/decision-log.js';
-import { parseReply } from '../core/replies.js';
+import type { QuotaChecker } from '../../core/checker.js';
+import { logDecision } from '../decision-line.js';
+import { parseReply } from '../../core/replies.js';
 import type { RcptDecider } from './session.js';
 
 /** <a@b> -> a@b, for the log (a regex here cost 1-2% of the milter's CPU, bench/milter-wire.ts). */

@@ -13,8 +13,8 @@
  */
 import net from 'node:net';
 import type { Logger } from 'pino';
-import type { ListenAddress } from '../listen.js';
-import { closeListeners, openListeners } from '../sockets.js';
+import type { ListenAddress } from '../../config/listen.js';
+import { closeListeners, openListeners } from '../../runtime/listeners.js';
 import { MilterDecoder, MilterProtocolError, type Packet } from './codec.js';
 import { MilterSession, type MessageEvents, type RcptDecider } from './session.js';
 

@@ -26,7 +26,7 @@ import { lstat, opendir } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import path from 'node:path';
-import { SourceError } from './types.js';
+import { SourceError } from '../../quota.js';
 import {
   RACY_MARGIN_MS,
   emptySnapshot,
@@ -36,9 +36,9 @@ import {
   type DirectoryStamp,
   type MaildirSnapshot,
   type StopFlag,
-} from './maildir-cache.js';
+} from './scan-cache.js';
 
-export { RACY_MARGIN_MS, type DirectoryStamp, type MaildirSnapshot, type StopFlag } from './maildir-cache.js';
+export { RACY_MARGIN_MS, type DirectoryStamp, type MaildirSnapshot, type StopFlag } from './scan-cache.js';
 export { RECALC_FILE_SIZE, RECALC_STALE_MS, parseMaildirsize, recalculationReason, type Maildirsize, type MaildirsizeFile } from './maildirsize.js';
 
 /** Most entries read between two event-loop turns, whatever the clock says (about 1 µs each). */

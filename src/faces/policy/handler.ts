@@ -9,8 +9,8 @@
  */
 import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
-import type { QuotaChecker, Decision } from '../core/checker.js';
-import { decisionLogged, writeDecision } from '../core/decision-log.js';
+import type { QuotaChecker, Decision } from '../../core/checker.js';
+import { decisionLogged, writeDecision } from '../decision-line.js';
 
 export interface PolicyAnswerOptions {
   checkEndOfMessage: boolean;

@@ -15,8 +15,8 @@
  * for as long as it keeps attributes: mount with `actimeo` short enough, or count on maildirsize.
  */
 
-import type { MaildirScan } from './maildir-scan.js';
-import { SourceError } from './types.js';
+import type { MaildirScan } from './scan.js';
+import { SourceError } from '../../quota.js';
 
 /**
  * Mailboxes whose scan results are kept. Measured: about 5 KB of heap for a mailbox of INBOX and

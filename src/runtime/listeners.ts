@@ -9,7 +9,7 @@
 import net from 'node:net';
 import fs from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
-import type { ListenAddress } from './listen.js';
+import type { ListenAddress } from '../config/listen.js';
 
 /** Listens and returns the bound address in Postfix spelling (the real port when 0 was asked). */
 export async function listen(server: net.Server, where: ListenAddress, mode: number): Promise<string> {

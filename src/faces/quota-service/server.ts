@@ -25,8 +25,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { checkMailboxUser } from '../sources/mailbox-path.js';
-import { SourceError, type QuotaSource, type QuotaState } from '../sources/types.js';
+import { checkMailboxUser } from '../../stores/paths.js';
+import { SourceError, type QuotaSource, type QuotaState } from '../../quota.js';
 
 /** Longest request target; a mailbox key is at most 255 bytes, 3x that percent-encoded, plus the path. */
 export const MAX_URL_LENGTH = 2048;

@@ -35,8 +35,8 @@ import {
   isStrictlyInside,
   mailboxPathFor,
   resolveInside,
-} from './mailbox-path.js';
-import { limitFromFile, type LimitsFile } from './limits.js';
+} from '../paths.js';
+import { limitFromFile, type LimitsFile } from '../limits.js';
 import {
   DEFAULT_TRASH_FOLDERS,
   parseMaildirsize,
@@ -48,7 +48,7 @@ import {
   type PrefetchedStats,
   type MaildirSnapshot,
   type Maildirsize,
-} from './maildir-scan.js';
+} from './scan.js';
 import {
   DEFAULT_SCAN_CACHE_MAILBOXES,
   MaildirScanCache,
@@ -56,10 +56,10 @@ import {
   rootUnchanged,
   type DirectoryStamp,
   type StopFlag,
-} from './maildir-cache.js';
-import { checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from './types.js';
-import { ioError, throwIfAborted } from './store-errors.js';
-import { storeRootProblem, threadPoolIo, type StoreIo } from './store-io.js';
+} from './scan-cache.js';
+import { checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from '../../quota.js';
+import { ioError, throwIfAborted } from '../errors.js';
+import { storeRootProblem, threadPoolIo, type StoreIo } from '../io.js';
 import { DEFAULT_MAX_CONCURRENT_SCANS, ScanSlots } from './scan-slots.js';
 
 export {
@@ -79,8 +79,8 @@ export {
   type MaildirScanOptions,
   type MaildirSnapshot,
   type MaildirsizeFile,
-} from './maildir-scan.js';
-export { DEFAULT_SCAN_CACHE_MAILBOXES, MaildirScanCache } from './maildir-cache.js';
+} from './scan.js';
+export { DEFAULT_SCAN_CACHE_MAILBOXES, MaildirScanCache } from './scan-cache.js';
 
 /* Enough for the limits line and any file under the recalculation threshold; larger is rescanned anyway. */
 const MAILDIRSIZE_READ_LIMIT = 64 * 1024;

@@ -11,10 +11,10 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import type { DecisionCore } from '../app.js';
-import { bearerCheck } from '../bearer.js';
-import { MAX_ADDRESS_LENGTH } from '../core/address.js';
-import { checkMailboxUser } from '../sources/mailbox-path.js';
+import type { DecisionCore } from '../../core/assemble.js';
+import { bearerCheck } from '../../runtime/bearer.js';
+import { MAX_ADDRESS_LENGTH } from '../../core/recipient.js';
+import { checkMailboxUser } from '../../stores/paths.js';
 
 export interface AdminServerOptions {
   host: string;

@@ -9,7 +9,7 @@
  */
 import { encodePacket } from './codec.js';
 import { Reply } from './constants.js';
-import type { Reply as Verdict } from '../core/replies.js';
+import type { Reply as Verdict } from '../../core/replies.js';
 
 export const MAX_REPLY_TEXT_BYTES = 980;
 

@@ -24,8 +24,8 @@
  */
 import { Action, Cmd, MACRO_STAGES, MAX_MACRO_BYTES, MAX_MACROS, MAX_VERSION, MIN_VERSION, Proto, Stage } from './constants.js';
 import { countMacros, decodeConnect, decodeOptneg, encodeOptneg, findMacro, firstString, MilterProtocolError, splitStrings, type ConnectInfo, type OptionNegotiation, type Packet } from './codec.js';
-import { CONTINUE_PACKET, encodeRcptReply, rcptReplyFor, type RcptReply } from './reply.js';
-import type { Reply } from '../core/replies.js';
+import { CONTINUE_PACKET, encodeRcptReply, rcptReplyFor, type RcptReply } from './render.js';
+import type { Reply } from '../../core/replies.js';
 
 /**
  * Steps we never use. DATA is not among them, and is answered: with DATA skipped, Postfix still

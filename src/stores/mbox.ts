@@ -12,11 +12,11 @@
  * to such a mailbox either (its safe_open() demands one link: "file has N hard links").
  */
 
-import { checkMailboxTemplate, mailboxPathFor, resolveInside } from './mailbox-path.js';
+import { checkMailboxTemplate, mailboxPathFor, resolveInside } from './paths.js';
 import { limitFromFile, type LimitsFile } from './limits.js';
-import { checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from './types.js';
-import { ioError, throwIfAborted } from './store-errors.js';
-import { storeRootProblem, threadPoolIo, type StoreIo } from './store-io.js';
+import { checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from '../quota.js';
+import { ioError, throwIfAborted } from './errors.js';
+import { storeRootProblem, threadPoolIo, type StoreIo } from './io.js';
 
 export interface MboxStoreOptions {
   /** The spool directory, e.g. /var/mail. */

@@ -11,8 +11,8 @@ import type { Logger } from 'pino';
 import type { Readable, Writable } from 'node:stream';
 import { PolicyProtocolError, type PolicyLimits } from './codec.js';
 import { PolicyConnection, type PolicyHandler } from './connection.js';
-import type { ListenAddress } from '../listen.js';
-import { closeListeners, openListeners } from '../sockets.js';
+import type { ListenAddress } from '../../config/listen.js';
+import { closeListeners, openListeners } from '../../runtime/listeners.js';
 
 export interface PolicyServerOptions {
   listeners: ListenAddress[];

@@ -3,16 +3,16 @@
  * check and invalidate commands, so they answer exactly as the running service would.
  */
 import type { Logger } from 'pino';
-import type { Settings } from './config.js';
-import { QuotaCache } from './cache/quota-cache.js';
-import type { RedisConnection } from './cache/redis-client.js';
-import { RedisTier } from './cache/redis-tier.js';
-import { QuotaChecker } from './core/checker.js';
-import { parseRecipient, type RecipientRules } from './core/address.js';
-import { buildRouter } from './sources/factory.js';
-import { reloadLimits, type LimitsFile } from './sources/limits.js';
-import { AliasMap } from './core/aliases.js';
-import type { Router } from './sources/router.js';
+import type { Settings } from '../config/schema.js';
+import { QuotaCache } from '../cache/quota-cache.js';
+import type { RedisConnection } from '../cache/redis-client.js';
+import { RedisTier } from '../cache/redis-tier.js';
+import { QuotaChecker } from './checker.js';
+import { parseRecipient, type RecipientRules } from './recipient.js';
+import { buildRouter } from '../sources/factory.js';
+import { reloadLimits, type LimitsFile } from '../stores/limits.js';
+import { AliasMap } from './aliases.js';
+import type { Router } from '../sources/router.js';
 
 export interface DecisionCore {
   checker: QuotaChecker;
@@ -41,7 +41,7 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
   let redis: RedisTier | undefined;
   // ioredis (and undici, in sources/factory.ts) are loaded only when configured: together they
   // are ~26 MB of a frontend's resident memory (BENCHMARKS.md, RSS).
-  const connectRedis = settings.redis.url ? (await import('./cache/redis-client.js')).connectRedis : null;
+  const connectRedis = settings.redis.url ? (await import('../cache/redis-client.js')).connectRedis : null;
   if (connectRedis) {
     const conn = connectRedis(settings.redis, logger, 'overquota');
     connections.push(conn);

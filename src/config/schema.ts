@@ -10,9 +10,9 @@
 import fs from 'node:fs';
 import convict from 'convict';
 import { parseListenAddress } from './listen.js';
-import { groupId } from './sockets.js';
-import { replyProblem } from './core/replies.js';
-import { KEY_PLACEHOLDERS } from './core/address.js';
+import { groupId } from '../runtime/listeners.js';
+import { replyProblem } from '../core/replies.js';
+import { KEY_PLACEHOLDERS } from '../core/recipient.js';
 
 const UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 const UNITS_BYTES: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };

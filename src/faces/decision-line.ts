@@ -7,7 +7,7 @@
  * It is built only when its level is enabled; the context is gathered only then too.
  */
 import pino, { type Logger } from 'pino';
-import type { Decision } from './checker.js';
+import type { Decision } from '../core/checker.js';
 
 export interface DecisionContext {
   queue_id?: string;

@@ -8,7 +8,7 @@
  * (within their caller's deadline), not turned into errors that frontends would answer with on_error.
  * The queue holds at most one entry per lookup in flight; the quota service bounds those.
  */
-import { SourceError } from './types.js';
+import { SourceError } from '../../quota.js';
 
 /** Maildir recounts at once unless configured (quota_service.max_concurrent_scans). */
 export const DEFAULT_MAX_CONCURRENT_SCANS = 8;

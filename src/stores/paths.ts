@@ -10,8 +10,8 @@
  * It never opens or creates files; it only looks (realpath, lstat).
  */
 
-import { SourceError } from './types.js';
-import { threadPoolIo, type StoreIo } from './store-io.js';
+import { SourceError } from '../quota.js';
+import { threadPoolIo, type StoreIo } from './io.js';
 import path from 'node:path';
 
 /** Most file systems cap a path component at 255 bytes; a longer key cannot be a mailbox. */
