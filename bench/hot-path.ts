@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildDecisionCore } from '../src/core/assemble.js';
-import { loadSettings } from '../src/config/schema.js';
+import { loadSettings } from '../src/config/load.js';
 import { createLogger } from '../src/runtime/log.js';
 import { makePolicyHandler } from '../src/faces/policy/handler.js';
 import { PolicyDecoder } from '../src/faces/policy/codec.js';

@@ -9,7 +9,9 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { ConfigError, loadSettings, redactedSettings, type Settings } from './config/schema.js';
+import { ConfigError, loadSettings } from './config/load.js';
+import { redactedSettings } from './config/redact.js';
+import { type Settings } from './config/schema.js';
 import { createLogger } from './runtime/log.js';
 import { exitOnBugs, reportFatal, warningsToLog } from './runtime/process.js';
 import { flagIsOn, parseArgs, UsageError } from './commands/args.js';

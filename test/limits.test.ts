@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { LimitsFile, limitFromFile, parseLimits, parseSize } from '../src/stores/limits.js';
+import { LimitsFile, limitFromFile, parseLimits } from '../src/stores/limits.js';
+import { parseBytes as parseSize } from '../src/config/formats.js';
 
 test('sizes are binary: K, M, G, T, with optional B or iB, in any case', () => {
   assert.equal(parseSize('1024'), 1024);

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { MilterDecoder, MilterProtocolError, countMacros, decodeConnect, decodeMacros, encodePacket, findMacro } from '../src/faces/milter/codec.js';
-import { formatReplyText, rcptReplyFor, MAX_REPLY_TEXT_BYTES } from '../src/faces/milter/render.js';
+import { formatReplyText, rcptReplyFor, MAX_MILTER_REPLY_BYTES } from '../src/faces/milter/render.js';
 import { parseReply } from '../src/core/replies.js';
 import { connect, macro, mail, optneg, rcpt } from './helpers/milter-packets.js';
 
@@ -138,7 +138,7 @@ test('the reply formatter always produces a reply both MTAs accept, whatever the
       assert.match(out, VALID_REPLY);
       assert.equal(out.slice(0, 3), code);
       assert.equal(out[4], code[0], 'status class matches the code');
-      assert.ok(Buffer.byteLength(out) <= MAX_REPLY_TEXT_BYTES);
+      assert.ok(Buffer.byteLength(out) <= MAX_MILTER_REPLY_BYTES);
       assert.doesNotMatch(out.replaceAll('%%', ''), /%/, 'every % is doubled');
     }),
     { numRuns: 3000 },

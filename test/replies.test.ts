@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseReply, postfixWouldSay, replyProblem } from '../src/core/replies.js';
+import { parseReply, postfixWouldSay } from '../src/core/replies.js';
+import { replyProblem } from '../src/config/reply-text.js';
 
 test('sound replies pass validation', () => {
   for (const ok of [

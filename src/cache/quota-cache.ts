@@ -1,8 +1,10 @@
 /*
  * The cache in front of every quota source: memory -> Redis -> single-flight -> source.
  *
- * - memory: per process, bounded LRU; with Redis on, entries live at most cache.memory_ttl so
- *   another frontend's newer finding or an invalidation is seen soon.
+ * - memory: per process, bounded (the oldest insertion goes first when full) with a TTL per entry
+ *   (memory.ts); with Redis on, entries live at most cache.memory_ttl so another frontend's newer
+ *   finding or an invalidation is seen soon.
+ * - reservations: what was accepted and is on its way (reservations.ts), here and in Redis.
  * - Redis (optional): shared by every frontend, TTL per state (ttl.ts).
  * - single-flight: concurrent lookups of one mailbox in this process share one promise; across
  *   frontends a short Redis lock lets one ask the source while the others wait for its answer.

@@ -10,6 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis';
 import type { Logger } from 'pino';
+import { redactUrl } from '../config/redact.js';
 
 export type RedisConnection = Redis | Cluster;
 
@@ -104,7 +105,7 @@ export function connectRedis(s: RedisSettings, logger: Logger, name: string): Re
 
 function watchState(conn: RedisConnection, logger: Logger, s: RedisSettings): void {
   let state: 'connecting' | 'up' | 'down' = 'connecting';
-  const where = { redis: s.url.replace(/\/\/[^@/]*@/, '//***@'), mode: s.mode };
+  const where = { redis: redactUrl(s.url), mode: s.mode };
   conn.on('ready', () => {
     if (state === 'down') logger.warn(where, 'redis is back: shared cache in use again');
     else logger.info(where, 'redis connected: shared cache in use');

@@ -2,7 +2,8 @@
  * Command-line words -> our own flags, positional words, and the setting flags handed to convict.
  * A flag that is neither ours nor a setting is an error: a typo must not be silently ignored.
  */
-import { describeSettings, readBoolean } from '../config/schema.js';
+import { describeSettings } from '../config/schema.js';
+import { readBoolean } from '../config/formats.js';
 
 export interface ParsedArgs {
   positional: string[];

@@ -1,7 +1,8 @@
 /*
  * `overquota frontend`: the policy listeners (or spawn mode) over the decision core.
  */
-import { ConfigError, type Settings } from '../config/schema.js';
+import { ConfigError } from '../config/load.js';
+import { type Settings } from '../config/schema.js';
 import { isLoopback } from '../runtime/bearer.js';
 import { buildDecisionCore } from '../core/assemble.js';
 import { makePolicyHandler } from '../faces/policy/handler.js';

@@ -3,7 +3,8 @@
  * Refuses to start (a configuration error, exit 78) on a listener beyond loopback that would let
  * anyone reaching it make every frontend forget its cache: POST /invalidate without a token.
  */
-import { ConfigError, type Settings } from '../config/schema.js';
+import { ConfigError } from '../config/load.js';
+import { type Settings } from '../config/schema.js';
 import type { Logger } from 'pino';
 import { parseListenAddress } from '../config/listen.js';
 import { buildLocalStore } from '../sources/factory.js';
@@ -24,7 +25,7 @@ export async function runQuotaService(settings: Settings, logger: Logger): Promi
     );
   }
   // Blocking file-system calls: thread-pool round trips were most of this service's CPU, and a
-  // frontend bounds its wait on us anyway (store-io.ts).
+  // frontend bounds its wait on us anyway (stores/io.ts).
   const { store, limits } = await buildLocalStore(settings.store, {
     writeMaildirsize: true,
     doveadm: settings.doveadm,

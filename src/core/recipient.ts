@@ -105,4 +105,3 @@ export function stripExtension(local: string, delimiters: string): string {
   return local;
 }
 
-export const KEY_PLACEHOLDERS = ['{local}', '{domain}', '{address}'];

@@ -8,8 +8,7 @@
  */
 import net from 'node:net';
 import fs from 'node:fs/promises';
-import { execFileSync } from 'node:child_process';
-import type { ListenAddress } from '../config/listen.js';
+import { groupId, type ListenAddress } from '../config/listen.js';
 
 /** Listens and returns the bound address in Postfix spelling (the real port when 0 was asked). */
 export async function listen(server: net.Server, where: ListenAddress, mode: number): Promise<string> {
@@ -51,22 +50,6 @@ function listenWithMode(server: net.Server, path: string, mode: number, done: ()
   }
 }
 
-/** A group name (as in /etc/group, or NSS) or number -> its number; throws a sentence saying why not. */
-export function groupId(group: string): number {
-  if (/^\d+$/.test(group)) return Number(group);
-  if (!/^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(group)) throw new Error(`"${group}" is not a group name`);
-  let entry: string;
-  try {
-    // getent asks NSS, as Postfix and Sendmail do: the group may live in LDAP, not /etc/group.
-    entry = execFileSync('getent', ['group', group], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  } catch (err) {
-    const status = (err as { status?: number }).status;
-    throw new Error(status === 2 ? `there is no group "${group}"` : `cannot look up the group "${group}": ${(err as Error).message}`);
-  }
-  const gid = Number(entry.split(':')[2]);
-  if (!Number.isInteger(gid)) throw new Error(`getent gave no number for the group "${group}"`);
-  return gid;
-}
 
 /**
  * A socket file left by a previous run blocks listen() with EADDRINUSE. Remove it only when it is

@@ -19,7 +19,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
-import { ConfigError } from '../config/schema.js';
+import { ConfigError } from '../config/load.js';
 
 export interface LogOptions {
   level: string;

@@ -3,7 +3,8 @@
  * Fails at start-up (throws) on a limits file with bad lines: better than a wrong quota later.
  */
 import type { Logger } from 'pino';
-import type { Backend, Settings } from '../config/schema.js';
+import type { Backend } from '../config/formats.js';
+import type { Settings } from '../config/schema.js';
 import { LimitsFile } from '../stores/limits.js';
 import { MaildirStore } from '../stores/maildir/store.js';
 import { MboxStore } from '../stores/mbox.js';
@@ -29,7 +30,7 @@ export interface LocalStore {
 }
 
 /**
- * `io`: how lookups touch the disk (store-io.ts); frontends keep the default, the thread pool.
+ * `io`: how lookups touch the disk (stores/io.ts); frontends keep the default, the thread pool.
  * `maxConcurrentScans`: Maildir recounts at once (scan-slots.ts); `logger`: where a failed
  * maildirsize rewrite is reported.
  */

@@ -11,7 +11,7 @@
  *   this process, as it would once its four pool threads hung anyway, and frontends answer
  *   on_error within their budget.
  *
- * Directory scans (maildir-scan.ts) stay on the pool in both: a 100k-message Maildir must not
+ * Directory scans (stores/maildir/scan.ts) stay on the pool in both: a 100k-message Maildir must not
  * stop the event loop for long.
  *
  * A store file is opened O_NONBLOCK and O_NOCTTY, and read only when fstat() says it is a regular

@@ -16,6 +16,7 @@
 
 import type { Logger } from 'pino';
 import { readFile } from 'node:fs/promises';
+import { parseBytes } from '../config/formats.js';
 
 /** A limit for one mailbox; null means unlimited. */
 export interface UserLimit {
@@ -34,20 +35,6 @@ export const MAX_LIMITS_FILE_BYTES = 16 * 1024 * 1024;
 /* Shown in error messages; a longer bad line is cut so the message stays one readable line. */
 const MAX_ERROR_TEXT = 120;
 
-const UNIT_SHIFT: Record<string, bigint> = { '': 0n, K: 10n, M: 20n, G: 30n, T: 40n };
-const SIZE = /^(\d{1,20})\s*([KMGT]?)(?:(?<=[KMGT])i?B|B)?$/i;
-
-/**
- * Bytes for `1024`, `200K`, `200M`, `200MiB`, `200MB`, `1G`, `2T` (binary units, any case),
- * or null when the text is not such a size (fractions, negatives, units we do not know, overflow).
- */
-export function parseSize(text: string): number | null {
-  const m = SIZE.exec(text.trim());
-  if (!m) return null;
-  const value = BigInt(m[1]!) << UNIT_SHIFT[m[2]!.toUpperCase()]!;
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) return null;
-  return Number(value);
-}
 
 function parseMessages(text: string): number | null | undefined {
   if (text === '-') return null;
@@ -80,7 +67,7 @@ export function parseLimits(text: string): ParsedLimits {
     let bytes: number | null;
     if (sizeText === '-') bytes = null;
     else {
-      const parsed = parseSize(sizeText);
+      const parsed = parseBytes(sizeText);
       if (parsed === null) return fail(`bad size "${sizeText}" (integer with optional K, M, G or T; 0 or - for unlimited)`);
       bytes = parsed === 0 ? null : parsed;
     }

@@ -26,7 +26,7 @@ export interface MboxStoreOptions {
   /** Bytes; null: unlimited unless the limits file says otherwise. */
   defaultLimitBytes: number | null;
   limits?: LimitsFile;
-  /** How each lookup's file-system calls are made (store-io.ts). Default: on the thread pool. */
+  /** How each lookup's file-system calls are made (io.ts). Default: on the thread pool. */
   io?: StoreIo;
 }
 

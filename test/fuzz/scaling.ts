@@ -10,7 +10,7 @@
 import { formatReplyText } from '../../src/faces/milter/render.js';
 import { MilterDecoder, encodePacket } from '../../src/faces/milter/codec.js';
 import { PolicyDecoder } from '../../src/faces/policy/codec.js';
-import { replyProblem } from '../../src/core/replies.js';
+import { replyProblem } from '../../src/config/reply-text.js';
 import { checkMailboxUser } from '../../src/stores/paths.js';
 import { parseRecipient } from '../../src/core/recipient.js';
 

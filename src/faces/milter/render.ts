@@ -11,7 +11,7 @@ import { encodePacket } from './codec.js';
 import { Reply } from './constants.js';
 import type { Reply as Verdict } from '../../core/replies.js';
 
-export const MAX_REPLY_TEXT_BYTES = 980;
+export const MAX_MILTER_REPLY_BYTES = 980;
 
 export type RcptReply = { kind: 'continue'; note?: string } | { kind: 'replycode'; text: string };
 
@@ -36,11 +36,11 @@ export function formatReplyText(code: string, text: string): string {
   }
   if (body === '') body = cls === '4' ? 'Try again later' : 'Rejected';
   const out = `${code} ${status} ${body.replaceAll('%', '%%')}`;
-  return (Buffer.byteLength(out) > MAX_REPLY_TEXT_BYTES ? cutToLimit(out) : out).toWellFormed();
+  return (Buffer.byteLength(out) > MAX_MILTER_REPLY_BYTES ? cutToLimit(out) : out).toWellFormed();
 }
 
 /**
- * The longest prefix within MAX_REPLY_TEXT_BYTES, whole characters only, in one pass (cutting a
+ * The longest prefix within MAX_MILTER_REPLY_BYTES, whole characters only, in one pass (cutting a
  * character at a time and measuring again was quadratic: 64 KiB took a second, fuzz-found), and
  * never ending in half of a "%%" pair.
  */
@@ -49,7 +49,7 @@ function cutToLimit(text: string): string {
   let end = 0;
   for (const ch of text) {
     const size = ch.length === 2 ? 4 : ch.charCodeAt(0) < 0x80 ? 1 : ch.charCodeAt(0) < 0x800 ? 2 : 3;
-    if (bytes + size > MAX_REPLY_TEXT_BYTES) break;
+    if (bytes + size > MAX_MILTER_REPLY_BYTES) break;
     bytes += size;
     end += ch.length;
   }

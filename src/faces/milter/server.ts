@@ -6,7 +6,7 @@
  * command, macros over their bounds) is logged and dropped alone; the MTA then applies its own
  * default for that session (Postfix milter_default_action, Sendmail F=). A client that
  * half-closes (its FIN after its last packet) is answered everything it sent, then closed: the
- * listener allows half-open sockets (sockets.ts), so ending our side is ours to do. What one
+ * listener allows half-open sockets (runtime/listeners.ts), so ending our side is ours to do. What one
  * connection holds is bounded: one packet in the decoder, MAX_QUEUED_PACKETS / MAX_QUEUED_BYTES
  * waiting (reading pauses past them), macros within MAX_MACROS / MAX_MACRO_BYTES (session.ts).
  * Close: stop accepting, finish what is in flight.

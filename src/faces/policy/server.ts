@@ -73,7 +73,7 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
       conn.receive(chunk);
     });
     // The client half-closed (nc -N, socat, a monitoring probe): answer what it sent, then close.
-    // Needs allowHalfOpen on the server (sockets.ts), else Node ends our side with the client's.
+    // Needs allowHalfOpen on the server (runtime/listeners.ts), else Node ends our side with the client's.
     socket.on('end', () => conn.finish());
     socket.on('error', (err: NodeJS.ErrnoException) => log.debug({ code: err.code }, `policy connection error: ${err.message}`));
     socket.on('close', () => live.delete(socket));

@@ -1,7 +1,7 @@
 /*
  * What a Maildir scan leaves behind for the next one: per mailbox, the folder list and the count
  * of every `new/` and `cur/` with the inode and mtime (nanoseconds) it had when it was read, so
- * that the next lookup stats the directories and reads only those that changed (maildir-scan.ts).
+ * that the next lookup stats the directories and reads only those that changed (scan.ts).
  *
  * Bounded: at most `maxMailboxes` snapshots, the least recently used dropped first.
  * Concurrent lookups of one mailbox share one scan; it is stopped only when every caller waiting
@@ -15,7 +15,6 @@
  * for as long as it keeps attributes: mount with `actimeo` short enough, or count on maildirsize.
  */
 
-import type { MaildirScan } from './scan.js';
 import { SourceError } from '../../quota.js';
 
 /**
@@ -72,6 +71,23 @@ export function rootUnchanged(snapshot: MaildirSnapshot, root: { ino: bigint; mt
 
 export function sameDirectory(a: { ino: bigint; mtimeNs: bigint }, b: { ino: bigint; mtimeNs: bigint }): boolean {
   return a.ino === b.ino && a.mtimeNs === b.mtimeNs;
+}
+
+/** What one scan found (scan.ts); kept here, with the snapshots, so that scan.ts depends on this file and not the reverse. */
+export interface MaildirScan {
+  bytes: number;
+  messages: number;
+  attempts: number;
+  /** false when directories kept changing through every attempt: good as an answer, not to save. */
+  stable: boolean;
+  /** `new/` and `cur/` directories opened and read (over all attempts). */
+  directoriesRead: number;
+  /** `new/` and `cur/` directories whose count came from the snapshot. */
+  directoriesReused: number;
+  /** Times the root was listed for folders (0: the folder list came from the snapshot). */
+  rootListings: number;
+  /** Directory entries read. */
+  entries: number;
 }
 
 /** The mtime was old enough when the directory was read that no later change can share it. */

@@ -1,8 +1,9 @@
 /*
- * Maildir++ quota arithmetic: parsing `maildirsize`, deciding when it cannot be trusted, and
- * counting a mailbox by scanning it (Courier's README.maildirquota rules).
+ * Counting a Maildir++ mailbox by scanning it: root, new/ and cur/ of every .Folder but the trash,
+ * sizes from ,S= in the names (Courier's README.maildirquota rules). Reading `maildirsize` and
+ * deciding when it cannot be trusted is maildirsize.ts's.
  *
- * A scan can be given the snapshot of an earlier one (maildir-cache.ts keeps them): a `new/` or
+ * A scan can be given the snapshot of an earlier one (scan-cache.ts keeps them): a `new/` or
  * `cur/` whose inode and mtime (nanoseconds) are unchanged since it was read, and whose mtime was
  * already RACY_MARGIN_MS old when it was read, is not read again; the root is listed again only
  * when its own mtime changed (a folder created, removed or renamed). The snapshot is updated in
@@ -15,10 +16,11 @@
  * is in (Dovecot's maildir_copy_with_hardlinks links a copied message into another folder, with
  * the mailbox's owner), otherwise it is not a message of this mailbox and is left out.
  *
+ * It depends on scan-cache.ts (the snapshot and result types), never the other way round.
  * The scan must never follow a symlink (a message or folder that is a link may point anywhere),
  * never block the event loop for long (async opendir, a setImmediate turn at least every
  * SCAN_SLICE_MS of work or SCAN_YIELD_EVERY entries), and never write: writing is the store's
- * decision (maildir.ts).
+ * decision (store.ts).
  */
 
 import { lstat as lstatCallback, type BigIntStats, type Dirent } from 'node:fs';
@@ -36,7 +38,10 @@ import {
   type DirectoryStamp,
   type MaildirSnapshot,
   type StopFlag,
+  type MaildirScan,
 } from './scan-cache.js';
+
+export type { MaildirScan };
 
 export { RACY_MARGIN_MS, type DirectoryStamp, type MaildirSnapshot, type StopFlag } from './scan-cache.js';
 export { RECALC_FILE_SIZE, RECALC_STALE_MS, parseMaildirsize, recalculationReason, type Maildirsize, type MaildirsizeFile } from './maildirsize.js';
@@ -79,21 +84,6 @@ export interface MaildirScanOptions {
   afterDirectory?: (dir: string, attempt: number) => Promise<void> | void;
 }
 
-export interface MaildirScan {
-  bytes: number;
-  messages: number;
-  attempts: number;
-  /** false when directories kept changing through every attempt: good as an answer, not to save. */
-  stable: boolean;
-  /** `new/` and `cur/` directories opened and read (over all attempts). */
-  directoriesRead: number;
-  /** `new/` and `cur/` directories whose count came from the snapshot. */
-  directoriesReused: number;
-  /** Times the root was listed for folders (0: the folder list came from the snapshot). */
-  rootListings: number;
-  /** Directory entries read. */
-  entries: number;
-}
 
 type Work = Pick<MaildirScan, 'directoriesRead' | 'directoriesReused' | 'rootListings' | 'entries'>;
 

@@ -8,7 +8,7 @@
  *
  * A mailbox without a usable maildirsize is scanned (at most `maxConcurrentScans` at once, the
  * others waiting for a slot within their caller's deadline: scan-slots.ts), and the scan's
- * per-directory counts are kept (maildir-cache.ts, at most `scanCacheMailboxes` mailboxes): the
+ * per-directory counts are kept (scan-cache.ts, at most `scanCacheMailboxes` mailboxes): the
  * next lookup stats the mailbox's directories and reads only those whose mtime changed. A trusted
  * maildirsize is read every time (one small file) and never cached here: the delivery agent
  * appends to it.
@@ -20,9 +20,9 @@
  *
  * This module must never follow a symlink out of the root, never block the event loop for
  * long (directory reads on the thread pool, a turn every SCAN_SLICE_MS of scanning; the few
- * calls of each lookup are made as `io` says, store-io.ts), and never write
+ * calls of each lookup are made as `io` says, io.ts), and never write
  * anything unless `writeMaildirsize` is set: a frontend reading a mail store over NFS must
- * not rewrite files it does not own. Parsing and scanning live in maildir-scan.ts.
+ * not rewrite files it does not own. `maildirsize` is read in maildirsize.ts; scans are scan.ts's.
  */
 
 import type { Stats } from 'node:fs';
@@ -99,9 +99,9 @@ export interface MaildirStoreOptions {
   trashFolders?: string[];
   /** Rewrite maildirsize after a recalculation. Default false (read-only). */
   writeMaildirsize?: boolean;
-  /** Mailboxes whose scan results are kept for the next lookup (LRU, ~5 KB each); 0: none. Default 5,000. */
+  /** Mailboxes whose scan results are kept for the next lookup (least recently used out first, ~5 KB each); 0: none. Default 5,000. */
   scanCacheMailboxes?: number;
-  /** How each lookup's file-system calls are made (store-io.ts). Default: on the thread pool. */
+  /** How each lookup's file-system calls are made (io.ts). Default: on the thread pool. */
   io?: StoreIo;
   /** Scans running at once; more wait for a slot within their caller's deadline. Default 8. */
   maxConcurrentScans?: number;
@@ -305,7 +305,7 @@ export class MaildirStore implements QuotaSource {
 
   /*
    * maildirsize read without following a symlink; null when missing, or not to be trusted: a
-   * symlink, anything but a regular file (never read: store-io.ts), a file with more than one link.
+   * symlink, anything but a regular file (never read: io.ts), a file with more than one link.
    */
   private async readMaildirsize(dir: string): Promise<CurrentFile | null> {
     let file;

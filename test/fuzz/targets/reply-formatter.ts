@@ -6,7 +6,7 @@
  * - the text is "DDD X.Y.Z text": the code, a space, an enhanced status code whose class is the
  *   code's first digit (else Postfix logs "malformed reply" and drops the milter), a space, text;
  * - no control character (CR, LF, NUL ...), no lone '%' (Sendmail would answer 550 5.7.1
- *   instead), at most MAX_REPLY_TEXT_BYTES bytes, well-formed UTF-8;
+ *   instead), at most MAX_MILTER_REPLY_BYTES bytes, well-formed UTF-8;
  * - plain short text arrives unchanged ('%' doubled);
  * - an action becomes a reply code only when it asks for one, in its own class (a 4XX or DEFER*
  *   never becomes a permanent 5XX); anything else continues; the packet ends in exactly one NUL.
@@ -15,7 +15,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { MilterDecoder } from '../../../src/faces/milter/codec.js';
-import { encodeRcptReply, formatReplyText, MAX_REPLY_TEXT_BYTES, rcptReplyFor } from '../../../src/faces/milter/render.js';
+import { encodeRcptReply, formatReplyText, MAX_MILTER_REPLY_BYTES, rcptReplyFor } from '../../../src/faces/milter/render.js';
 import { parseReply } from '../../../src/core/replies.js';
 import { nearBound, SPECIAL_CHARS, textOf } from '../strings.js';
 import { jsonTarget } from '../target.js';
@@ -30,7 +30,7 @@ export interface ReplyInput {
 const WORDS = ['452', '450', '421', '554', '550', '250', '200', '999', '4.2.2', '5.2.2', '2.0.0', '4.7.1', '4.2', '4.2.2.2', '45.2.2', 'DEFER_IF_PERMIT', 'DEFER_IF_REJECT', 'DEFER', 'defer', 'REJECT', 'DUNNO', 'WARN', 'OK', 'HOLD', 'Mailbox', 'full', '%', '%%', '%s', ' ', '\t', '\r\n'];
 const word = fc.oneof({ weight: 3, arbitrary: fc.constantFrom(...WORDS) }, { weight: 2, arbitrary: fc.constantFrom(...SPECIAL_CHARS) }, { weight: 3, arbitrary: fc.string({ unit: 'grapheme-ascii', maxLength: 6 }) });
 const phrase = fc.array(fc.tuple(word, fc.constantFrom(' ', '', '  ')), { maxLength: 8 }).map((p) => p.map(([w, s]) => w + s).join(''));
-const text = fc.oneof({ weight: 6, arbitrary: phrase }, { weight: 3, arbitrary: textOf(30) }, { weight: 1, arbitrary: nearBound(MAX_REPLY_TEXT_BYTES) });
+const text = fc.oneof({ weight: 6, arbitrary: phrase }, { weight: 3, arbitrary: textOf(30) }, { weight: 1, arbitrary: nearBound(MAX_MILTER_REPLY_BYTES) });
 
 /** An action as the decision core may return it: a word (code or access(5) name) and a text, or anything. */
 export const actionArbitrary = fc.oneof(fc.tuple(word, text).map(([w, t]) => `${w} ${t}`), text);
@@ -49,7 +49,7 @@ export function assertSafeReplyText(out: string, code: string): void {
   assert.equal(m[2], code[0], `enhanced status class ${m[2]} does not match ${code}`);
   assert.doesNotMatch(out, /[\x00-\x1f\x7f]/, 'a control character (CR, LF, NUL ...)');
   assert.ok(!out.replaceAll('%%', '').includes('%'), `a lone '%': ${JSON.stringify(out.slice(-40))}`);
-  assert.ok(Buffer.byteLength(out) <= MAX_REPLY_TEXT_BYTES, `${Buffer.byteLength(out)} bytes > ${MAX_REPLY_TEXT_BYTES}`);
+  assert.ok(Buffer.byteLength(out) <= MAX_MILTER_REPLY_BYTES, `${Buffer.byteLength(out)} bytes > ${MAX_MILTER_REPLY_BYTES}`);
   assert.ok(out.isWellFormed(), 'not well-formed UTF-16 (would be invalid UTF-8 on the wire)');
 }
 

@@ -14,7 +14,8 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { MAX_REPLY_TEXT_BYTES, renderReply, replyProblem, type ReplyFigures } from '../../../src/core/replies.js';
+import { renderReply, type ReplyFigures } from '../../../src/core/replies.js';
+import { MAX_CONFIGURED_REPLY_BYTES, replyProblem } from '../../../src/config/reply-text.js';
 import { nearBound, SPECIAL_CHARS, textOf } from '../strings.js';
 import { jsonTarget } from '../target.js';
 
@@ -29,7 +30,7 @@ const word = fc.oneof({ weight: 6, arbitrary: fc.constantFrom(...WORDS) }, { wei
 const template = fc.oneof(
   { weight: 8, arbitrary: fc.array(fc.tuple(word, fc.constantFrom(' ', ' ', ' ', '', '  ')), { minLength: 1, maxLength: 7 }).map((p) => p.map(([w, s]) => w + s).join('').trimEnd()) },
   { weight: 1, arbitrary: textOf(20) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('452 4.2.2 ', 'DEFER_IF_PERMIT ', '452 {size}'), nearBound(MAX_REPLY_TEXT_BYTES - 12)).map(([a, b]) => a + b) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('452 4.2.2 ', 'DEFER_IF_PERMIT ', '452 {size}'), nearBound(MAX_CONFIGURED_REPLY_BYTES - 12)).map(([a, b]) => a + b) },
 );
 /** Figures as a source reports them: bytes up to a petabyte and beyond, a missing limit. */
 const bytes = fc.oneof(fc.nat({ max: 1000 }), fc.maxSafeNat());
