@@ -92,9 +92,16 @@ export function checkPlausibleLimit(limitBytes: number | null, whose: string): v
   }
 }
 
-/** Full now, whatever the next message's size: the basis of the over-quota verdict and its TTL. */
+/**
+ * Whether figures say full now, whatever the next message's size: usage at or past a byte limit,
+ * or a message count at or past a message limit (null: no such limit, or not counted). The one
+ * rule; stores use it for their own judgement, the quota service for its answer, the cache for TTLs.
+ */
+export function atLimit(usageBytes: number, limitBytes: number | null, usageMessages: number | null, limitMessages: number | null): boolean {
+  return (limitBytes !== null && usageBytes >= limitBytes) || (limitMessages !== null && usageMessages !== null && usageMessages >= limitMessages);
+}
+
+/** Full now: by its figures, or because the source says so (the seed's OVERQUOTA). */
 export function isFull(state: MailboxQuota): boolean {
-  if (state.overQuota) return true;
-  if (state.limitBytes !== null && state.usageBytes >= state.limitBytes) return true;
-  return state.limitMessages !== null && state.usageMessages !== null && state.usageMessages >= state.limitMessages;
+  return state.overQuota || atLimit(state.usageBytes, state.limitBytes, state.usageMessages, state.limitMessages);
 }

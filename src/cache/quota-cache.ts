@@ -19,6 +19,7 @@ import { SingleFlight } from './single-flight.js';
 import { ttlFor, type TtlPolicy } from './ttl.js';
 import type { RedisTier, SharedReservation } from './redis-tier.js';
 import { LocalReservations, MAX_RESERVATIONS_PER_MAILBOX, NOTHING_PENDING, type Pending } from './reservations.js';
+import { Memo } from '../runtime/memo.js';
 
 /** hit: memory; redis: the shared tier; shared: another lookup's answer (here or on another frontend); miss: asked the source. */
 export type CacheOutcome = 'hit' | 'redis' | 'shared' | 'miss';
@@ -85,21 +86,15 @@ export class QuotaCache {
    * a string built anew must be flattened and hashed on every Map lookup (measured: a third of a
    * warm decision). Keys come from the recipient parser's memo, so their hashes are kept too.
    */
-  private readonly ids = new Map<QuotaSource, Map<string, string>>();
+  private readonly ids = new Map<QuotaSource, Memo<string, string>>();
 
   idOf(source: QuotaSource, key: string): string {
     let bySource = this.ids.get(source);
     if (bySource === undefined) {
-      bySource = new Map();
+      bySource = new Memo((k) => cacheId(source.name, k), MAX_REMEMBERED_IDS);
       this.ids.set(source, bySource);
     }
-    let id = bySource.get(key);
-    if (id === undefined) {
-      id = cacheId(source.name, key);
-      if (bySource.size >= MAX_REMEMBERED_IDS) bySource.clear();
-      bySource.set(key, id);
-    }
-    return id;
+    return bySource.get(key);
   }
 
   async lookup(source: QuotaSource, key: string, timeoutMs: number): Promise<CachedLookup> {

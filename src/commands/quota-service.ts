@@ -10,7 +10,8 @@ import { parseListenAddress } from '../config/listen.js';
 import { buildLocalStore } from '../sources/factory.js';
 import { blockingIo } from '../stores/io.js';
 import { reloadLimits } from '../stores/limits.js';
-import { isLoopbackHost, startQuotaService } from '../faces/quota-service/server.js';
+import { startQuotaService } from '../faces/quota-service/server.js';
+import { isLoopback } from '../runtime/bearer.js';
 import { onStopSignal } from '../runtime/process.js';
 import { RedisTier } from '../cache/redis-tier.js';
 
@@ -18,7 +19,7 @@ import { RedisTier } from '../cache/redis-tier.js';
 export async function runQuotaService(settings: Settings, logger: Logger): Promise<number> {
   const where = parseListenAddress(settings.quota_service.listen);
   if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`quota_service.listen: ${String(where)}`);
-  if (settings.redis.url && !settings.quota_service.token && !isLoopbackHost(where.host)) {
+  if (settings.redis.url && !settings.quota_service.token && !isLoopback(where.host)) {
     throw new ConfigError(
       `quota_service.token: required when quota_service.listen (${settings.quota_service.listen}) is not on loopback and redis.url is set: ` +
         'without it anyone who reaches the port can POST /invalidate and make every frontend forget its cache',

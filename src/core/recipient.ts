@@ -10,6 +10,7 @@
  * by: the local part alone (as the seed's quota.cgi) or the whole address. This module must never
  * throw on any input: a malformed address is "no recipient".
  */
+import { Memo } from '../runtime/memo.js';
 
 export interface RecipientRules {
   /** Characters that start an address extension (Postfix recipient_delimiter); empty: none. */
@@ -40,20 +41,13 @@ export const MAX_ADDRESS_LENGTH = 512;
  * result depends only on the text and the rules. Bounded: cleared when full.
  */
 export class RecipientParser {
-  private readonly seen = new Map<string, Recipient | null>();
-  constructor(
-    private readonly rules: RecipientRules,
-    private readonly maxEntries = 10_000,
-  ) {}
+  private readonly memo: Memo<string, Recipient | null>;
+  constructor(rules: RecipientRules, maxEntries = 10_000) {
+    this.memo = new Memo((raw) => parseRecipient(raw, rules), maxEntries);
+  }
 
   parse(raw: string): Recipient | null {
-    let r = this.seen.get(raw);
-    if (r === undefined) {
-      r = parseRecipient(raw, this.rules);
-      if (this.seen.size >= this.maxEntries) this.seen.clear();
-      this.seen.set(raw, r);
-    }
-    return r;
+    return this.memo.get(raw);
   }
 }
 

@@ -8,6 +8,7 @@
  */
 import pino, { type Logger } from 'pino';
 import type { Decision } from '../core/checker.js';
+import { Memo } from '../runtime/memo.js';
 
 export interface DecisionContext {
   queue_id?: string;
@@ -35,15 +36,8 @@ function str(v: string): string {
  * Strings from the configuration (source names, reply texts) are few: each is escaped once.
  * Bounded, in case a reply template carries figures ({usage}) and every text is new.
  */
-const escapedOnce = new Map<string, string>();
-function configured(v: string): string {
-  let json = escapedOnce.get(v);
-  if (json === undefined) {
-    json = JSON.stringify(v);
-    if (escapedOnce.size < 1000) escapedOnce.set(v, json);
-  }
-  return json;
-}
+const escapedOnce = new Memo((v: string) => JSON.stringify(v), 1000);
+const configured = (v: string) => escapedOnce.get(v);
 
 interface PinoInternals {
   [pino.symbols.streamSym]: { write(line: string): unknown };

@@ -12,9 +12,9 @@
  * HTTP 503. A storage limit is in KiB, so one that is not 0 is at least 1024 bytes: always a
  * plausible limit (types.ts).
  */
-import { Pool } from 'undici';
+import type { Pool } from 'undici';
 import { found, SourceError, type QuotaSource, type QuotaState } from '../quota.js';
-import { BUSY, readBounded, asSourceError, untilNotBusy } from './http.js';
+import { BUSY, openPool, readBounded, asSourceError, untilNotBusy } from './http-client.js';
 
 export interface DoveadmSourceOptions {
   /** e.g. http://127.0.0.1:8080/doveadm/v1 */
@@ -49,7 +49,7 @@ export class DoveadmSource implements QuotaSource {
     const url = new URL(opts.url);
     this.name = opts.name ?? `doveadm:${url.host}${url.pathname}`;
     this.path = url.pathname + url.search;
-    this.pool = new Pool(url.origin, { connections: opts.maxConnections, pipelining: 1, keepAliveTimeout: 30_000, headersTimeout: 0, bodyTimeout: 0 });
+    this.pool = openPool(url.origin, opts.maxConnections);
     this.headers = { 'content-type': 'application/json', accept: 'application/json' };
     if (opts.password) this.headers.authorization = `Basic ${Buffer.from(`doveadm:${opts.password}`).toString('base64')}`;
     else if (opts.apiKey) this.headers.authorization = `X-Dovecot-API ${Buffer.from(opts.apiKey).toString('base64')}`;

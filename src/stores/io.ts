@@ -24,6 +24,7 @@
  */
 import fs, { constants, type BigIntStats, type Stats } from 'node:fs';
 import { lstat, open, opendir, realpath } from 'node:fs/promises';
+import { isMissing } from './errors.js';
 
 export interface StoreIo {
   /** The canonical path, symlinks resolved (libc realpath); rejects as fs.realpath does. */
@@ -41,10 +42,6 @@ export interface StoreIo {
 /* See the header: opening must never wait, whatever kind of file the name turns out to be. */
 const NO_FOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
 
-function isMissing(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException | null)?.code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
 
 export const threadPoolIo: StoreIo = {
   realpath: (p) => realpath(p),

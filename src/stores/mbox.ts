@@ -14,7 +14,7 @@
 
 import { checkMailboxTemplate, mailboxPathFor, resolveInside } from './paths.js';
 import { limitFromFile, type LimitsFile } from './limits.js';
-import { checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from '../quota.js';
+import { atLimit, checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from '../quota.js';
 import { ioError, throwIfAborted } from './errors.js';
 import { storeRootProblem, threadPoolIo, type StoreIo } from './io.js';
 
@@ -84,7 +84,7 @@ export class MboxStore implements QuotaSource {
     const limit = limitFromFile(this.limits, key, this.defaultLimitBytes);
     checkPlausibleLimit(limit.bytes, 'the limits file or store.limit');
     return found(usageBytes, limit.bytes, {
-      overQuota: limit.bytes !== null && usageBytes >= limit.bytes,
+      overQuota: atLimit(usageBytes, limit.bytes, null, null),
     });
   }
 

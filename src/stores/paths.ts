@@ -13,6 +13,7 @@
 import { SourceError } from '../quota.js';
 import { threadPoolIo, type StoreIo } from './io.js';
 import path from 'node:path';
+import { isMissing } from './errors.js';
 
 /** Most file systems cap a path component at 255 bytes; a longer key cannot be a mailbox. */
 export const MAX_USER_LENGTH = 255;
@@ -151,10 +152,6 @@ export function isStrictlyInside(root: string, candidate: string): boolean {
   return rel.length > 0 && rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
 }
 
-function isMissing(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException | null)?.code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
 
 /*
  * The store root's real path, resolved at most once a second: it is the same on every lookup, and

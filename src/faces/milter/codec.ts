@@ -8,6 +8,7 @@
  * a TLS ClientHello 0x16030100...). After an error the decoder is dead: the connection is dropped.
  */
 import { MAX_DATA_SIZE } from './constants.js';
+import { ProtocolError } from '../../runtime/protocol-error.js';
 
 export interface Packet {
   command: string;
@@ -16,15 +17,7 @@ export interface Packet {
 
 export type MilterProtocolErrorCode = 'LENGTH_ZERO' | 'LENGTH_TOO_LARGE' | 'MALFORMED_PACKET' | 'UNKNOWN_COMMAND' | 'OUT_OF_ORDER' | 'MACROS_OVER_LIMIT';
 
-export class MilterProtocolError extends Error {
-  constructor(
-    readonly code: MilterProtocolErrorCode,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'MilterProtocolError';
-  }
-}
+export class MilterProtocolError extends ProtocolError<MilterProtocolErrorCode> {}
 
 const HEADER = 4;
 

@@ -17,6 +17,7 @@ import type { ListenAddress } from '../../config/listen.js';
 import { closeListeners, openListeners } from '../../runtime/listeners.js';
 import { MilterDecoder, MilterProtocolError, type Packet } from './codec.js';
 import { MilterSession, type MessageEvents, type RcptDecider } from './session.js';
+import { drainThenCut } from '../../runtime/shutdown.js';
 
 export interface MilterServerOptions {
   listeners: ListenAddress[];
@@ -141,15 +142,23 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
   return {
     addresses,
     connections: () => live.size,
-    async close() {
-      closing = true;
-      const closed = closeListeners(servers);
-      // Idle sessions end now; the MTA applies its milter default for the rest of those sessions.
-      for (const [socket, c] of live) if (!c.busy()) socket.end(() => socket.destroy());
-      const deadline = Date.now() + opts.shutdownGraceMs;
-      while (live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-      for (const socket of live.keys()) socket.destroy();
-      await closed;
-    },
+    close: () =>
+      drainThenCut(
+        {
+          stopAccepting: () => {
+            closing = true;
+            return closeListeners(servers);
+          },
+          // Idle sessions end now; the MTA applies its milter default for the rest of those sessions.
+          finishIdle: () => {
+            for (const [socket, c] of live) if (!c.busy()) socket.end(() => socket.destroy());
+          },
+          busy: () => live.size > 0,
+          cut: () => {
+            for (const socket of live.keys()) socket.destroy();
+          },
+        },
+        opts.shutdownGraceMs,
+      ),
   };
 }

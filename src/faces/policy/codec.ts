@@ -9,6 +9,8 @@
  * disconnect (Postfix then retries and finally applies its default_action).
  */
 import { isAscii } from 'node:buffer';
+import { ProtocolError } from '../../runtime/protocol-error.js';
+import { Memo } from '../../runtime/memo.js';
 
 export interface PolicyLimits {
   /** Longest line in bytes, newline excluded. */
@@ -26,16 +28,8 @@ export interface PolicyLimits {
  * The attributes every decision and its log line read (KNOWN) are located by the decoder on its
  * one pass over the bytes, so reading them is a slice; any other name is searched for.
  */
-const needles = new Map<string, string>();
 /** "\nname=": built once per attribute name. */
-function needle(name: string): string {
-  let n = needles.get(name);
-  if (n === undefined) {
-    n = `\n${name}=`;
-    if (needles.size < 1000) needles.set(name, n);
-  }
-  return n;
-}
+const needles = new Memo((name: string) => `\n${name}=`, 1000);
 
 /** Attribute name -> its slot in PolicyRequest.spans (start and end of the value, in the text). */
 const KNOWN: Record<string, number> = { recipient: 0, protocol_state: 2, size: 4, queue_id: 6, client_address: 8, sender: 10, instance: 12 };
@@ -83,7 +77,7 @@ export class PolicyRequest {
     if (this.text.startsWith(name) && this.text.charCodeAt(name.length) === 0x3d) {
       start = name.length + 1;
     } else {
-      const at = this.text.indexOf(needle(name));
+      const at = this.text.indexOf(needles.get(name));
       if (at === -1) return undefined;
       start = at + name.length + 2;
     }
@@ -104,15 +98,7 @@ export class PolicyRequest {
 
 export type PolicyProtocolErrorCode = 'LINE_TOO_LONG' | 'TOO_MANY_ATTRIBUTES' | 'REQUEST_TOO_LARGE' | 'MALFORMED_LINE';
 
-export class PolicyProtocolError extends Error {
-  constructor(
-    readonly code: PolicyProtocolErrorCode,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'PolicyProtocolError';
-  }
-}
+export class PolicyProtocolError extends ProtocolError<PolicyProtocolErrorCode> {}
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -297,16 +283,10 @@ export class PolicyDecoder {
   }
 }
 
-/** Replies are few distinct texts: encode each once. */
-const encoded = new Map<string, Buffer>();
-const MAX_ENCODED = 1000;
+/** Replies are few distinct texts: each is encoded once (bounded: templates with figures vary). */
+const encoded = new Memo((action: string) => Buffer.from(`action=${action}\n\n`, 'utf8'), 1000);
 
-/** The reply bytes for one action. The action must already be valid (core/replies.ts). */
+/** The reply bytes for one action. The action must already be valid (config/reply-text.ts). */
 export function encodeReply(action: string): Buffer {
-  let bytes = encoded.get(action);
-  if (!bytes) {
-    bytes = Buffer.from(`action=${action}\n\n`, 'utf8');
-    if (encoded.size < MAX_ENCODED) encoded.set(action, bytes);
-  }
-  return bytes;
+  return encoded.get(action);
 }

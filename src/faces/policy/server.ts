@@ -13,6 +13,7 @@ import { PolicyProtocolError, type PolicyLimits } from './codec.js';
 import { PolicyConnection, type PolicyHandler } from './connection.js';
 import type { ListenAddress } from '../../config/listen.js';
 import { closeListeners, openListeners } from '../../runtime/listeners.js';
+import { drainThenCut } from '../../runtime/shutdown.js';
 
 export interface PolicyServerOptions {
   listeners: ListenAddress[];
@@ -87,17 +88,25 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
   return {
     addresses,
     connections: () => live.size,
-    async close() {
+    close: () =>
       // server.close() would wait for every connection, and Postfix keeps idle ones for minutes:
       // stop accepting, then end each connection once it owes nothing.
-      const closed = closeListeners(servers);
-      clearInterval(sweep);
-      for (const { conn } of live.values()) conn.finish();
-      const deadline = Date.now() + opts.shutdownGraceMs;
-      while (live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-      for (const socket of live.keys()) socket.destroy();
-      await closed;
-    },
+      drainThenCut(
+        {
+          stopAccepting: () => {
+            clearInterval(sweep);
+            return closeListeners(servers);
+          },
+          finishIdle: () => {
+            for (const { conn } of live.values()) conn.finish();
+          },
+          busy: () => live.size > 0,
+          cut: () => {
+            for (const socket of live.keys()) socket.destroy();
+          },
+        },
+        opts.shutdownGraceMs,
+      ),
   };
 }
 

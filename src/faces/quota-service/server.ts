@@ -21,12 +21,13 @@
  * It does not close the store: the caller created it.
  */
 
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { checkMailboxUser } from '../../stores/paths.js';
-import { SourceError, type QuotaSource, type QuotaState } from '../../quota.js';
+import { isFull, SourceError, type QuotaSource, type QuotaState } from '../../quota.js';
+import { drainThenCut } from '../../runtime/shutdown.js';
+import { bearerCheck, isLoopback } from '../../runtime/bearer.js';
 
 /** Longest request target; a mailbox key is at most 255 bytes, 3x that percent-encoded, plus the path. */
 export const MAX_URL_LENGTH = 2048;
@@ -89,9 +90,9 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
   const maxLookups = opts.maxLookups ?? DEFAULT_MAX_LOOKUPS;
   if (!Number.isInteger(maxLookups) || maxLookups < 1) throw new Error(`quota_service.max_lookups ${maxLookups}: expected a whole number >= 1`);
   const timeoutMs = opts.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS;
-  const tokenDigest = opts.token ? digest(opts.token) : null;
+  const authorized = bearerCheck(opts.token ?? '');
   // Anyone who reaches the port could make every frontend forget its cache (and ask Redis for it).
-  if (opts.publishInvalidation && tokenDigest === null && !isLoopbackHost(opts.host)) {
+  if (opts.publishInvalidation && authorized === null && !isLoopback(opts.host)) {
     throw new Error(`the quota service on ${opts.host} (not loopback) offers POST /invalidate: it needs a token`);
   }
   let active = 0;
@@ -115,7 +116,7 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
     if (pathname === '/invalidate') return invalidate(req, query);
     if (format === undefined) return plain(404, 'ERROR no such endpoint');
 
-    if (tokenDigest !== null && !authorized(req.headers.authorization, tokenDigest)) {
+    if (authorized !== null && !authorized(req.headers.authorization)) {
       return { ...fail(401, 'missing or wrong bearer token', format), headers: { 'www-authenticate': 'Bearer' } };
     }
     const user = userParameter(query);
@@ -172,7 +173,7 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
   async function invalidate(req: IncomingMessage, query: string): Promise<Answer> {
     if (req.method !== 'POST') return { ...plain(405, 'ERROR use POST'), headers: { allow: 'POST' } };
     if (!opts.publishInvalidation) return plain(404, 'ERROR no shared cache to invalidate (set redis.url)');
-    if (tokenDigest !== null && !authorized(req.headers.authorization, tokenDigest)) {
+    if (authorized !== null && !authorized(req.headers.authorization)) {
       return { ...fail(401, 'missing or wrong bearer token', 'text'), headers: { 'www-authenticate': 'Bearer' } };
     }
     const user = userParameter(query);
@@ -230,17 +231,21 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
 
   return {
     port,
-    async close() {
-      // Stop accepting, close idle keep-alive connections (frontends hold them open), answer the
-      // requests already being looked up, then cut whatever is left.
-      closing = true;
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      const deadline = Date.now() + (opts.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS);
-      while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-      server.closeAllConnections();
-      await closed;
-    },
+    close: () =>
+      // Idle keep-alive connections (frontends hold them open) close at once; the requests already
+      // being looked up are answered first.
+      drainThenCut(
+        {
+          stopAccepting: () => {
+            closing = true;
+            return new Promise<void>((resolve) => server.close(() => resolve()));
+          },
+          finishIdle: () => server.closeIdleConnections(),
+          busy: () => inFlight > 0,
+          cut: () => server.closeAllConnections(),
+        },
+        opts.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS,
+      ),
   };
 }
 
@@ -249,10 +254,7 @@ function render(user: string, state: QuotaState, format: Format, source: string)
     if (format === 'text') return plain(404, `UNKNOWN ${user}`);
     return json(404, { user, state: 'unknown', usage: null, limit: null, source });
   }
-  const over =
-    state.overQuota ||
-    (state.limitBytes !== null && state.usageBytes >= state.limitBytes) ||
-    (state.limitMessages !== null && state.usageMessages !== null && state.usageMessages >= state.limitMessages);
+  const over = isFull(state);
   if (format === 'text') {
     // The seed prints 0 for "no quota"; existing frontends read it that way.
     return plain(200, `${over ? 'OVERQUOTA' : 'OK'} ${user} ${state.usageBytes} ${state.limitBytes ?? 0}`);
@@ -287,23 +289,6 @@ function userParameter(query: string): string | { error: string } {
   }
 }
 
-/** True for a host only this machine can reach: 127.0.0.0/8, ::1, localhost. */
-export function isLoopbackHost(host: string): boolean {
-  const h = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
-  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\./.test(h);
-}
-
-function authorized(header: string | undefined, expected: Buffer): boolean {
-  if (!header) return false;
-  const m = /^Bearer[ ]+(\S+)\s*$/i.exec(header);
-  if (!m) return false;
-  // Hash first: timingSafeEqual needs equal lengths, and comparing digests hides the token's length.
-  return timingSafeEqual(digest(m[1]!), expected);
-}
-
-function digest(s: string): Buffer {
-  return createHash('sha256').update(s, 'utf8').digest();
-}
 
 function plain(status: number, line: string): Answer {
   return { status, body: `${line}\n`, format: 'text' };

@@ -3,8 +3,9 @@
  *
  * Line 1: limits, e.g. "10000000S,1000C"; every further line "<bytes> <count>" deltas, summed.
  * Recount when the file is missing, 5120 bytes or more, or says "over quota" with several data
- * lines or an mtime 15 minutes old (../shared/references/mail-stores.md). Never throws on content.
+ * lines or an mtime 15 minutes old (Courier's README.maildirquota). Never throws on content.
  */
+import { atLimit } from '../../quota.js';
 
 /** Courier: a maildirsize this large has collected too many deltas; recount. */
 export const RECALC_FILE_SIZE = 5120;
@@ -95,10 +96,7 @@ export function recalculationReason(file: MaildirsizeFile | null, nowMs: number)
   if (file.size >= RECALC_FILE_SIZE) return `maildirsize is ${file.size} bytes (>= ${RECALC_FILE_SIZE})`;
   const p = file.parsed;
   if (p.corruption !== null) return `maildirsize is corrupt: ${p.corruption}`;
-  const over =
-    (p.limitBytes !== null && p.usageBytes >= p.limitBytes) ||
-    (p.limitMessages !== null && p.usageMessages >= p.limitMessages);
-  if (!over) return null;
+  if (!atLimit(p.usageBytes, p.limitBytes, p.usageMessages, p.limitMessages)) return null;
   // Deltas from several deliveries, or an old file: an "over quota" may already be untrue.
   if (p.dataLines > 1) return 'maildirsize says over quota and has several data lines';
   if (nowMs - file.mtimeMs >= RECALC_STALE_MS) return 'maildirsize says over quota and is 15 minutes old or more';

@@ -29,6 +29,7 @@ import { performance } from 'node:perf_hooks';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import path from 'node:path';
 import { SourceError } from '../../quota.js';
+import { isMissing } from '../errors.js';
 import {
   RACY_MARGIN_MS,
   emptySnapshot,
@@ -342,7 +343,5 @@ function hasType(entry: Dirent): boolean {
   );
 }
 
-function isVanished(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException | null)?.code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
+/** A message moved or deleted while the scan ran (a delivery, a read, an expunge). */
+const isVanished = isMissing;

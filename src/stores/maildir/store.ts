@@ -57,8 +57,8 @@ import {
   type DirectoryStamp,
   type StopFlag,
 } from './scan-cache.js';
-import { checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from '../../quota.js';
-import { ioError, throwIfAborted } from '../errors.js';
+import { atLimit, checkPlausibleLimit, found, SourceError, type QuotaSource, type QuotaState } from '../../quota.js';
+import { ioError, isMissing, throwIfAborted } from '../errors.js';
 import { storeRootProblem, threadPoolIo, type StoreIo } from '../io.js';
 import { DEFAULT_MAX_CONCURRENT_SCANS, ScanSlots } from './scan-slots.js';
 
@@ -213,13 +213,10 @@ export class MaildirStore implements QuotaSource {
       ? { bytes: own.limitBytes, messages: own.limitMessages }
       : limitFromFile(this.limits, key, this.defaultLimitBytes);
     checkPlausibleLimit(limit.bytes, own?.limitsLine ? 'maildirsize' : 'the limits file or store.limit');
-    const over =
-      (limit.bytes !== null && usageBytes >= limit.bytes) ||
-      (limit.messages !== null && usageMessages >= limit.messages);
     return found(usageBytes, limit.bytes, {
       usageMessages,
       limitMessages: limit.messages,
-      overQuota: over,
+      overQuota: atLimit(usageBytes, limit.bytes, usageMessages, limit.messages),
     });
   }
 
@@ -372,8 +369,7 @@ async function isDirectory(p: string): Promise<boolean> {
   try {
     return (await lstat(p)).isDirectory();
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    if (isMissing(err)) return false;
     throw err;
   }
 }
