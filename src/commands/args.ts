@@ -1,7 +1,14 @@
 /*
- * Command-line words -> our own flags, positional words, and the setting flags handed to convict.
- * A flag that is neither ours nor a setting is an error: a typo must not be silently ignored.
+ * Command-line words -> our own flags, positional words, and the setting flags handed to the
+ * loader, with Node's util.parseArgs. A flag that is neither ours nor a setting is an error: a
+ * typo must not be silently ignored.
+ *
+ * Two things util.parseArgs does not do, done here first: our boolean flags take the same
+ * spellings as boolean settings (--stdio=false, --json=no; the last one given wins), and a value
+ * may start with a dash (--recipient.delimiter -), which util.parseArgs refuses as ambiguous
+ * unless it is written --name=value: pairs are joined that way before it reads them.
  */
+import { parseArgs as parseWords } from 'node:util';
 import { describeSettings } from '../config/schema.js';
 import { readBoolean } from '../config/formats.js';
 
@@ -9,7 +16,7 @@ export interface ParsedArgs {
   positional: string[];
   /** Our own flags (--config, --stdio, --size, --json, --help, --version): name -> value or true. */
   flags: Map<string, string | true>;
-  /** Words for convict: --setting.path value pairs. */
+  /** Words for the loader: --setting.path value pairs. */
   settingArgs: string[];
 }
 
@@ -32,34 +39,37 @@ export function flagIsOn(words: string[], name: string): boolean {
 }
 
 export function parseArgs(words: string[], own: { boolean: string[]; valued: string[] }): ParsedArgs {
-  const settings = new Set(describeSettings().map((s) => s.path));
-  const out: ParsedArgs = { positional: [], flags: new Map(), settingArgs: [] };
-  /** A setting given twice: the last one wins, as in most commands (lists are comma-separated). */
-  const given = new Map<string, string>();
+  const settings = describeSettings().map((s) => s.path);
+  const flags = new Map<string, string | true>();
+  const rest: string[] = [];
   for (let i = 0; i < words.length; i++) {
     const word = words[i]!;
-    if (!word.startsWith('--') || word === '--') {
-      if (word === '-h') out.flags.set('help', true);
-      else out.positional.push(word);
-      continue;
-    }
     const eq = word.indexOf('=');
-    const name = word.slice(2, eq === -1 ? undefined : eq);
-    const inline = eq === -1 ? undefined : word.slice(eq + 1);
-    const takeValue = (): string => {
-      if (inline !== undefined) return inline;
-      const next = words[++i];
-      if (next === undefined) throw new UsageError(`--${name} needs a value`);
-      return next;
-    };
-    if (own.boolean.includes(name)) {
-      if (booleanValue(name, inline)) out.flags.set(name, true);
-      else out.flags.delete(name);
-    }
-    else if (own.valued.includes(name)) out.flags.set(name, takeValue());
-    else if (settings.has(name)) given.set(name, takeValue());
-    else throw new UsageError(`unknown option --${name} (settings are --path.of.setting VALUE; see --help)`);
+    const name = word.startsWith('--') ? word.slice(2, eq === -1 ? undefined : eq) : '';
+    if (word === '-h') flags.set('help', true);
+    else if (own.boolean.includes(name)) {
+      if (booleanValue(name, eq === -1 ? undefined : word.slice(eq + 1))) flags.set(name, true);
+      else flags.delete(name);
+    } else if (eq === -1 && name !== '' && i + 1 < words.length && (own.valued.includes(name) || settings.includes(name))) {
+      rest.push(`${word}=${words[++i]}`);
+    } else rest.push(word);
   }
-  for (const [name, value] of given) out.settingArgs.push(`--${name}`, value);
-  return out;
+  const options = Object.fromEntries([...own.valued, ...settings].map((n) => [n, { type: 'string' as const }]));
+  let parsed;
+  try {
+    parsed = parseWords({ args: rest, options, strict: true, allowPositionals: true });
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    const unknown = /'(-{1,2}[^' ]+)/.exec((err as Error).message)?.[1];
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw new UsageError(`unknown option ${unknown} (settings are --path.of.setting VALUE; see --help)`);
+    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') throw new UsageError(`${unknown ?? 'an option'} needs a value`);
+    throw new UsageError((err as Error).message);
+  }
+  const settingArgs: string[] = [];
+  for (const [name, value] of Object.entries(parsed.values)) {
+    if (typeof value !== 'string') continue;
+    if (own.valued.includes(name)) flags.set(name, value);
+    else settingArgs.push(`--${name}`, value);
+  }
+  return { positional: parsed.positionals, flags, settingArgs };
 }
