@@ -17,7 +17,8 @@ import { SourceError } from '../quota.js';
 import { MemoryCache } from './memory.js';
 import { SingleFlight } from './single-flight.js';
 import { ttlFor, type TtlPolicy } from './ttl.js';
-import type { RedisTier, SharedReservation } from './redis-tier.js';
+import type { RedisTier } from './redis-tier.js';
+import type { SharedReservation } from './redis-reservations.js';
 import { LocalReservations, MAX_RESERVATIONS_PER_MAILBOX, NOTHING_PENDING, type Pending } from './reservations.js';
 import { Memo } from '../runtime/memo.js';
 
@@ -155,7 +156,7 @@ export class QuotaCache {
       const state = await lookupWithTimeout(source, key, Math.max(1, deadline - Date.now()));
       if (!fill.stale) {
         this.remember(id, state);
-        if (state.kind === 'found' && this.reservations) void redis.reconcile(id, state, readAt);
+        if (state.kind === 'found' && this.reservations) void redis.reservations.reconcile(id, state, readAt);
         // Not awaited: a slow Redis must not delay the answer (its command timeout bounds it).
         void redis.set(id, state, ttlFor(state, this.opts.ttl), source.name);
       }
@@ -186,29 +187,29 @@ export class QuotaCache {
     const added = this.reservations?.reserve(id, txn, bytes, state) ?? false;
     const redis = this.redis;
     if (!redis?.up || !this.reservations) return { added, shared: null };
-    const shared = redis.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX);
+    const shared = redis.reservations.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX);
     return orAfter(shared, waitMs, null).then((r) => ({ added: added || (r?.added ?? false), shared: r }));
   }
 
   /** Every frontend's reservations for `id`, from Redis; null without Redis (or while it is away). */
   sharedPending(id: string): Promise<SharedReservation | null> | null {
-    return this.redis?.up && this.reservations ? this.redis.peek(id) : null;
+    return this.redis?.up && this.reservations ? this.redis.reservations.peek(id) : null;
   }
 
   /** The reservation of `txn` for `id` goes (it was made and the recipient then refused). */
   release(id: string, txn: string): void {
     this.reservations?.release(id, txn);
-    void this.redis?.release(id, txn);
+    void this.redis?.reservations.release(id, txn);
   }
 
   /** The message of transaction `txn` was given up before its end: its reservations go. */
   giveUp(txn: string): void {
-    for (const id of this.reservations?.releaseTransaction(txn) ?? []) void this.redis?.release(id, txn);
+    for (const id of this.reservations?.releaseTransaction(txn) ?? []) void this.redis?.reservations.release(id, txn);
   }
 
   /** The real size of transaction `txn`'s message, known at its end. */
   messageSize(txn: string, bytes: number): void {
-    for (const id of this.reservations?.resize(txn, bytes) ?? []) void this.redis?.resize(id, txn, bytes);
+    for (const id of this.reservations?.resize(txn, bytes) ?? []) void this.redis?.reservations.resize(id, txn, bytes);
   }
 
   /**

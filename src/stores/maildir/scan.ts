@@ -20,7 +20,8 @@
  * The scan must never follow a symlink (a message or folder that is a link may point anywhere),
  * never block the event loop for long (async opendir, a setImmediate turn at least every
  * SCAN_SLICE_MS of work or SCAN_YIELD_EVERY entries), and never write: writing is the store's
- * decision (store.ts).
+ * decision (store.ts). Over 300 lines: one algorithm (list, stat what changed, count, check that
+ * nothing moved meanwhile, retry), read best whole.
  */
 
 import { lstat as lstatCallback, type BigIntStats, type Dirent } from 'node:fs';

@@ -23,6 +23,8 @@
  * calls of each lookup are made as `io` says, io.ts), and never write
  * anything unless `writeMaildirsize` is set: a frontend reading a mail store over NFS must
  * not rewrite files it does not own. `maildirsize` is read in maildirsize.ts; scans are scan.ts's.
+ * Over 300 lines: it is the one place that decides between the file and a scan, and writes the
+ * result back; split, the safety rules above would be spread over files that each hold half.
  */
 
 import type { Stats } from 'node:fs';
