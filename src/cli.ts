@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { ConfigError, loadSettings } from './config/load.js';
 import { redactedSettings } from './config/redact.js';
 import { type Settings } from './config/schema.js';
-import { createLogger } from './runtime/log.js';
+import { createLogger, reopenLogs } from './runtime/log.js';
 import { exitOnBugs, reportFatal, warningsToLog } from './runtime/process.js';
 import { flagIsOn, parseArgs, UsageError } from './commands/args.js';
 import { COMMANDS, commandHelp, mainHelp } from './commands/help.js';
@@ -67,6 +67,9 @@ async function main(argv: string[]): Promise<number> {
     const daemonLog = () => {
       logger = daemonLogger(settings.log, stdio);
       exitOnBugs(logger, !stdio);
+      // logrotate's postrotate (packaging/logrotate): the renamed file keeps what was written, the
+      // next line goes to a new log.file. A handler also keeps Node from opening its inspector.
+      process.on('SIGUSR1', reopenLogs);
       return logger;
     };
     switch (command) {
@@ -98,8 +101,8 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-function daemonLogger(log: Settings['log'], stdio: boolean): Logger {
-  return createLogger({ level: log.level, file: log.file, stdoutIsProtocol: stdio });
+function daemonLogger(log: Pick<Settings['log'], 'level' | 'file'> & Partial<Settings['log']>, stdio: boolean): Logger {
+  return createLogger({ level: log.level, file: log.file, stdoutIsProtocol: stdio, format: log.format });
 }
 
 /** A logger for the fatal line only, from settings that did not validate; null when it cannot be had. */

@@ -103,16 +103,26 @@ export function connectRedis(s: RedisSettings, logger: Logger, name: string): Re
   return conn;
 }
 
+/** Connections we are closing ourselves (shutdown): their close is no outage to warn about. */
+const closing = new WeakSet<RedisConnection>();
+
+/** Closes a connection on purpose, without the "redis unavailable" warning an outage gets. */
+export function closeRedis(conn: RedisConnection): void {
+  closing.add(conn);
+  conn.disconnect();
+}
+
 function watchState(conn: RedisConnection, logger: Logger, s: RedisSettings): void {
   let state: 'connecting' | 'up' | 'down' = 'connecting';
   const where = { redis: redactUrl(s.url), mode: s.mode };
   conn.on('ready', () => {
-    if (state === 'down') logger.warn(where, 'redis is back: shared cache in use again');
+    // Good news is info: the warning was the outage.
+    if (state === 'down') logger.info(where, 'redis is back: shared cache in use again');
     else logger.info(where, 'redis connected: shared cache in use');
     state = 'up';
   });
   const down = (err?: Error) => {
-    if (state === 'down') return;
+    if (state === 'down' || closing.has(conn)) return;
     state = 'down';
     logger.warn({ ...where, error: err?.message }, 'redis unavailable: answering from the memory cache and the sources, reconnecting');
   };

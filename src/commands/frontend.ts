@@ -29,7 +29,7 @@ export async function runFrontend(settings: Settings, stdio: boolean, logger: Lo
   // with Redis reachable should use it from its first request.
   // Not in spawn mode: one process per SMTP session must answer at once (Redis is optional anyway).
   if (!stdio) await core.redisReady(REDIS_STARTUP_WAIT_MS);
-  const handle = makePolicyHandler(core.checker, { checkEndOfMessage: settings.policy.check_end_of_message, onError: settings.replies.on_error }, logger);
+  const handle = makePolicyHandler(core.checker, { checkEndOfMessage: settings.policy.check_end_of_message, onError: settings.replies.on_error, decisions: settings.log.decisions }, logger);
   const limits = {
     maxLineLength: settings.policy.max_line_length,
     maxAttributes: settings.policy.max_attributes,
@@ -61,14 +61,25 @@ export async function runFrontend(settings: Settings, stdio: boolean, logger: Lo
     listeners: settings.milter.listen.map((l) => parseListenAddress(l, settings.milter.socket_group) as ListenAddress),
     socketMode: parseInt(settings.milter.socket_mode, 8),
     idleTimeoutMs: settings.milter.idle_timeout,
-    decide: makeMilterDecider(core.checker, settings.replies.on_error, logger),
+    decide: makeMilterDecider(core.checker, settings.replies.on_error, logger, settings.log.decisions),
     messages: core.checker,
     logger,
     shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
   });
   const admin = await startAdminIfWanted(settings, core, logger);
   process.on('SIGHUP', () => void core.reload());
-  logger.info({ policy: policy?.addresses ?? [], milter: milter?.addresses ?? [], admin: admin?.address }, 'frontend ready');
+  logger.info(
+    {
+      policy: policy?.addresses ?? [],
+      milter: milter?.addresses ?? [],
+      admin: admin?.address,
+      sources: core.router.sources().map((s) => s.name),
+      redis: settings.redis.url ? settings.redis.mode : 'off',
+      reservations: settings.reservations.enabled,
+      decisions: settings.log.decisions,
+    },
+    'frontend ready',
+  );
   await new Promise<void>((resolve) => onStopSignal(resolve));
   logger.info('stopping: no new connections, answering what is in flight');
   await admin?.close();

@@ -37,7 +37,8 @@ export async function runQuotaService(settings: Settings, logger: Logger): Promi
   process.on('SIGHUP', () => {
     if (limits) void reloadLimits(limits, logger);
   });
-  const redis = settings.redis.url ? (await import('../cache/redis-client.js')).connectRedis(settings.redis, logger, 'overquota-quota-service') : null;
+  const redisClient = settings.redis.url ? await import('../cache/redis-client.js') : null;
+  const redis = redisClient?.connectRedis(settings.redis, logger, 'overquota-quota-service') ?? null;
   const tier = redis ? new RedisTier(redis, settings.redis.prefix, logger) : null;
   const service = await startQuotaService({
     host: where.host,
@@ -50,9 +51,11 @@ export async function runQuotaService(settings: Settings, logger: Logger): Promi
   });
   logger.info({ listen: `${where.host}:${service.port}`, store: store.name }, 'quota service ready');
   await new Promise<void>((resolve) => onStopSignal(resolve));
+  logger.info('stopping: no new connections, answering what is in flight');
   await service.close();
   await store.close();
-  redis?.disconnect();
+  if (redis) redisClient?.closeRedis(redis);
+  logger.info('stopped');
   logger.flush();
   return 0;
 }

@@ -15,7 +15,9 @@ export type Tree = { [k: string]: Leaf | Tree };
 const schema = {
   log: {
     level: { doc: 'Log level: fatal, error, warn, info (one line per decision), debug, trace or silent.', format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
-    file: { doc: 'Write logs to this file instead of stdout. In --stdio (spawn) mode stdout is the policy channel: without a file nothing is logged.', format: String, default: '' },
+    file: { doc: 'Write logs to this file instead of stdout. In --stdio (spawn) mode stdout is the policy channel: without a file nothing is logged. Reopened on SIGUSR1 (log rotation).', format: String, default: '' },
+    decisions: { doc: 'Which decisions get a log line: refusals (deferred and rejected recipients, dry-run warnings and our own trouble: what an operator reads), all (every recipient checked), or none. The counts of all of them are in /metrics.', format: ['refusals', 'all', 'none'], default: 'refusals' },
+    format: { doc: 'json (one JSON object per line) or text (one line per event in the style of Postfix\'s own mail log, for logs that go to syslog mail beside Postfix\'s).', format: ['json', 'text'], default: 'json' },
   },
   policy: {
     listen: { doc: 'Policy delegation listeners: inet:HOST:PORT, inet:[IPV6]:PORT, unix:/PATH; comma-separated in env and flags. Empty: no policy service (a milter-only frontend).', format: 'listeners', default: ['inet:127.0.0.1:10033'] },

@@ -41,7 +41,8 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
   let redis: RedisTier | undefined;
   // ioredis (and undici, in sources/factory.ts) are loaded only when configured: together they
   // are ~26 MB of a frontend's resident memory (BENCHMARKS.md, RSS).
-  const connectRedis = settings.redis.url ? (await import('../cache/redis-client.js')).connectRedis : null;
+  const redisClient = settings.redis.url ? await import('../cache/redis-client.js') : null;
+  const connectRedis = redisClient?.connectRedis ?? null;
   if (connectRedis) {
     const conn = connectRedis(settings.redis, logger, 'overquota');
     connections.push(conn);
@@ -123,7 +124,7 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     },
     async close() {
       await Promise.all(router.sources().map((s) => s.close()));
-      for (const c of connections) c.disconnect();
+      for (const c of connections) redisClient?.closeRedis(c);
     },
   };
 }

@@ -81,7 +81,7 @@ export function runOverquota(args: string[], env: Record<string, string> = {}, c
 
 /** Starts `overquota frontend` and waits until it listens; `listeners` are its bound policy addresses. */
 export async function startFrontend(args: string[], env: Record<string, string> = {}): Promise<Running & { listeners: string[]; milterListeners: string[] }> {
-  const fe = runOverquota(['frontend', '--log.level', 'debug', ...args], env);
+  const fe = runOverquota(['frontend', '--log.level', 'debug', '--log.decisions', 'all', ...args], env);
   const ready = await fe.waitForLog((l) => l.msg === 'frontend ready');
   return Object.assign(fe, { listeners: ready.policy as string[], milterListeners: ready.milter as string[] });
 }

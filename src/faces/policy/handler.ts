@@ -10,11 +10,13 @@
 import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
 import type { QuotaChecker, Decision } from '../../core/checker.js';
-import { decisionLogged, writeDecision } from '../decision-line.js';
+import { decisionLogged, writeDecision, type DecisionsLogged } from '../decision-line.js';
 
 export interface PolicyAnswerOptions {
   checkEndOfMessage: boolean;
   onError: string;
+  /** log.decisions; all when absent. */
+  decisions?: DecisionsLogged;
 }
 
 /** Postfix sends size=0 (or nothing) when the client gave no SIZE=. */
@@ -43,7 +45,7 @@ function transactionOf(request: PolicyRequest): string | null {
 export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptions, logger: Logger) {
   const answer = (request: PolicyRequest, decision: Decision): string => {
     // Checked first: at warn (no decision lines) not even the context is gathered.
-    if (decisionLogged(logger, decision)) {
+    if (decisionLogged(logger, decision, opts.decisions)) {
       writeDecision(
         logger,
         {
