@@ -11,7 +11,11 @@
  * Shortcuts kept for speed, each measured (BENCHMARKS.md; decode + decision ~1.9 us a request):
  * the request is scanned as one latin1 string with String#indexOf (faster than Buffer#indexOf
  * crossing into C++ per line); the attributes a decision reads are located on that one pass
- * ("spans": reading them is then a slice, ~0.4 us less per request, A/B in one process); a request
+ * ("spans": reading one is then a slice, not a search; locating costs ~0.34 us a request and each
+ * read saves ~0.1 us, so decode + the 6 reads of a logged decision take ~0.15 us less and only 3
+ * reads ~0.07 us more: A/B of builds with and without spans in one process on
+ * bench/policy-load.ts's requests, 2026-11, load 1.4; 7 reads, with reservations' `instance`,
+ * ~0.3 us less, a noisier run at load 6); a request
  * split over reads is kept in one growing buffer and only new bytes are scanned (flat cost per byte
  * however the bytes arrive: bench/policy-bytewise.ts).
  */
