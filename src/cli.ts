@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /*
- * The `overquota` command: frontend, quota-service, check, config.
+ * The `overquota` command: frontend, quota-service, check, invalidate, notify, status, config.
  *
  * Exit codes: 0 fine, 64 usage error, 78 invalid configuration (an unknown OVERQUOTA_ variable and
  * a log.file that cannot be opened included), 70 a bug (see exitOnBugs), 1 start-up failure
@@ -20,6 +20,7 @@ import { runFrontend } from './commands/frontend.js';
 import { runQuotaService } from './commands/quota-service.js';
 import { runCheck } from './commands/check.js';
 import { runInvalidate, runNotify } from './commands/invalidate.js';
+import { runStatus } from './commands/status.js';
 
 const EX_USAGE = 64;
 const EX_CONFIG = 78;
@@ -85,6 +86,8 @@ async function main(argv: string[]): Promise<number> {
         return await runInvalidate(settings, rest[0]);
       case 'notify':
         return await runNotify(settings, rest);
+      case 'status':
+        return await runStatus(settings, args.flags.has('json'));
       case 'config':
         console.log(JSON.stringify(redactedSettings(settings), null, 2));
         return 0;

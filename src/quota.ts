@@ -105,3 +105,22 @@ export function atLimit(usageBytes: number, limitBytes: number | null, usageMess
 export function isFull(state: MailboxQuota): boolean {
   return state.overQuota || atLimit(state.usageBytes, state.limitBytes, state.usageMessages, state.limitMessages);
 }
+
+/** Longest wait for a source's own health check: a hung mount must not hang /ready (or start-up) too. */
+export const HEALTH_TIMEOUT_MS = 2_000;
+
+/** Why `source` cannot answer now (its health()), or null; a check that hangs or throws says so. */
+export async function healthOf(source: QuotaSource, timeoutMs = HEALTH_TIMEOUT_MS): Promise<string | null> {
+  if (!source.health) return null;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<string>((resolve) => {
+    timer = setTimeout(() => resolve(`the store did not answer within ${timeoutMs} ms`), timeoutMs);
+  });
+  try {
+    return await Promise.race([source.health(), late]);
+  } catch (err) {
+    return `health check failed: ${(err as Error).message}`;
+  } finally {
+    clearTimeout(timer);
+  }
+}

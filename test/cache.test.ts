@@ -44,6 +44,15 @@ test('the memory tier never holds more than max_entries and forgets the oldest e
   assert.equal(cache.get('a'), undefined, 'expired at its TTL');
 });
 
+test('expired entries leave the memory tier even when their mailboxes are never asked again', () => {
+  let now = 0;
+  const cache = new MemoryCache<number>(100_000, () => now);
+  for (let i = 0; i < 1000; i++) cache.set(`once${i}`, i, 2000);
+  now = 5000;
+  for (let i = 0; i < 1000; i++) cache.set(`later${i}`, i, 2000);
+  assert.equal(cache.size, 1000, 'only the live entries are held, far below max_entries');
+});
+
 test('redis.url accepts redis://, rediss://, a socket path, users and passwords', () => {
   assert.deepEqual(parseRedisAddress('redis://127.0.0.1:6380/2'), { host: '127.0.0.1', port: 6380, username: undefined, password: undefined, db: 2, tls: false });
   assert.deepEqual(parseRedisAddress('rediss://quota:p%40ss@redis.example:6390'), { host: 'redis.example', port: 6390, username: 'quota', password: 'p@ss', db: undefined, tls: true });

@@ -181,13 +181,18 @@ describe('npm run package: overquota_VERSION_amd64.deb', () => {
         await fs.writeFile(path.join(root, 'var/mail/full'), '', { mode: 0o600 });
         await fs.truncate(path.join(root, 'var/mail/full'), FULL_MBOX_BYTES);
         await fs.chown(path.join(root, 'var/mail/full'), 4242, await idOf('group', 'mail'));
-        const { daemon, line } = await startAsUnit('overquota-frontend.service', ['OVERQUOTA_POLICY_LISTEN=inet:127.0.0.1:0'], 'frontend ready');
+        // The admin endpoint is on by default (127.0.0.1:10036): here on a free port, never a standard one.
+        const { daemon, line } = await startAsUnit('overquota-frontend.service', ['OVERQUOTA_POLICY_LISTEN=inet:127.0.0.1:0', 'OVERQUOTA_ADMIN_LISTEN=127.0.0.1:0'], 'frontend ready');
         let client: PolicyClient | undefined;
         try {
           assert.equal((await credentials(daemon.proc.pid!)).uid, await idOf('passwd', 'overquota'));
           client = await PolicyClient.connect((line.policy as string[])[0]!);
           assert.equal(await client.ask(rcpt('full@example.com')), '452 4.2.2 Mailbox full, try again later');
           assert.equal(await client.ask(rcpt('room@example.com')), 'DUNNO');
+          // prom-client is in the package: the metrics count what was just decided.
+          const metrics = await (await fetch(`http://${String(line.admin)}/metrics`)).text();
+          assert.match(metrics, /^overquota_decisions_total\{face="policy",verdict="over_quota"\} 1$/m);
+          assert.equal((await fetch(`http://${String(line.admin)}/ready`)).status, 200);
         } finally {
           client?.close();
           assert.equal(await daemon.stop(), 0, daemon.stderr());

@@ -266,22 +266,24 @@ test('the mbox store itself refuses bad keys, honours an aborted signal, and rep
   assert.match((await get('/quota?u=maildir-user')).body, /^ERROR SOURCE_IO: /);
 });
 
-test('health answers 503 with the reason when the store root cannot be read, and 200 again once it can', async (t) => {
+test('ready answers 503 with the reason when the store root cannot be read, and 200 again once it can; health (liveness) stays 200', async (t) => {
   const { mbox, spool, base } = await fixture(t);
   const { get } = await serve(t, mbox);
   const moved = path.join(base, 'moved-away');
   await rename(spool, moved);
-  const gone = await get('/health');
+  const gone = await get('/ready');
   assert.equal(gone.status, 503);
   assert.deepEqual(JSON.parse(gone.body), { status: 'failing', source: `mbox:${spool}`, reason: `store root ${spool} cannot be read: ENOENT` });
+  assert.equal((await get('/health')).status, 200);
   await writeFile(spool, 'not a directory');
-  assert.match(JSON.parse((await get('/health')).body).reason, /ENOTDIR/);
+  assert.match(JSON.parse((await get('/ready')).body).reason, /ENOTDIR/);
   await rm(spool);
   await rename(moved, spool);
-  assert.equal((await get('/health')).status, 200);
+  const back = await get('/ready');
+  assert.deepEqual([back.status, JSON.parse(back.body)], [200, { status: 'ready', source: `mbox:${spool}` }]);
 });
 
-test('health does not wait for a store that never answers: 503 after its bound', async (t) => {
+test('ready does not wait for a store that never answers: 503 after its bound', async (t) => {
   const hung: QuotaSource = {
     name: 'hung',
     lookup: () => new Promise(() => {}),
@@ -289,7 +291,7 @@ test('health does not wait for a store that never answers: 503 after its bound',
     close: async () => {},
   };
   const { get } = await serve(t, hung);
-  const r = await get('/health');
+  const r = await get('/ready');
   assert.equal(r.status, 503);
   assert.match(JSON.parse(r.body).reason, /did not answer within/);
 });

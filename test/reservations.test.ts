@@ -216,3 +216,24 @@ test('the process-local store stays bounded in mailboxes and reservations per ma
   for (let i = 0; i < 5000; i++) store.reserve('big', `t${i}`, 1, state);
   assert.equal(store.pending('big', null).messages, 1000);
 });
+
+test('expired reservations and transactions leave the process-local store even when their mailboxes are never asked again', () => {
+  let now = 0;
+  const store = new LocalReservations(60_000, 100_000, () => now);
+  const state = found(0, 10 ** 9);
+  for (let i = 0; i < 1000; i++) store.reserve(`once${i}`, `old${i}`, 100, state);
+  now = 61_000;
+  for (let i = 0; i < 1000; i++) store.reserve(`later${i}`, `new${i}`, 100, state);
+  assert.equal(store.size, 1000, 'only mailboxes with live reservations are held');
+  assert.deepEqual(store.mailboxesOf('old0'), [], 'an expired transaction is forgotten');
+  assert.deepEqual(store.mailboxesOf('new0'), ['later0']);
+});
+
+test('a transaction whose reservations were all delivered is forgotten', () => {
+  const store = new LocalReservations(60_000, 100_000);
+  store.reserve('m', 't1', 100, found(1000, 10 ** 9));
+  store.reserve('m', 't2', 100, found(1000, 10 ** 9));
+  store.reconcile('m', found(1100, 10 ** 9));
+  assert.deepEqual(store.mailboxesOf('t1'), [], 'delivered: nothing left to resize or release');
+  assert.deepEqual(store.mailboxesOf('t2'), ['m']);
+});

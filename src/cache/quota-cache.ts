@@ -12,7 +12,7 @@
  * collides. It never caches an error, and never waits on a source longer than the timeout given;
  * Redis failing only costs the shared tier, never an answer.
  */
-import type { MailboxQuota, QuotaSource, QuotaState } from '../quota.js';
+import type { MailboxQuota, QuotaSource, QuotaState, SourceErrorCode } from '../quota.js';
 import { SourceError } from '../quota.js';
 import { MemoryCache } from './memory.js';
 import { SingleFlight } from './single-flight.js';
@@ -21,6 +21,7 @@ import type { RedisTier } from './redis-tier.js';
 import type { SharedReservation } from './redis-reservations.js';
 import { LocalReservations, MAX_RESERVATIONS_PER_MAILBOX, NOTHING_PENDING, type Pending } from './reservations.js';
 import { Memo } from '../runtime/memo.js';
+import type { Count, LookupOutcome, ReservationCounts } from '../runtime/metrics.js';
 
 /** hit: memory; redis: the shared tier; shared: another lookup's answer (here or on another frontend); miss: asked the source. */
 export type CacheOutcome = 'hit' | 'redis' | 'shared' | 'miss';
@@ -37,8 +38,25 @@ export interface QuotaCacheOptions {
   memoryTtlMs: number;
   redis?: RedisTier;
   /** Count what was accepted and not yet seen stored (reservations.ts); absent: off. */
-  reservations?: { ttlMs: number };
+  reservations?: { ttlMs: number; counts?: ReservationCounts };
+  /** Told of every source lookup: how it ended and how long it took (metrics, /ready). */
+  watch?: LookupWatcher;
+  /** Lookups that waited for another one of the same mailbox, here or on another frontend. */
+  waits?: { process: Count; cluster: Count };
 }
+
+export type LookupWatcher = (source: QuotaSource, outcome: LookupOutcome, seconds: number) => void;
+
+/** A source's failure, as counted (runtime/metrics.ts LOOKUP_OUTCOMES). */
+const OUTCOME: Record<SourceErrorCode, LookupOutcome> = {
+  SOURCE_TIMEOUT: 'timeout',
+  SOURCE_UNREACHABLE: 'unreachable',
+  SOURCE_HTTP_STATUS: 'http_status',
+  SOURCE_BAD_ANSWER: 'bad_answer',
+  SOURCE_IO: 'io',
+  SOURCE_BAD_KEY: 'bad_key',
+  SOURCE_BUSY: 'busy',
+};
 
 /** A reservation made: `shared` is what Redis said (null without Redis, or when it did not answer). */
 export interface Reserved {
@@ -69,7 +87,7 @@ export class QuotaCache {
   constructor(private readonly opts: QuotaCacheOptions) {
     this.memory = new MemoryCache(opts.maxEntries);
     this.redis = opts.redis;
-    this.reservations = opts.reservations ? new LocalReservations(opts.reservations.ttlMs, Math.max(1, opts.maxEntries)) : null;
+    this.reservations = opts.reservations ? new LocalReservations(opts.reservations.ttlMs, Math.max(1, opts.maxEntries), undefined, opts.reservations.counts) : null;
   }
 
   /** The memory tier alone, synchronously: the hot path of a warm cache. */
@@ -103,6 +121,7 @@ export class QuotaCache {
     const cached = this.memory.get(id);
     if (cached) return { state: cached, cache: 'hit' };
     const { promise, shared } = this.flights.run(id, () => this.fill(source, key, id, timeoutMs));
+    if (shared) this.opts.waits?.process.inc();
     const result = await promise;
     return shared ? { state: result.state, cache: 'shared' } : result;
   }
@@ -120,7 +139,7 @@ export class QuotaCache {
   private async fillOnce(source: QuotaSource, key: string, id: string, timeoutMs: number, fill: { stale: boolean }): Promise<CachedLookup> {
     const redis = this.redis;
     if (!redis) {
-      const state = await lookupWithTimeout(source, key, timeoutMs);
+      const state = await this.ask(source, key, timeoutMs);
       if (!fill.stale) {
         this.memory.set(id, state, ttlFor(state, this.opts.ttl));
         if (state.kind === 'found') this.reservations?.reconcile(id, state);
@@ -135,6 +154,7 @@ export class QuotaCache {
     const deadline = Date.now() + timeoutMs;
     const lock = await redis.tryLock(id, timeoutMs + LOCK_MARGIN_MS);
     if (lock === false) {
+      this.opts.waits?.cluster.inc();
       // Stop waiting early enough to ask the source ourselves if the lock holder died.
       const theirs = await redis.waitFor(id, deadline - Math.min(OWN_LOOKUP_RESERVE_MS, timeoutMs / 3));
       if (theirs) {
@@ -153,7 +173,7 @@ export class QuotaCache {
         }
       }
       const readAt = Date.now();
-      const state = await lookupWithTimeout(source, key, Math.max(1, deadline - Date.now()));
+      const state = await this.ask(source, key, Math.max(1, deadline - Date.now()));
       if (!fill.stale) {
         this.remember(id, state);
         if (state.kind === 'found' && this.reservations) void redis.reservations.reconcile(id, state, readAt);
@@ -163,6 +183,21 @@ export class QuotaCache {
       return { state, cache: 'miss' };
     } finally {
       if (lock) void redis.unlock(id, lock);
+    }
+  }
+
+  /** The source itself, timed and its outcome told to the watcher. */
+  private async ask(source: QuotaSource, key: string, timeoutMs: number): Promise<QuotaState> {
+    const watch = this.opts.watch;
+    if (!watch) return lookupWithTimeout(source, key, timeoutMs);
+    const began = performance.now();
+    try {
+      const state = await lookupWithTimeout(source, key, timeoutMs);
+      watch(source, state.kind === 'found' ? 'ok' : 'unknown', (performance.now() - began) / 1000);
+      return state;
+    } catch (err) {
+      watch(source, err instanceof SourceError ? OUTCOME[err.code] : 'internal', (performance.now() - began) / 1000);
+      throw err;
     }
   }
 

@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import type { RedisConnection } from './redis-client.js';
 import type { QuotaState } from '../quota.js';
 import { RedisReservations } from './redis-reservations.js';
+import { NO_METRICS, type Count } from '../runtime/metrics.js';
 
 export const SCHEMA_VERSION = 'v1';
 /** How long Redis is passed over after a command timed out (see RedisTier.up). */
@@ -41,6 +42,8 @@ export class RedisTier {
     private readonly conn: RedisConnection,
     private readonly prefix: string,
     private readonly logger: Logger,
+    /** Commands that failed or timed out, counted for the metrics. */
+    private readonly errors: Count = NO_METRICS.redisErrors,
   ) {
     this.channel = `${prefix}${SCHEMA_VERSION}:invalidate`;
     this.reservations = new RedisReservations(conn, this);
@@ -63,6 +66,7 @@ export class RedisTier {
 
   /** Every command's failure comes here: a timeout suspends the tier (see up). */
   failed(err: unknown): void {
+    this.errors.inc();
     if (!(err instanceof Error) || !/timed out/i.test(err.message)) return;
     if (this.suspendedUntil === 0) this.logger.warn({ suspend_ms: SUSPEND_AFTER_TIMEOUT_MS }, 'redis did not answer within redis.command_timeout: going on without it for a while');
     this.suspendedUntil = Date.now() + SUSPEND_AFTER_TIMEOUT_MS;

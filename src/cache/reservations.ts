@@ -19,9 +19,11 @@
  *
  * This is the process-local store, always kept (it is all there is without Redis, and the fallback
  * while Redis is away); with Redis the shared copy (redis-tier.ts) is the one that decides. It
- * must never grow without bound: mailboxes, reservations per mailbox and transactions are capped.
+ * must never grow without bound: mailboxes, reservations per mailbox and transactions are capped,
+ * and what has expired goes even for a mailbox that is never asked again (sweep()).
  */
 import type { MailboxQuota } from '../quota.js';
+import { NO_METRICS, type ReservationCounts } from '../runtime/metrics.js';
 
 export interface Pending {
   bytes: number;
@@ -38,8 +40,14 @@ export interface Base {
 
 /** A mailbox with more messages than this on their way is full by any real limit; the oldest go first. */
 export const MAX_RESERVATIONS_PER_MAILBOX = 1000;
-/** Transactions remembered for correcting their size at end of message (cleared when full, like the other memos). */
+/** Transactions remembered for correcting their size at end of message; past it the oldest go first. */
 const MAX_TRANSACTIONS = 100_000;
+/**
+ * Mailboxes looked at from the oldest end per reserve(), at most: what has expired goes even when
+ * its mailbox is never asked again. Measured (bench/soak.ts, Zipf over 100k mailboxes): without
+ * it, mailboxes asked once kept their entry until maxMailboxes pushed it out.
+ */
+const SWEEP_PER_RESERVE = 2;
 
 interface Reservation {
   bytes: number;
@@ -61,13 +69,19 @@ interface MailboxPending {
 
 export class LocalReservations {
   private readonly mailboxes = new Map<string, MailboxPending>();
-  /** Transaction -> the mailbox ids it reserved in, for end-of-message corrections and releases. */
+  /**
+   * Transaction -> the mailbox ids where it still has a reservation here, for end-of-message
+   * corrections and releases; a transaction goes with its last reservation (bench/soak.ts: kept
+   * until MAX_TRANSACTIONS instead, delivered ones included, they were 100k entries, ~14 MB).
+   */
   private readonly transactions = new Map<string, string[]>();
 
   constructor(
     private readonly ttlMs: number,
     private readonly maxMailboxes: number,
     private readonly now: () => number = Date.now,
+    /** Made, delivered (a reading showed it), expired: counted for the metrics. */
+    private readonly counts: ReservationCounts = NO_METRICS.reservations,
   ) {}
 
   /** What is on its way to the mailbox, not counting transaction `except`'s own reservation. */
@@ -94,24 +108,57 @@ export class LocalReservations {
       m = { base: { usageBytes: state.usageBytes, usageMessages: state.usageMessages }, byTxn: new Map(), bytes: 0, nextExpiry: Infinity };
       if (this.mailboxes.size >= this.maxMailboxes) {
         const oldest = this.mailboxes.keys().next().value;
-        if (oldest !== undefined) this.mailboxes.delete(oldest);
+        if (oldest !== undefined) this.forget(oldest);
       }
       this.mailboxes.set(id, m);
     }
     if (m.byTxn.has(txn)) return false;
-    if (m.byTxn.size >= MAX_RESERVATIONS_PER_MAILBOX) dropOldest(m, 1);
+    if (m.byTxn.size >= MAX_RESERVATIONS_PER_MAILBOX) this.dropOldest(id, m, 1);
     const expiresAt = this.now() + this.ttlMs;
     m.byTxn.set(txn, { bytes, expiresAt });
+    this.counts.made.inc();
     m.bytes += bytes;
     if (expiresAt < m.nextExpiry) m.nextExpiry = expiresAt;
     let ids = this.transactions.get(txn);
     if (ids === undefined) {
-      if (this.transactions.size >= MAX_TRANSACTIONS) this.transactions.clear();
+      if (this.transactions.size >= MAX_TRANSACTIONS) this.transactions.delete(this.transactions.keys().next().value!);
       ids = [];
       this.transactions.set(txn, ids);
     }
     if (!ids.includes(id)) ids.push(id);
+    this.sweep();
     return true;
+  }
+
+  /** Drops expired mailboxes from the oldest end; the first one still live moves to the newest end. */
+  private sweep(): void {
+    let n = SWEEP_PER_RESERVE;
+    for (const id of this.mailboxes.keys()) {
+      if (n-- === 0) break;
+      const m = this.live(id);
+      if (m === undefined) continue;
+      this.mailboxes.delete(id);
+      this.mailboxes.set(id, m);
+      break;
+    }
+  }
+
+  /** Takes transaction `txn`'s reservation out of mailbox `id`, and `id` out of the transaction's list. */
+  private take(id: string, m: MailboxPending, txn: string, r: Reservation): void {
+    m.byTxn.delete(txn);
+    m.bytes -= r.bytes;
+    const ids = this.transactions.get(txn);
+    if (ids === undefined) return;
+    const i = ids.indexOf(id);
+    if (i !== -1) ids.splice(i, 1);
+    if (ids.length === 0) this.transactions.delete(txn);
+  }
+
+  private dropOldest(id: string, m: MailboxPending, n: number): void {
+    for (const [txn, r] of m.byTxn) {
+      if (n-- <= 0) break;
+      this.take(id, m, txn, r);
+    }
   }
 
   /** The mailbox ids transaction `txn` reserved in (here). */
@@ -123,14 +170,13 @@ export class LocalReservations {
     const m = this.mailboxes.get(id);
     const r = m?.byTxn.get(txn);
     if (m === undefined || r === undefined) return;
-    m.byTxn.delete(txn);
-    m.bytes -= r.bytes;
+    this.take(id, m, txn, r);
     if (m.byTxn.size === 0) this.mailboxes.delete(id);
   }
 
   /** Every reservation of the transaction goes (the message was given up). */
   releaseTransaction(txn: string): string[] {
-    const ids = this.transactions.get(txn) ?? [];
+    const ids = [...(this.transactions.get(txn) ?? [])];
     for (const id of ids) this.release(id, txn);
     this.transactions.delete(txn);
     return ids;
@@ -156,12 +202,17 @@ export class LocalReservations {
   reconcile(id: string, state: MailboxQuota): void {
     const m = this.live(id);
     if (m === undefined) return;
-    dropOldest(m, deliveredCount(m.base, state, m.byTxn.values()));
+    const before = m.byTxn.size;
+    this.dropOldest(id, m, deliveredCount(m.base, state, m.byTxn.values()));
+    if (m.byTxn.size < before) this.counts.delivered.inc(before - m.byTxn.size);
     m.base = { usageBytes: state.usageBytes, usageMessages: state.usageMessages };
     if (m.byTxn.size === 0) this.mailboxes.delete(id);
   }
 
   forget(id: string): void {
+    const m = this.mailboxes.get(id);
+    if (m === undefined) return;
+    this.dropOldest(id, m, Infinity);
     this.mailboxes.delete(id);
   }
 
@@ -181,20 +232,12 @@ export class LocalReservations {
         m.nextExpiry = r.expiresAt;
         break;
       }
-      m.byTxn.delete(txn);
-      m.bytes -= r.bytes;
+      this.take(id, m, txn, r);
+      this.counts.expired.inc();
     }
     if (m.byTxn.size > 0) return m;
     this.mailboxes.delete(id);
     return undefined;
-  }
-}
-
-function dropOldest(m: MailboxPending, n: number): void {
-  for (const [txn, r] of m.byTxn) {
-    if (n-- <= 0) break;
-    m.byTxn.delete(txn);
-    m.bytes -= r.bytes;
   }
 }
 

@@ -14,6 +14,7 @@ import { startMilterServer } from '../faces/milter/server.js';
 import { makeMilterDecider } from '../faces/milter/handler.js';
 import type { DecisionCore } from '../core/assemble.js';
 import type { Logger } from 'pino';
+import type { MetricsExport } from '../runtime/metrics.js';
 
 /** Extra time after the latency budget for in-flight answers at shutdown. */
 const SHUTDOWN_GRACE_MS = 1000;
@@ -24,12 +25,15 @@ export async function runFrontend(settings: Settings, stdio: boolean, logger: Lo
   checkAdminToken(settings);
   // Spawn mode is one process per SMTP session (Postfix runs up to 100): one Redis connection
   // each, no invalidation subscriber (its memory tier lives seconds; it reads Redis anyway).
-  const core = await buildDecisionCore(settings, logger, { subscribe: !stdio });
+  // Metrics are served by the admin endpoint: without it (and in spawn mode) prom-client is not
+  // even loaded, and nothing is counted.
+  const metrics = !stdio && settings.admin.listen ? (await import('../runtime/prometheus.js')).createPrometheusMetrics('frontend') : undefined;
+  const core = await buildDecisionCore(settings, logger, { subscribe: !stdio, metrics });
   // Not required to answer (Redis is optional at every moment), but a frontend that starts
   // with Redis reachable should use it from its first request.
   // Not in spawn mode: one process per SMTP session must answer at once (Redis is optional anyway).
   if (!stdio) await core.redisReady(REDIS_STARTUP_WAIT_MS);
-  const handle = makePolicyHandler(core.checker, { checkEndOfMessage: settings.policy.check_end_of_message, onError: settings.replies.on_error, decisions: settings.log.decisions }, logger);
+  const handle = makePolicyHandler(core.checker, { checkEndOfMessage: settings.policy.check_end_of_message, onError: settings.replies.on_error, decisions: settings.log.decisions, counts: metrics?.face('policy') }, logger);
   const limits = {
     maxLineLength: settings.policy.max_line_length,
     maxAttributes: settings.policy.max_attributes,
@@ -56,17 +60,21 @@ export async function runFrontend(settings: Settings, stdio: boolean, logger: Lo
     handle,
     logger,
     shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
+    counts: metrics?.face('policy'),
   });
   const milter = settings.milter.listen.length === 0 ? null : await startMilterServer({
     listeners: settings.milter.listen.map((l) => parseListenAddress(l, settings.milter.socket_group) as ListenAddress),
     socketMode: parseInt(settings.milter.socket_mode, 8),
     idleTimeoutMs: settings.milter.idle_timeout,
-    decide: makeMilterDecider(core.checker, settings.replies.on_error, logger, settings.log.decisions),
+    decide: makeMilterDecider(core.checker, settings.replies.on_error, logger, settings.log.decisions, metrics?.face('milter')),
     messages: core.checker,
     logger,
     shutdownGraceMs: settings.latency_budget + SHUTDOWN_GRACE_MS,
+    counts: metrics?.face('milter'),
   });
-  const admin = await startAdminIfWanted(settings, core, logger);
+  if (policy) metrics?.openConnections('policy', () => policy.connections());
+  if (milter) metrics?.openConnections('milter', () => milter.connections());
+  const admin = await startAdminIfWanted(settings, core, logger, [...(policy?.addresses ?? []), ...(milter?.addresses ?? [])], metrics);
   process.on('SIGHUP', () => void core.reload());
   logger.info(
     {
@@ -99,11 +107,11 @@ function checkAdminToken(settings: Settings): void {
   }
 }
 
-async function startAdminIfWanted(settings: Settings, core: DecisionCore, logger: Logger) {
+async function startAdminIfWanted(settings: Settings, core: DecisionCore, logger: Logger, listeners: string[], metrics: MetricsExport | undefined) {
   if (!settings.admin.listen) return null;
   const where = parseListenAddress(settings.admin.listen);
   if (typeof where === 'string' || where.kind !== 'inet') throw new Error(`admin.listen: ${String(where)}`);
-  const admin = await startAdminServer({ host: where.host, port: where.port, core, token: settings.admin.token, logger });
+  const admin = await startAdminServer({ host: where.host, port: where.port, core, token: settings.admin.token, logger, listeners, metrics });
   logger.info({ listen: admin.address }, 'admin endpoint ready');
   return admin;
 }

@@ -10,7 +10,7 @@ export const COMMANDS: Record<string, { usage: string; summary: string }> = {
   },
   'quota-service': {
     usage: 'overquota quota-service [--config FILE] [--SETTING VALUE ...]',
-    summary: 'Run the backend quota service (replaces quota.cgi): GET /quota?u=USER, /cgi-bin/quota.cgi?u=USER, /quota.json?u=USER, /health.',
+    summary: 'Run the backend quota service (replaces quota.cgi): GET /quota?u=USER, /cgi-bin/quota.cgi?u=USER, /quota.json?u=USER, /health, /ready, /metrics.',
   },
   check: {
     usage: 'overquota check ADDRESS [--size BYTES] [--json] [--config FILE] [--SETTING VALUE ...]',
@@ -23,6 +23,10 @@ export const COMMANDS: Record<string, { usage: string; summary: string }> = {
   notify: {
     usage: 'overquota notify [+N|-N] USER [--config FILE] [--SETTING VALUE ...]',
     summary: "For Dovecot's quota_warning scripts: make every frontend forget mailbox USER (the mailbox key) now, as invalidate does.",
+  },
+  status: {
+    usage: 'overquota status [--json] [--config FILE] [--SETTING VALUE ...]',
+    summary: "Ask the running frontend at admin.listen whether it is ready (GET /ready) and print what is wrong, if anything: Redis, each source. Exit 0: ready, 1: degraded, 2: no answer.",
   },
   config: {
     usage: 'overquota config [--config FILE] [--SETTING VALUE ...]',

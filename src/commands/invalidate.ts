@@ -10,7 +10,7 @@ import type { Settings } from '../config/schema.js';
 import { buildDecisionCore } from '../core/assemble.js';
 import { createLogger } from '../runtime/log.js';
 import { UsageError } from './args.js';
-import { parseListenAddress } from '../config/listen.js';
+import { adminUrl } from './status.js';
 
 const REDIS_WAIT_MS = 2000;
 const ADMIN_TIMEOUT_MS = 5000;
@@ -48,11 +48,9 @@ async function forget(settings: Settings, target: Target): Promise<number> {
     }
   }
   if (settings.admin.listen) {
-    const where = parseListenAddress(settings.admin.listen);
-    const hostPort = typeof where === 'string' || where.kind !== 'inet' ? settings.admin.listen : `${where.host.includes(':') ? `[${where.host}]` : where.host}:${where.port}`;
     const query = 'address' in target ? `address=${encodeURIComponent(target.address)}` : `key=${encodeURIComponent(target.key)}`;
     const headers: Record<string, string> = settings.admin.token ? { authorization: `Bearer ${settings.admin.token}` } : {};
-    const res = await fetch(`http://${hostPort}/invalidate?${query}`, { method: 'POST', headers, signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS) });
+    const res = await fetch(`${adminUrl(settings)}/invalidate?${query}`, { method: 'POST', headers, signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS) });
     const body = (await res.json()) as { mailbox?: string; error?: string };
     console.log(res.ok ? `mailbox ${body.mailbox}: dropped from the frontend at ${settings.admin.listen}` : `refused: ${body.error}`);
     return res.ok ? 0 : 1;

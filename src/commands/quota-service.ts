@@ -14,6 +14,7 @@ import { startQuotaService } from '../faces/quota-service/server.js';
 import { isLoopback } from '../runtime/bearer.js';
 import { onStopSignal } from '../runtime/process.js';
 import { RedisTier } from '../cache/redis-tier.js';
+import { healthOf } from '../quota.js';
 
 /** logger: the daemon's, made by cli.ts (which also logs a failed start and exits on bugs). */
 export async function runQuotaService(settings: Settings, logger: Logger): Promise<number> {
@@ -25,6 +26,7 @@ export async function runQuotaService(settings: Settings, logger: Logger): Promi
         'without it anyone who reaches the port can POST /invalidate and make every frontend forget its cache',
     );
   }
+  const metrics = (await import('../runtime/prometheus.js')).createPrometheusMetrics('quota-service');
   // Blocking file-system calls: thread-pool round trips were most of this service's CPU, and a
   // frontend bounds its wait on us anyway (stores/io.ts).
   const { store, limits } = await buildLocalStore(settings.store, {
@@ -33,13 +35,18 @@ export async function runQuotaService(settings: Settings, logger: Logger): Promi
     io: blockingIo,
     maxConcurrentScans: settings.quota_service.max_concurrent_scans,
     logger,
+    scanTimes: metrics.scans,
   });
+  // Not a refusal to start: the store may be mounted later; until then lookups get 503 and /ready says why.
+  const unreadable = await healthOf(store);
+  if (unreadable) logger.warn({ store: store.name, reason: unreadable }, 'the mail store cannot be read: lookups are answered 503 until it can (GET /ready says so)');
   process.on('SIGHUP', () => {
-    if (limits) void reloadLimits(limits, logger);
+    if (limits) void reloadLimits(limits, logger).then((ok) => (ok ? metrics.reloads.ok : metrics.reloads.failed).inc());
   });
   const redisClient = settings.redis.url ? await import('../cache/redis-client.js') : null;
   const redis = redisClient?.connectRedis(settings.redis, logger, 'overquota-quota-service') ?? null;
-  const tier = redis ? new RedisTier(redis, settings.redis.prefix, logger) : null;
+  const tier = redis ? new RedisTier(redis, settings.redis.prefix, logger, metrics.redisErrors) : null;
+  if (redis) metrics.redisConnected(() => redis.status === 'ready');
   const service = await startQuotaService({
     host: where.host,
     port: where.port,
@@ -48,6 +55,7 @@ export async function runQuotaService(settings: Settings, logger: Logger): Promi
     logger,
     maxLookups: settings.quota_service.max_lookups,
     publishInvalidation: tier ? (user) => tier.publishInvalidation(user) : undefined,
+    metrics,
   });
   logger.info({ listen: `${where.host}:${service.port}`, store: store.name }, 'quota service ready');
   await new Promise<void>((resolve) => onStopSignal(resolve));

@@ -104,7 +104,7 @@ const schema = {
     command_timeout: { doc: 'Give up on one Redis command after this long and go on without Redis.', format: 'duration', default: '250ms' },
   },
   admin: {
-    listen: { doc: 'Admin HTTP listener of the frontend (POST /invalidate?address=ADDRESS, GET /health), HOST:PORT. Empty: off.', format: 'optional-listener', default: '' },
+    listen: { doc: 'Admin HTTP listener of the frontend, HOST:PORT: GET /metrics (Prometheus), GET /health, GET /ready, POST /invalidate?address=ADDRESS; overquota status asks it. Empty: off (and no metrics).', format: 'optional-listener', default: '127.0.0.1:10036' },
     token: { doc: 'Bearer token that POST requests to the admin listener must carry. Required when admin.listen is not on loopback (start-up refuses it without one).', format: String, default: '', sensitive: true },
   },
   replies: {

@@ -1,6 +1,12 @@
 /*
  * Settings -> a ready decision core (router, cache tiers, checker). Shared by the frontend and the
  * check and invalidate commands, so they answer exactly as the running service would.
+ *
+ * It also keeps what /ready reports (readiness()): whether Redis is connected, and how each
+ * source's last lookup went. A source whose last lookup failed within SOURCE_FAILURE_SHOWN_MS is
+ * not ready; a local store is asked whether its root can be read. A store that cannot be read at
+ * start-up is a warning, not a refusal to start: the embedded defaults must start on a host
+ * without /var/mail, and lookups then get on_error until it appears.
  */
 import type { Logger } from 'pino';
 import type { Settings } from '../config/schema.js';
@@ -13,6 +19,19 @@ import { buildRouter } from '../sources/factory.js';
 import { reloadLimits, type LimitsFile } from '../stores/limits.js';
 import { AliasMap } from './aliases.js';
 import type { Router } from '../sources/router.js';
+import { healthOf, type QuotaSource } from '../quota.js';
+import { NO_METRICS, type LookupOutcome, type Metrics, type SourceCounts } from '../runtime/metrics.js';
+
+/** How long a failed lookup keeps its source "not ready" when no later lookup succeeded. */
+export const SOURCE_FAILURE_SHOWN_MS = 60_000;
+
+/** What /ready says about the core. */
+export interface CoreReadiness {
+  ready: boolean;
+  redis: 'up' | 'down' | 'off';
+  /** By source name: "ok", or what is wrong ("timeout 1.5s ago", "store root /var/mail cannot be read: ENOENT"). */
+  sources: Record<string, string>;
+}
 
 export interface DecisionCore {
   checker: QuotaChecker;
@@ -29,14 +48,25 @@ export interface DecisionCore {
   invalidateKey(key: string): Promise<{ key: string; published: boolean }>;
   /** Re-reads files that operators edit in place (limits, alias map); keeps the old contents on error. */
   reload(): Promise<void>;
+  /** Redis and each source, for /ready. */
+  readiness(): Promise<CoreReadiness>;
   /** Resolves once Redis is connected (true), or after timeoutMs or without Redis (false). */
   redisReady(timeoutMs: number): Promise<boolean>;
   close(): Promise<void>;
 }
 
-export async function buildDecisionCore(settings: Settings, logger: Logger, opts: { subscribe: boolean }): Promise<DecisionCore> {
+/** @param opts.metrics what the core counts (the frontend's exporter); absent: nothing. */
+export async function buildDecisionCore(settings: Settings, logger: Logger, opts: { subscribe: boolean; metrics?: Metrics }): Promise<DecisionCore> {
+  const metrics = opts.metrics ?? NO_METRICS;
   const limitsFiles: LimitsFile[] = [];
   const router = await buildRouter(settings, limitsFiles);
+  const watched = watchSources(router.sources(), metrics);
+  // Not awaited: a hung mount must not hold start-up (in spawn mode, every SMTP session's).
+  for (const source of router.sources()) {
+    void healthOf(source).then((unreadable) => {
+      if (unreadable) logger.warn({ source: source.name, reason: unreadable }, 'the mail store cannot be read: its lookups get the on_error reply until it can (GET /ready says so)');
+    });
+  }
   const connections: RedisConnection[] = [];
   let redis: RedisTier | undefined;
   // ioredis (and undici, in sources/factory.ts) are loaded only when configured: together they
@@ -46,14 +76,16 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
   if (connectRedis) {
     const conn = connectRedis(settings.redis, logger, 'overquota');
     connections.push(conn);
-    redis = new RedisTier(conn, settings.redis.prefix, logger);
+    redis = new RedisTier(conn, settings.redis.prefix, logger, metrics.redisErrors);
   }
   const cache = new QuotaCache({
     maxEntries: settings.cache.max_entries,
     ttl: settings.cache.ttl,
     memoryTtlMs: redis ? settings.cache.memory_ttl : Number.MAX_SAFE_INTEGER,
     redis,
-    reservations: settings.reservations.enabled ? { ttlMs: settings.reservations.ttl } : undefined,
+    reservations: settings.reservations.enabled ? { ttlMs: settings.reservations.ttl, counts: metrics.reservations } : undefined,
+    watch: watched.watch,
+    waits: metrics.singleFlightWaits,
   });
   const sourceNames = router.sources().map((s) => s.name);
   if (redis && connectRedis && opts.subscribe) {
@@ -78,7 +110,13 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     dryRun: settings.dry_run,
     latencyBudgetMs: settings.latency_budget,
     sourceTimeoutMs: settings.source.timeout,
+    counts: { answers: metrics.answers, budgetExhausted: metrics.budgetExhausted, tipped: metrics.reservations.tipped },
   });
+  const redisState = (): 'up' | 'down' | 'off' => {
+    const conn = connections[0];
+    return conn ? (conn.status === 'ready' ? 'up' : 'down') : 'off';
+  };
+  if (connections[0]) metrics.redisConnected(() => redisState() === 'up');
   return {
     checker,
     cache,
@@ -87,9 +125,11 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     keyOf(address) {
       return parseRecipient(address, rules)?.key ?? null;
     },
-    redisState() {
-      const conn = connections[0];
-      return conn ? (conn.status === 'ready' ? 'up' : 'down') : 'off';
+    redisState,
+    async readiness() {
+      const redis = redisState();
+      const sources = await watched.report();
+      return { ready: redis !== 'down' && Object.values(sources).every((s) => s === 'ok'), redis, sources };
     },
     async invalidate(address) {
       const recipient = parseRecipient(address, rules);
@@ -101,12 +141,14 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     },
     async reload() {
       // Cached figures keep the limit they were found with until their TTL runs out.
-      for (const limits of limitsFiles) await reloadLimits(limits, logger);
+      for (const limits of limitsFiles) (await reloadLimits(limits, logger) ? metrics.reloads.ok : metrics.reloads.failed).inc();
       if (!aliases) return;
       try {
         await aliases.load();
+        metrics.reloads.ok.inc();
         logger.info({ file: aliases.path, entries: aliases.size }, 'alias map reloaded');
       } catch (err) {
+        metrics.reloads.failed.inc();
         logger.error({ file: aliases.path, error: (err as Error).message }, 'alias map not reloaded: the previous one stays in use');
       }
     },
@@ -125,6 +167,32 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     async close() {
       await Promise.all(router.sources().map((s) => s.close()));
       for (const c of connections) redisClient?.closeRedis(c);
+    },
+  };
+}
+
+/** How each source's lookups go: counted for the metrics, and the last failure kept for /ready. */
+function watchSources(sources: QuotaSource[], metrics: Metrics) {
+  const bySource = new Map<QuotaSource, { counts: SourceCounts; failure: { outcome: LookupOutcome; at: number } | null }>();
+  // Bound once per source: their series exist, at 0, from the start (rate() and alerts need them).
+  for (const source of sources) bySource.set(source, { counts: metrics.source(source.name), failure: null });
+  return {
+    watch(source: QuotaSource, outcome: LookupOutcome, seconds: number): void {
+      const s = bySource.get(source);
+      if (!s) return;
+      s.counts.lookups[outcome].inc();
+      s.counts.duration.observe(seconds);
+      s.failure = outcome === 'ok' || outcome === 'unknown' ? null : { outcome, at: Date.now() };
+    },
+    /** By source name: "ok", or what is wrong now. */
+    async report(): Promise<Record<string, string>> {
+      const out: Record<string, string> = {};
+      for (const [source, s] of bySource) {
+        const unreadable = await healthOf(source);
+        const ago = s.failure ? Date.now() - s.failure.at : Infinity;
+        out[source.name] = unreadable ?? (ago < SOURCE_FAILURE_SHOWN_MS ? `${s.failure!.outcome} ${(ago / 1000).toFixed(1)}s ago` : 'ok');
+      }
+      return out;
     },
   };
 }

@@ -18,6 +18,7 @@ import type { QuotaCache, CacheOutcome, Reserved } from '../cache/quota-cache.js
 import type { Pending } from '../cache/reservations.js';
 import type { Router } from '../sources/router.js';
 import { SourceError, type MailboxQuota, type QuotaSource, type QuotaState } from '../quota.js';
+import { NO_METRICS, type Count, type Tier } from '../runtime/metrics.js';
 
 export interface CheckerOptions {
   rules: RecipientRules;
@@ -29,7 +30,19 @@ export interface CheckerOptions {
   sourceTimeoutMs: number;
   /** Addresses are resolved to their mailboxes first; with several, defer if any / all are full. */
   aliases?: { map: AliasMap; deferWhen: 'any' | 'all' };
+  /** What the checker counts (runtime/metrics.ts); absent: nothing. */
+  counts?: CheckerCounts;
 }
+
+/** Answers by the tier that gave them, budgets run out, verdicts that mail on its way tipped. */
+export interface CheckerCounts {
+  answers: Record<Tier, Count>;
+  budgetExhausted: Count;
+  tipped: Count;
+}
+
+/** The cache's word for where an answer came from -> the tier counted. */
+const TIER: Record<CacheOutcome, Tier> = { hit: 'memory', redis: 'redis', shared: 'shared', miss: 'source' };
 
 export interface Decision {
   verdict: Verdict;
@@ -50,6 +63,7 @@ export interface Decision {
 export class QuotaChecker {
   private readonly recipients: RecipientParser;
   private readonly replies: Replies;
+  private readonly counts: CheckerCounts;
 
   constructor(
     private readonly router: Router,
@@ -58,6 +72,7 @@ export class QuotaChecker {
   ) {
     this.recipients = new RecipientParser(opts.rules);
     this.replies = new Replies(opts.replies, opts.dryRun);
+    this.counts = opts.counts ?? { answers: NO_METRICS.answers, budgetExhausted: NO_METRICS.budgetExhausted, tipped: NO_METRICS.reservations.tipped };
   }
 
   /**
@@ -94,7 +109,10 @@ export class QuotaChecker {
     if (!source) return this.finish(started, size, recipient, { kind: 'not_checked', reason: `domain ${recipient.domain || '(none)'} is not served` });
     const id = this.cache.idOf(source, recipient.key);
     const cached = this.cache.peekId(id);
-    if (cached) return this.judge(started, size, recipient, source, id, cached, 'hit', txn);
+    if (cached) {
+      this.counts.answers.memory.inc();
+      return this.judge(started, size, recipient, source, id, cached, 'hit', txn);
+    }
     return this.lookUp(started ?? performance.now(), size, recipient, source, id, txn);
   }
 
@@ -114,7 +132,7 @@ export class QuotaChecker {
     const pending = this.cache.pending(id, txn);
     const verdict = decide(state, size, pending);
     const counted = pending.messages > 0 ? pending : null;
-    if (verdict.pending) this.cache.readSoon(id);
+    if (verdict.pending) this.tipped(id);
     if (verdict.kind !== 'under_quota' || txn === null || !worthReserving(state, size)) return this.decided(started, size, recipient, verdict, source.name, cache, state, counted, null);
     const reserved = this.cache.reserve(id, txn, size, state, this.budgetLeft(started));
     if (!(reserved instanceof Promise)) return this.decided(started, size, recipient, verdict, source.name, cache, state, counted, reserved.added ? id : null);
@@ -131,8 +149,14 @@ export class QuotaChecker {
     const pending = r.shared.others.messages > 0 ? r.shared.others : null;
     if (verdict.kind === 'under_quota') return this.decided(started, size, recipient, verdict, source, cache, base, pending, r.added ? id : null);
     if (r.added && txn !== null) this.cache.release(id, txn);
-    if (verdict.pending) this.cache.readSoon(id);
+    if (verdict.pending) this.tipped(id);
     return this.decided(started, size, recipient, verdict, source, cache, base, pending, null);
+  }
+
+  /** Mail on its way tipped a verdict for `id`: counted, and the mailbox read again soon. */
+  private tipped(id: string): void {
+    this.counts.tipped.inc();
+    this.cache.readSoon(id);
   }
 
   /** What is left of the latency budget of a request that started at `started` (null: now). */
@@ -177,13 +201,17 @@ export class QuotaChecker {
     const budget = this.budgetLeft(started);
     const timeout = Math.min(this.opts.sourceTimeoutMs, budget);
     let timer: NodeJS.Timeout | undefined;
+    let exhausted: SourceError | undefined;
     try {
       const spent = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new SourceError('SOURCE_TIMEOUT', `latency budget of ${this.opts.latencyBudgetMs} ms spent`)), budget);
+        timer = setTimeout(() => reject((exhausted = new SourceError('SOURCE_TIMEOUT', `latency budget of ${this.opts.latencyBudgetMs} ms spent`))), budget);
       });
       const { state, cache } = await Promise.race([this.cache.lookup(source, recipient.key, timeout), spent]);
+      this.counts.answers[TIER[cache]].inc();
       return await this.judge(started, size, recipient, source, id, state, cache, txn);
     } catch (err) {
+      // The budget's timer is set before the source's, which is never longer: it fires first.
+      if (err === exhausted) this.counts.budgetExhausted.inc();
       const code = err instanceof SourceError ? err.code : 'INTERNAL';
       const message = err instanceof Error ? err.message : String(err);
       return this.finish(started, size, recipient, { kind: 'error', reason: message }, { source: source.name, error: { code, message } });

@@ -11,6 +11,7 @@ import { MboxStore } from '../stores/mbox.js';
 import { Router } from './router.js';
 import type { QuotaSource } from '../quota.js';
 import type { StoreIo } from '../stores/io.js';
+import type { Timing } from '../runtime/metrics.js';
 
 /** HTTP clients are loaded only when a backend needs one (undici is a large part of start-up memory). */
 export async function doveadmSource(url: string, password: string, apiKey: string, maxConnections: number): Promise<QuotaSource> {
@@ -32,11 +33,11 @@ export interface LocalStore {
 /**
  * `io`: how lookups touch the disk (stores/io.ts); frontends keep the default, the thread pool.
  * `maxConcurrentScans`: Maildir recounts at once (scan-slots.ts); `logger`: where a failed
- * maildirsize rewrite is reported.
+ * maildirsize rewrite is reported; `scanTimes`: each recount's duration (the metrics).
  */
 export async function buildLocalStore(
   store: Settings['store'],
-  opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm']; io?: StoreIo; maxConcurrentScans?: number; logger?: Logger },
+  opts: { writeMaildirsize: boolean; doveadm: Settings['doveadm']; io?: StoreIo; maxConcurrentScans?: number; logger?: Logger; scanTimes?: Timing },
 ): Promise<LocalStore> {
   if (store.type === 'doveadm') return { store: await doveadmSource(opts.doveadm.url, opts.doveadm.password, opts.doveadm.api_key, 16), limits: null };
   let limits: LimitsFile | undefined;
@@ -61,6 +62,7 @@ export async function buildLocalStore(
       io: opts.io,
       maxConcurrentScans: opts.maxConcurrentScans,
       logger: opts.logger,
+      scanTimes: opts.scanTimes,
     });
     return { store: maildir, limits: limits ?? null };
   }

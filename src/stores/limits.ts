@@ -141,12 +141,14 @@ export function limitFromFile(limits: LimitsFile | undefined, user: string, defa
 }
 
 /** SIGHUP: re-reads a limits file and says how it went; a file with bad lines keeps the previous limits. */
-export async function reloadLimits(limits: LimitsFile, logger: Logger): Promise<void> {
+export async function reloadLimits(limits: LimitsFile, logger: Logger): Promise<boolean> {
   try {
     const errors = await limits.reload();
     if (errors.length === 0) logger.info({ file: limits.path, users: limits.size }, 'limits file reloaded');
     else logger.error({ file: limits.path, errors: limits.describeErrors() }, 'limits file not reloaded: the previous limits stay in use');
+    return errors.length === 0;
   } catch (err) {
     logger.error({ file: limits.path, error: (err as Error).message }, 'limits file not reloaded: the previous limits stay in use');
+    return false;
   }
 }

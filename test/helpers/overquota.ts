@@ -18,6 +18,16 @@ export interface Running {
   stop(): Promise<number | null>;
 }
 
+/**
+ * A frontend's admin endpoint listens on 127.0.0.1:10036 by default: tests start many frontends at
+ * once and never rely on a standard port, so it is off unless a test asks for it (--admin.listen
+ * or OVERQUOTA_ADMIN_LISTEN).
+ */
+function adminOffUnlessAsked(args: string[], env: Record<string, string>): Record<string, string> {
+  if (args[0] !== 'frontend' || args.includes('--admin.listen') || 'OVERQUOTA_ADMIN_LISTEN' in env) return env;
+  return { ...env, OVERQUOTA_ADMIN_LISTEN: '' };
+}
+
 const running = new Set<ChildProcess>();
 process.on('exit', () => {
   for (const p of running) p.kill('SIGKILL');
@@ -25,7 +35,7 @@ process.on('exit', () => {
 
 /** command: how to start overquota (default: this node on dist/cli.js; the package tests run an installed one). */
 export function runOverquota(args: string[], env: Record<string, string> = {}, command: string[] = [process.execPath, CLI]): Running {
-  const proc = spawn(command[0]!, [...command.slice(1), ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+  const proc = spawn(command[0]!, [...command.slice(1), ...args], { env: { ...process.env, ...adminOffUnlessAsked(args, env) }, stdio: ['pipe', 'pipe', 'pipe'] });
   running.add(proc);
   const logs: Record<string, unknown>[] = [];
   let err = '';
@@ -96,7 +106,7 @@ export async function startQuotaServiceProcess(args: string[], env: Record<strin
 /** Runs a short command (check, config) to completion. */
 export function runToEnd(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env } });
+    const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...adminOffUnlessAsked(args, env) } });
     let stdout = '';
     let stderr = '';
     proc.stdout.on('data', (d) => (stdout += d));

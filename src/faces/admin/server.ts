@@ -1,12 +1,15 @@
 /*
- * The frontend's admin HTTP endpoint (admin.listen, off by default; keep it on loopback):
+ * The frontend's admin HTTP endpoint (admin.listen, 127.0.0.1:10036 by default; keep it on loopback):
  *   POST /invalidate?address=ADDRESS  drop the mailbox from every cache tier of every frontend
  *   POST /invalidate?key=MAILBOX      the same by mailbox key (overquota notify, Dovecot's %u)
- *   GET  /health                      {"status":"ok","redis":"up"|"down"|"off"}
+ *   GET  /health                      liveness: 200 {"status":"ok","redis":"up"|"down"|"off"}
+ *   GET  /ready                       readiness: 200 {"status":"ready",...}, or 503
+ *                                     {"status":"degraded","redis":"down","sources":{"NAME":"timeout 1.5s ago"}}
+ *   GET  /metrics                     Prometheus text format (runtime/prometheus.ts)
  * POST needs `Authorization: Bearer <admin.token>` when a token is set; off loopback a token is
- * required (start-up refuses without one). Keys and addresses are checked like the quota
- * service's users and never echoed back unless valid. Bad input gets 400 with a reason; it never
- * throws into the frontend.
+ * required (start-up refuses without one). GETs name no mailbox and need none. Keys and addresses
+ * are checked like the quota service's users and never echoed back unless valid. Bad input gets
+ * 400 with a reason; it never throws into the frontend.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -15,6 +18,7 @@ import type { DecisionCore } from '../../core/assemble.js';
 import { bearerCheck } from '../../runtime/bearer.js';
 import { MAX_ADDRESS_LENGTH } from '../../core/recipient.js';
 import { checkMailboxUser } from '../../stores/paths.js';
+import type { MetricsExport } from '../../runtime/metrics.js';
 
 export interface AdminServerOptions {
   host: string;
@@ -23,6 +27,10 @@ export interface AdminServerOptions {
   /** Empty: POST without a token (allowed on loopback only; the caller checks). */
   token: string;
   logger: Logger;
+  /** The policy and milter listeners, open before this endpoint starts (ready means they are up). */
+  listeners: string[];
+  /** Served at GET /metrics; absent: 404. */
+  metrics?: MetricsExport;
 }
 
 export async function startAdminServer(opts: AdminServerOptions): Promise<{ address: string; close(): Promise<void> }> {
@@ -40,6 +48,25 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<{ addr
       return reply(400, { error: 'bad request target' });
     }
     if (url.pathname === '/health' && req.method === 'GET') return reply(200, { status: 'ok', redis: opts.core.redisState() });
+    if (url.pathname === '/ready' && req.method === 'GET') {
+      return void opts.core.readiness().then(
+        (r) => reply(r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'degraded', listeners: opts.listeners, redis: r.redis, sources: r.sources }),
+        (err: unknown) => reply(503, { status: 'degraded', error: (err as Error).message }),
+      );
+    }
+    if (url.pathname === '/metrics' && req.method === 'GET' && opts.metrics) {
+      const metrics = opts.metrics;
+      return void metrics.text().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': metrics.contentType });
+          res.end(text);
+        },
+        (err: unknown) => {
+          opts.logger.error({ err }, 'metrics could not be gathered');
+          reply(500, { error: 'metrics could not be gathered' });
+        },
+      );
+    }
     if (url.pathname !== '/invalidate') return reply(404, { error: 'no such endpoint' });
     if (req.method !== 'POST') return reply(405, { error: 'use POST' }, { allow: 'POST' });
     if (authorized && !authorized(req.headers.authorization)) return reply(401, { error: 'missing or wrong bearer token' }, { 'www-authenticate': 'Bearer' });

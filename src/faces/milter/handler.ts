@@ -7,15 +7,19 @@ import type { QuotaChecker } from '../../core/checker.js';
 import { logDecision, type DecisionsLogged } from '../decision-line.js';
 import { parseReply } from '../../core/replies.js';
 import type { RcptDecider } from './session.js';
+import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
 
 /** <a@b> -> a@b, for the log (a regex here cost 1-2% of the milter's CPU, bench/milter-wire.ts). */
 const bare = (a: string | undefined) => (a !== undefined && a.startsWith('<') && a.endsWith('>') ? a.slice(1, -1) : a);
 
-export function makeMilterDecider(checker: QuotaChecker, onError: string, logger: Logger, decisions: DecisionsLogged = 'all'): RcptDecider {
+/** @param counts the milter face's counts (runtime/metrics.ts), bound at start-up. */
+export function makeMilterDecider(checker: QuotaChecker, onError: string, logger: Logger, decisions: DecisionsLogged = 'all', counts: FaceCounts = NO_METRICS.face('milter')): RcptDecider {
   const failed = parseReply(onError);
+  const counted = counts.decisions;
   return async (recipient, ctx) => {
     try {
       const decision = await checker.check(recipient, ctx.size, ctx.txn);
+      counted[decision.verdict.kind].inc();
       logDecision(
         logger,
         () => ({ face: 'milter', queue_id: ctx.queueId, client_address: ctx.client?.address, sender: bare(ctx.sender), recipient: bare(recipient), state: 'RCPT', size: ctx.size }),

@@ -18,6 +18,7 @@ import { closeListeners, openListeners } from '../../runtime/listeners.js';
 import { MilterDecoder, MilterProtocolError, type Packet } from './codec.js';
 import { MilterSession, type MessageEvents, type RcptDecider } from './session.js';
 import { drainThenCut } from '../../runtime/shutdown.js';
+import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
 
 export interface MilterServerOptions {
   listeners: ListenAddress[];
@@ -29,6 +30,8 @@ export interface MilterServerOptions {
   messages?: MessageEvents | null;
   logger: Logger;
   shutdownGraceMs: number;
+  /** The milter face's counts (protocol errors); absent: none. */
+  counts?: FaceCounts;
 }
 
 export interface RunningMilterServer {
@@ -43,6 +46,7 @@ const MAX_QUEUED_PACKETS = 256;
 const MAX_QUEUED_BYTES = 256 * 1024;
 
 export async function startMilterServer(opts: MilterServerOptions): Promise<RunningMilterServer> {
+  const counts = opts.counts ?? NO_METRICS.face('milter');
   const live = new Map<net.Socket, { busy: () => boolean }>();
   let nextId = 1;
   let closing = false;
@@ -61,6 +65,7 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
     const drop = (reason: string, code?: string) => {
       if (dead) return;
       dead = true;
+      counts.protocolError(code ?? 'INTERNAL');
       log.warn({ code, peer: socket.remoteAddress }, `milter connection dropped: ${reason}`);
       socket.destroy();
     };

@@ -11,12 +11,15 @@ import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
 import type { QuotaChecker, Decision } from '../../core/checker.js';
 import { decisionLogged, writeDecision, type DecisionsLogged } from '../decision-line.js';
+import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
 
 export interface PolicyAnswerOptions {
   checkEndOfMessage: boolean;
   onError: string;
   /** log.decisions; all when absent. */
   decisions?: DecisionsLogged;
+  /** The policy face's counts (runtime/metrics.ts), bound at start-up; absent: none. */
+  counts?: FaceCounts;
 }
 
 /** Postfix sends size=0 (or nothing) when the client gave no SIZE=. */
@@ -43,7 +46,9 @@ function transactionOf(request: PolicyRequest): string | null {
 }
 
 export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptions, logger: Logger) {
+  const counted = (opts.counts ?? NO_METRICS.face('policy')).decisions;
   const answer = (request: PolicyRequest, decision: Decision): string => {
+    counted[decision.verdict.kind].inc();
     // Checked first: at warn (no decision lines) not even the context is gathered.
     if (decisionLogged(logger, decision, opts.decisions)) {
       writeDecision(

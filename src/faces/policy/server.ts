@@ -14,6 +14,7 @@ import { PolicyConnection, type PolicyHandler } from './connection.js';
 import type { ListenAddress } from '../../config/listen.js';
 import { closeListeners, openListeners } from '../../runtime/listeners.js';
 import { drainThenCut } from '../../runtime/shutdown.js';
+import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
 
 export interface PolicyServerOptions {
   listeners: ListenAddress[];
@@ -25,6 +26,8 @@ export interface PolicyServerOptions {
   logger: Logger;
   /** Longest wait for in-flight answers at shutdown before connections are cut. */
   shutdownGraceMs: number;
+  /** The policy face's counts (protocol errors); absent: none. */
+  counts?: FaceCounts;
 }
 
 export interface RunningPolicyServer {
@@ -35,6 +38,7 @@ export interface RunningPolicyServer {
 }
 
 export async function startPolicyServer(opts: PolicyServerOptions): Promise<RunningPolicyServer> {
+  const counts = opts.counts ?? NO_METRICS.face('policy');
   const live = new Map<net.Socket, { conn: PolicyConnection; lastTick: number }>();
   let nextId = 1;
   // Idle connections are found by a coarse sweep rather than socket.setTimeout(), which re-arms a
@@ -62,6 +66,7 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
       ...flow,
       drop: (err) => {
         logDrop(log, err, { peer: socket.remoteAddress });
+        counts.protocolError(err instanceof PolicyProtocolError ? err.code : 'INTERNAL');
         socket.destroy();
       },
       // Everything owed is written: close fully, without waiting for the client to close its side.

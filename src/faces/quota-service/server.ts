@@ -5,8 +5,11 @@
  *   GET /quota?u=USER  (and /cgi-bin/quota.cgi?u=USER)  200 "OK|OVERQUOTA <user> <size> <quota>\n"
  *                                                        404 "UNKNOWN <user>\n"
  *   GET /quota.json?u=USER   the same as {"user","state","usage","limit","source"}
- *   GET /health              200 {"status":"ok","source"} when the store can be read, else 503
- *                            {"status":"failing","source","reason"} (no token: it names no mailbox)
+ *   GET /health              liveness: 200 {"status":"ok","source"} while the service answers
+ *   GET /ready               readiness: 200 {"status":"ready","source"} when the store root can be
+ *                            read, else 503 {"status":"failing","source","reason"}
+ *   GET /metrics             Prometheus text format (runtime/prometheus.ts)
+ *                            (these three need no token: they name no mailbox)
  *   POST /invalidate?u=USER  tell every frontend to forget USER's cached state (needs redis.url;
  *                            needs the token when the listener is not on loopback)
  *
@@ -25,7 +28,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { checkMailboxUser } from '../../stores/paths.js';
-import { SourceError, type QuotaSource, type QuotaState } from '../../quota.js';
+import { healthOf, SourceError, type QuotaSource, type QuotaState } from '../../quota.js';
+import { NO_METRICS, type Metrics, type MetricsExport, type QuotaServiceEndpoint } from '../../runtime/metrics.js';
 import { drainThenCut } from '../../runtime/shutdown.js';
 import { bearerCheck, isLoopback } from '../../runtime/bearer.js';
 import { fail, plain, json, render, ROUTES, safePath, send, userParameter, type Answer } from './answers.js';
@@ -42,8 +46,6 @@ export const DEFAULT_MAX_LOOKUPS = 1024;
  * 1.5 s): when it gives up it drops the connection, and the lookup stops then (CLIENT_GONE).
  */
 export const DEFAULT_LOOKUP_TIMEOUT_MS = 10_000;
-/** Longest wait for the store's own health check: a hung mount must not hang /health too. */
-export const HEALTH_TIMEOUT_MS = 2_000;
 /* Slow or idle clients must not hold sockets: the frontend keeps connections alive between lookups. */
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -68,7 +70,20 @@ export interface QuotaServiceOptions {
   publishInvalidation?: (user: string) => Promise<boolean>;
   /** Longest wait at close() for requests being answered before their connections are cut. */
   shutdownGraceMs?: number;
+  /** What is counted, and served at GET /metrics; absent: nothing (and /metrics is 404). */
+  metrics?: Metrics & MetricsExport;
 }
+
+/** A request path -> the endpoint counted (bounded: never the path itself). */
+const ENDPOINTS: Record<string, QuotaServiceEndpoint> = {
+  '/quota': 'quota',
+  '/cgi-bin/quota.cgi': 'quota.cgi',
+  '/quota.json': 'quota.json',
+  '/health': 'health',
+  '/ready': 'ready',
+  '/metrics': 'metrics',
+  '/invalidate': 'invalidate',
+};
 
 export interface QuotaService {
   port: number;
@@ -84,7 +99,9 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
   if (opts.publishInvalidation && authorized === null && !isLoopback(opts.host)) {
     throw new Error(`the quota service on ${opts.host} (not loopback) offers POST /invalidate: it needs a token`);
   }
+  const metrics = opts.metrics ?? NO_METRICS;
   let active = 0;
+  metrics.lookupsInFlight(() => active);
   /** Requests received and not yet answered (lookups, and the rest). */
   let inFlight = 0;
   let closing = false;
@@ -96,12 +113,15 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
     const pathname = q === -1 ? target : target.slice(0, q);
     const query = q === -1 ? '' : target.slice(q + 1);
     const format = ROUTES[pathname];
-    if (pathname === '/health' || format !== undefined) {
+    const probe = pathname === '/health' || pathname === '/ready' || pathname === '/metrics';
+    if (probe || format !== undefined) {
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         return { ...plain(405, 'ERROR method not allowed'), headers: { allow: 'GET, HEAD' } };
       }
     }
-    if (pathname === '/health') return health();
+    if (pathname === '/health') return json(200, { status: 'ok', source: opts.store.name });
+    if (pathname === '/ready') return ready();
+    if (pathname === '/metrics') return opts.metrics ? { status: 200, body: await opts.metrics.text(), format: 'text', headers: { 'content-type': opts.metrics.contentType } } : plain(404, 'ERROR no such endpoint');
     if (pathname === '/invalidate') return invalidate(req, query);
     if (format === undefined) return plain(404, 'ERROR no such endpoint');
 
@@ -141,21 +161,11 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
     return { ...render(user, state, format, opts.store.name), user };
   }
 
-  async function health(): Promise<Answer> {
+  /** Ready: the store root can be read (within quota.ts HEALTH_TIMEOUT_MS: a hung mount must not hang this too). */
+  async function ready(): Promise<Answer> {
     const source = opts.store.name;
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<string>((resolve) => {
-      timer = setTimeout(() => resolve(`the store did not answer within ${HEALTH_TIMEOUT_MS} ms`), HEALTH_TIMEOUT_MS);
-    });
-    let reason: string | null;
-    try {
-      reason = opts.store.health ? await Promise.race([opts.store.health(), late]) : null;
-    } catch (err) {
-      reason = `health check failed: ${(err as Error).message}`;
-    } finally {
-      clearTimeout(timer);
-    }
-    if (reason === null) return json(200, { status: 'ok', source });
+    const reason = await healthOf(opts.store);
+    if (reason === null) return json(200, { status: 'ready', source });
     return { ...json(503, { status: 'failing', source, reason }), error: reason };
   }
 
@@ -188,6 +198,7 @@ export async function startQuotaService(opts: QuotaServiceOptions): Promise<Quot
         // Shutting down: this answer is the connection's last (the frontend opens a new one elsewhere).
         if (closing) res.shouldKeepAlive = false;
         send(res, a);
+        metrics.quotaServiceRequest(ENDPOINTS[safePath(req.url)] ?? 'other', a.status);
         const ms = Math.round((performance.now() - started) * 10) / 10;
         const line = { user: a.user, status: a.status, ms, path: safePath(req.url), error: a.error };
         if (a.status >= 500) opts.logger.warn(line, 'quota request');

@@ -63,6 +63,7 @@ import { atLimit, checkPlausibleLimit, found, SourceError, type QuotaSource, typ
 import { ioError, isMissing, throwIfAborted } from '../errors.js';
 import { storeRootProblem, threadPoolIo, type StoreIo } from '../io.js';
 import { DEFAULT_MAX_CONCURRENT_SCANS, ScanSlots } from './scan-slots.js';
+import type { Timing } from '../../runtime/metrics.js';
 
 export {
   DEFAULT_TRASH_FOLDERS,
@@ -109,6 +110,8 @@ export interface MaildirStoreOptions {
   maxConcurrentScans?: number;
   /** Where a failed maildirsize rewrite is reported. */
   logger?: Pick<Logger, 'warn'>;
+  /** Each scan's duration, for the metrics (the quota service's). */
+  scanTimes?: Timing;
 }
 
 /** What the scans of one store cost so far (for tests, benchmarks and diagnostics). */
@@ -151,6 +154,7 @@ export class MaildirStore implements QuotaSource {
   private readonly io: StoreIo;
   private readonly scanSlots: ScanSlots;
   private readonly logger: Pick<Logger, 'warn'> | undefined;
+  private readonly scanTimes: Timing | undefined;
   /** Failed rewrites since the last one logged, and when that was. */
   private readonly writeErrors = { loggedAtMs: -Infinity, unlogged: 0 };
   /** Totals over every scan this store ran. */
@@ -172,6 +176,7 @@ export class MaildirStore implements QuotaSource {
     this.io = options.io ?? threadPoolIo;
     this.scanSlots = new ScanSlots(options.maxConcurrentScans ?? DEFAULT_MAX_CONCURRENT_SCANS);
     this.logger = options.logger;
+    this.scanTimes = options.scanTimes;
     this.name = `maildir:${options.root}`;
   }
 
@@ -248,7 +253,9 @@ export class MaildirStore implements QuotaSource {
     root: DirectoryStamp | undefined,
     prefetched: PrefetchedStats | undefined,
   ): Promise<MaildirScan> {
+    const began = performance.now();
     const scan = await scanMaildir(dir, { trashFolders: this.trashFolders, signal: stop, snapshot, root, prefetched });
+    this.scanTimes?.observe((performance.now() - began) / 1000);
     const s = this.scanStats;
     s.scans++;
     s.directoriesRead += scan.directoriesRead;
