@@ -6,7 +6,9 @@
  * Two things util.parseArgs does not do, done here first: our boolean flags take the same
  * spellings as boolean settings (--stdio=false, --json=no; the last one given wins), and a value
  * may start with a dash (--recipient.delimiter -), which util.parseArgs refuses as ambiguous
- * unless it is written --name=value: pairs are joined that way before it reads them.
+ * unless it is written --name=value: pairs are joined that way before it reads them. And a word
+ * that is not a --flag is a positional word, whatever it starts with: `overquota notify -100 alice`
+ * (Dovecot's quota_warning passes -100) is not a cluster of short options.
  */
 import { parseArgs as parseWords } from 'node:util';
 import { describeSettings } from '../config/schema.js';
@@ -42,6 +44,7 @@ export function parseArgs(words: string[], own: { boolean: string[]; valued: str
   const settings = describeSettings().map((s) => s.path);
   const flags = new Map<string, string | true>();
   const rest: string[] = [];
+  const positional: string[] = [];
   for (let i = 0; i < words.length; i++) {
     const word = words[i]!;
     const eq = word.indexOf('=');
@@ -52,12 +55,13 @@ export function parseArgs(words: string[], own: { boolean: string[]; valued: str
       else flags.delete(name);
     } else if (eq === -1 && name !== '' && i + 1 < words.length && (own.valued.includes(name) || settings.includes(name))) {
       rest.push(`${word}=${words[++i]}`);
-    } else rest.push(word);
+    } else if (word.startsWith('--') && word !== '--') rest.push(word);
+    else positional.push(word);
   }
   const options = Object.fromEntries([...own.valued, ...settings].map((n) => [n, { type: 'string' as const }]));
   let parsed;
   try {
-    parsed = parseWords({ args: rest, options, strict: true, allowPositionals: true });
+    parsed = parseWords({ args: rest, options, strict: true, allowPositionals: false });
   } catch (err) {
     const code = (err as { code?: string }).code;
     const unknown = /'(-{1,2}[^' ]+)/.exec((err as Error).message)?.[1];
@@ -71,5 +75,5 @@ export function parseArgs(words: string[], own: { boolean: string[]; valued: str
     if (own.valued.includes(name)) flags.set(name, value);
     else settingArgs.push(`--${name}`, value);
   }
-  return { positional: parsed.positionals, flags, settingArgs };
+  return { positional, flags, settingArgs };
 }
