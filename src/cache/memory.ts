@@ -1,5 +1,6 @@
 /*
- * Process-local cache tier: bounded, a TTL per entry, the oldest insertion evicted first.
+ * The memory tier: process-local, bounded, a TTL per entry, the oldest insertion evicted first
+ * (FIFO with TTLs, not LRU).
  *
  * Map keeps insertion order, so the oldest entry is always first: eviction is O(1). A hit does not
  * move its entry (that would cost a delete and an insert on the hottest path, and entries live for
@@ -16,6 +17,23 @@
  */
 const SWEEP_PER_SET = 2;
 
+/*
+ * The clock read once a millisecond at most, as lru-cache reads its own (ttlResolution): reading
+ * Date.now() on every get was half of a get. Measured (3,000,000 warm gets over 10,000 keys in
+ * one loop, Node 20, the same loop for both): 130-140 ns a get with Date.now() per get, 58-67 ns
+ * with this clock, lru-cache 11 (ttl) 55-74 ns. TTLs are seconds: a millisecond late is nothing. Hand-written rather than lru-cache for the
+ * sweep of expired entries on set() (lru-cache drops them only when asked or evicted, or with a
+ * timer per entry) and shorten(), the two things the tiers need that it does not do in one call.
+ */
+let cachedNow: number | undefined;
+function coarseNow(): number {
+  if (cachedNow === undefined) {
+    cachedNow = Date.now();
+    setTimeout(() => (cachedNow = undefined), 1).unref();
+  }
+  return cachedNow;
+}
+
 export interface CacheEntry<T> {
   value: T;
   expiresAt: number;
@@ -26,7 +44,7 @@ export class MemoryCache<T> {
 
   constructor(
     private readonly maxEntries: number,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number = coarseNow,
   ) {}
 
   get(key: string): T | undefined {
