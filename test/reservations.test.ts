@@ -13,6 +13,7 @@ import { PolicyClient, rcpt } from './helpers/policy-client.js';
 import { redisUnavailable, startRedis, type RedisServer } from './helpers/redis.js';
 import { tempDir, type TempDir } from './helpers/tmp.js';
 import { LocalReservations, deliveredCount } from '../src/cache/reservations.js';
+import { RedisReservations } from '../src/cache/redis-reservations.js';
 import { found } from '../src/quota.js';
 
 const LIMIT = 1024 * 1024;
@@ -236,4 +237,40 @@ test('a transaction whose reservations were all delivered is forgotten', () => {
   store.reconcile('m', found(1100, 10 ** 9));
   assert.deepEqual(store.mailboxesOf('t1'), [], 'delivered: nothing left to resize or release');
   assert.deepEqual(store.mailboxesOf('t2'), ['m']);
+});
+
+test('a message that never comes stops counting after reservations.ttl even in a mailbox that keeps getting mail', () => {
+  let now = 0;
+  const store = new LocalReservations(60_000, 100, () => now);
+  let usage = 1000;
+  store.reserve('m', 'phantom', 300, found(usage, 10 ** 9));
+  // Then a message a second, each delivered before the next reading: the phantom is the oldest,
+  // so every reading's growth takes it in place of the message just delivered.
+  for (let t = 1; t <= 180; t++) {
+    now = t * 1000;
+    store.reserve('m', `t${t}`, 300, found(usage, 10 ** 9));
+    usage += 300;
+    store.reconcile('m', found(usage, 10 ** 9));
+  }
+  assert.equal(store.pending('m', null).messages, 0, 'three TTLs later nothing is on its way');
+});
+
+test('in Redis too, a message that never comes stops counting after reservations.ttl in a mailbox that keeps getting mail', async () => {
+  if (noRedis) throw new Error(noRedis);
+  const redis = await startRedis();
+  cleanups.push(() => redis.stop());
+  const { Redis } = await import('ioredis');
+  const conn = new Redis(redis.url);
+  cleanups.push(() => void conn.disconnect());
+  const shared = new RedisReservations(conn, { up: true, failed: (err) => assert.fail(String(err)), answered: () => undefined, reservationsKey: (id) => `t:{${id}}:r` });
+  const TTL = 1500;
+  let usage = 1000;
+  await shared.reserve('m', 'phantom', 300, found(usage, 10 ** 9), TTL, 1000);
+  for (let t = 1; t <= 40; t++) {
+    await new Promise((r) => setTimeout(r, 100));
+    await shared.reserve('m', `t${t}`, 300, found(usage, 10 ** 9), TTL, 1000);
+    usage += 300;
+    await shared.reconcile('m', found(usage, 10 ** 9), Date.now());
+  }
+  assert.equal((await shared.peek('m'))!.others.messages, 0, 'two TTLs later nothing is on its way');
 });
