@@ -203,7 +203,7 @@ test('a reading that grew by two messages drops the two oldest reservations; a s
   const list = [{ bytes: 100 }, { bytes: 100 }, { bytes: 100 }];
   assert.equal(deliveredCount(base, { usageBytes: 1300, usageMessages: 12 }, list), 2);
   assert.equal(deliveredCount(base, { usageBytes: 500, usageMessages: 8 }, list), 0);
-  // Without message counts, by bytes: stored messages are a little larger than their SIZE=.
+  // Without message counts, by bytes (within STORED_SLACK).
   const bytesOnly = { usageBytes: 1000, usageMessages: null };
   assert.equal(deliveredCount(bytesOnly, { usageBytes: 1250, usageMessages: null }, list), 2);
   assert.equal(deliveredCount(bytesOnly, { usageBytes: 1050, usageMessages: null }, list), 0);
@@ -273,4 +273,30 @@ test('in Redis too, a message that never comes stops counting after reservations
     await shared.reconcile('m', found(usage, 10 ** 9), Date.now());
   }
   assert.equal((await shared.peek('m'))!.others.messages, 0, 'two TTLs later nothing is on its way');
+});
+
+test('a message stored smaller than its SIZE= (LF line ends where SIZE counted CRLF) is seen delivered, here and in Redis', async () => {
+  if (noRedis) throw new Error(noRedis);
+  // 100,000 bytes declared, 1,300 lines of 75 characters: stored with LF, 98,700 bytes.
+  const [declared, stored, limit] = [100_000, 98_700, 250_000];
+  const local = new LocalReservations(600_000, 100);
+  local.reserve('m', 't1', declared, found(100_000, limit));
+  local.reconcile('m', found(100_000 + stored, limit));
+  assert.deepEqual(local.pending('m', null), { bytes: 0, messages: 0 }, 'not counted twice (usage and pending) for reservations.ttl');
+  // Two on their way, one stored: only that one goes.
+  local.reserve('m', 't2', declared, found(100_000 + stored, limit));
+  local.reserve('m', 't3', declared, found(100_000 + stored, limit));
+  local.reconcile('m', found(100_000 + 2 * stored, limit));
+  assert.equal(local.pending('m', null).messages, 1);
+
+  const redis = await startRedis();
+  cleanups.push(() => redis.stop());
+  const { Redis } = await import('ioredis');
+  const conn = new Redis(redis.url);
+  cleanups.push(() => void conn.disconnect());
+  const shared = new RedisReservations(conn, { up: true, failed: (err) => assert.fail(String(err)), answered: () => undefined, reservationsKey: (id) => `t:{${id}}:r` });
+  await shared.reserve('m', 't1', declared, found(100_000, limit), 600_000, 1000);
+  await shared.reserve('m', 't2', declared, found(100_000, limit), 600_000, 1000);
+  await shared.reconcile('m', found(100_000 + stored, limit), Date.now());
+  assert.equal((await shared.peek('m'))!.others.messages, 1, 'the stored one goes, the other stays');
 });

@@ -8,7 +8,7 @@
 import { hostname } from 'node:os';
 import type { RedisConnection } from './redis-client.js';
 import type { MailboxQuota } from '../quota.js';
-import type { Base, Pending } from './reservations.js';
+import { STORED_SLACK, type Base, type Pending } from './reservations.js';
 
 /*
  * Reservations (reservations.ts), shared: one hash per mailbox, PREFIX v1:{SOURCE|KEY}:r, in the
@@ -91,9 +91,10 @@ if base then
   if tonumber(bm) >= 0 and nm >= 0 then
     released = math.min(#list, math.max(0, nm - tonumber(bm)))
   else
-    local growth = nu - tonumber(bu)
-    while released < #list and growth > 0 and list[released + 1][2] <= growth do
-      growth = growth - list[released + 1][2]
+    local growth, sum = nu - tonumber(bu), 0
+    while released < #list and growth > 0 do
+      sum = sum + list[released + 1][2]
+      if growth < sum * (1 - ${STORED_SLACK}) then break end
       released = released + 1
     end
   end
