@@ -10,6 +10,7 @@ import path from 'node:path';
 import { startFrontend, type Running } from './helpers/overquota.js';
 import { tempDir, type TempDir } from './helpers/tmp.js';
 import { freePort } from './helpers/ports.js';
+import { redisUnavailable, startRedis } from './helpers/redis.js';
 import { cgiAnswer, startBackend, type Backend } from './helpers/http-backend.js';
 import { MilterDecoder, encodePacket, type Packet } from '../src/faces/milter/codec.js';
 import { MAX_MACRO_BYTES, MAX_MACROS } from '../src/faces/milter/constants.js';
@@ -279,6 +280,36 @@ describe('milter: mail on its way counts (reservations)', () => {
     m.send(mail('<a@example.net>', `SIZE=${MESSAGE - 5000}`), rcpt('<eom@example.com>'));
     assert.equal(await m.reply(), 'c', '2,000 bytes on their way, not 51,200: the second message fits');
     m.socket.destroy();
+  });
+});
+
+describe('two milter frontends on one host sharing Redis', () => {
+  it('each counts the other\'s message on its way: a mailbox with room for one takes one', async () => {
+    const why = redisUnavailable();
+    if (why) throw new Error(why);
+    const [LIMIT, MESSAGE] = [1024 * 1024, 50 * 1024];
+    const tmp = await tempDir('overquota-milter-two-');
+    const redis = await startRedis();
+    const frontends: Running[] = [];
+    try {
+      await fs.writeFile(path.join(tmp.path, 'one'), Buffer.alloc(LIMIT - MESSAGE - 1000));
+      const ports = [await freePort(), await freePort()];
+      for (const port of ports) frontends.push(await startFrontend(['--policy.listen', '', '--milter.listen', `inet:127.0.0.1:${port}`, '--store.path', tmp.path, '--store.limit', String(LIMIT), '--redis.url', redis.url]));
+      // The first session of each process, its first message: the same name if it were per process only.
+      const [a, b] = [await FakeMta.open(ports[0]!), await FakeMta.open(ports[1]!)];
+      await a.begin();
+      await b.begin();
+      a.send(mail('<a@example.net>', `SIZE=${MESSAGE}`), rcpt('<one@example.com>'));
+      assert.equal(await a.reply(), 'c');
+      b.send(mail('<b@example.net>', `SIZE=${MESSAGE}`), rcpt('<one@example.com>'));
+      assert.match(await b.reply(), /^y452 4\.2\.2/, 'the other frontend\'s message holds the room');
+      a.socket.destroy();
+      b.socket.destroy();
+    } finally {
+      await Promise.all(frontends.map((f) => f.stop()));
+      await redis.stop();
+      await tmp.cleanup();
+    }
   });
 });
 

@@ -73,6 +73,13 @@ export interface MessageEvents {
 
 /** Sessions in this process, for transaction names. */
 let sessions = 0;
+/**
+ * Transaction names are unique on this host across processes and restarts, like Postfix's
+ * instance (smtpd's pid and a time): reservations in Redis are named HOST/TXN, and two milter
+ * frontends on one host (or one restarted within reservations.ttl) must not take each other's
+ * reservation for their own, nor release it at an ABORT.
+ */
+const PROCESS_TAG = `${process.pid.toString(36)}.${Date.now().toString(36)}`;
 
 /** Decides one recipient; returns its reply (core/replies.ts), rendered here. Must not throw. */
 export type RcptDecider = (recipient: string, ctx: RcptContext) => Promise<Reply>;
@@ -129,7 +136,7 @@ export class MilterSession {
         this.giveUpMessage();
         this.sender = from;
         this.size = sizeArgument(args);
-        this.txn = `m${this.id}.${++this.messages}`;
+        this.txn = `m${PROCESS_TAG}.${this.id}.${++this.messages}`;
         this.clearAfter(Cmd.MAIL);
         return this.ack(Proto.NR_MAIL);
       }
@@ -197,7 +204,7 @@ export class MilterSession {
     // With RCPT_REJ (we do not ask for it) Postfix also shows recipients it already refused.
     if (this.macro('{rcpt_mailer}') === 'error') return CONTINUE;
     // A RCPT outside MAIL..end (Sendmail after an early accept) still gets a transaction of its own.
-    this.txn ??= `m${this.id}.${++this.messages}`;
+    this.txn ??= `m${PROCESS_TAG}.${this.id}.${++this.messages}`;
     const decided = await this.decide(recipient, { queueId: this.macro('i'), client: this.client, sender: this.sender, size: this.size, txn: this.txn });
     const reply: RcptReply = rcptReplyFor(decided);
     return { reply: encodeRcptReply(reply), note: reply.kind === 'continue' ? reply.note : undefined };
