@@ -2,13 +2,10 @@
  * The mail path bench/backscatter.ts drives, and what it reads back: for one configuration a
  * private Dovecot (LMTP, quota-status, doveadm HTTP, a quota_warning hook), a private Postfix
  * delivering to it over LMTP with two smtpd listeners (two "MX" sharing the traffic), the
- * configuration's check (overquota frontends, Redis, the seed's policy server over the quota
- * service, quota-status, address verification), counting proxies in front of every backend,
- * an SMTP client that times each RCPT, the maillog's final status per recipient, and the oracle
- * that judges each defer. Everything listens on free loopback ports.
- *
- * It must never touch a standard port or a system instance, and never leave a process running:
- * every child is tracked (bench/shared.ts) and stop() ends them.
+ * configuration's check, counting proxies in front of every backend, an SMTP client that times
+ * each RCPT, the maillog's final status per recipient, and the oracle that judges each defer
+ * (test/backscatter-oracle.test.ts). Everything listens on free loopback ports; it must never touch
+ * a standard port or a system instance, and never leave a process running (stop() ends them).
  */
 import { chmod, readdir, stat, unlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -19,7 +16,7 @@ import { startPostfix, type PostfixInstance } from '../test/helpers/postfix.js';
 import { startRedis } from '../test/helpers/redis.js';
 import { SmtpConnection } from '../test/helpers/smtp.js';
 import { run } from '../test/helpers/supervised.js';
-import { CLI, epochMs, freePort, log, sleep, spawnLogged, stopChild } from './shared.js';
+import { CLI, epochMs, freePort, log, sleep, startOverquota, stopChild } from './harness.js';
 
 /** Every mailbox's quota: Dovecot's 1 MiB, as in issue 10 (quota_grace = 0: a message must fit). */
 export const LIMIT = 1024 * 1024;
@@ -32,71 +29,51 @@ const SENDER = 'sender@example.org';
 
 export type ConfigKind = 'none' | 'seed' | 'quota-status' | 'verify' | 'overquota' | 'redis';
 
-// ------------------------------------------------------------------ counting proxies
-
-/** A TCP proxy counting `needle` in what clients send; `delayMs` holds a chunk holding `delayOn`. */
-export interface Proxy {
+/** A TCP proxy (or the seed's policy server) counting lookups; `delayMs` holds a chunk holding its `delayOn`. */
+interface Counter {
   port: number;
   count: number;
   delayMs: number;
   close(): void;
 }
 
-export async function startProxy(targetPort: number, needle: string, delayOn = ''): Promise<Proxy> {
+/** Listens on a free port; `serve` gets every client socket. */
+async function listen(serve: (socket: net.Socket, counter: Counter) => void): Promise<Counter> {
   const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(targetPort, '127.0.0.1');
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => [client, upstream].forEach((x) => x.destroy()));
-      s.on('close', () => [client, upstream].forEach((x) => x.end()));
-    }
+  const server = net.createServer((s) => (sockets.add(s), serve(s, counter)));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const counter: Counter = { port: (server.address() as net.AddressInfo).port, count: 0, delayMs: 0, close: () => (server.close(), sockets.forEach((s) => s.destroy())) };
+  return counter;
+}
+
+/** A proxy to `target` counting `needle` in what clients send (a needle split between two chunks counted once). */
+const startProxy = (target: number, needle: string, delayOn = '') =>
+  listen((client, counter) => {
+    const upstream = net.connect(target, '127.0.0.1');
+    for (const s of [client, upstream]) s.on('error', () => [client, upstream].forEach((x) => x.destroy())).on('close', () => [client, upstream].forEach((x) => x.end()));
     upstream.pipe(client);
-    // The last bytes of the previous chunk, too few to hold a whole needle: a needle split
-    // between two chunks is counted once.
-    let carry = '';
-    let carryDelay = '';
-    let chain = Promise.resolve();
+    let [carry, carryDelay, chain] = ['', '', Promise.resolve()];
     client.on('data', (chunk: Buffer) => {
-      const data = chunk.toString('latin1');
-      const text = carry + data;
-      proxy.count += text.split(needle).length - 1;
+      const text = carry + chunk.toString('latin1');
+      counter.count += text.split(needle).length - 1;
       carry = text.slice(Math.max(0, text.length - needle.length + 1));
-      const hold = delayOn && proxy.delayMs > 0 && (carryDelay + data).includes(delayOn) ? proxy.delayMs : 0;
-      if (delayOn) carryDelay = (carryDelay + data).slice(1 - delayOn.length);
+      const hold = delayOn && counter.delayMs > 0 && (carryDelay + chunk.toString('latin1')).includes(delayOn) ? counter.delayMs : 0;
+      if (delayOn) carryDelay = (carryDelay + chunk.toString('latin1')).slice(1 - delayOn.length);
       chain = chain.then(() => (hold ? sleep(hold) : undefined)).then(() => void upstream.write(chunk));
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const proxy: Proxy = {
-    port: (server.address() as net.AddressInfo).port,
-    count: 0,
-    delayMs: 0,
-    close: () => {
-      server.close();
-      for (const s of sockets) s.destroy();
-    },
-  };
-  return proxy;
-}
 
-/**
- * The seed's check as a policy server: per RCPT one request to the quota service's CGI answer
- * ("OK|OVERQUOTA user size quota"), 452 when size > quota: no message size, no cache.
- */
-async function startSeedPolicy(cgi: string): Promise<Proxy> {
-  const sockets = new Set<net.Socket>();
-  const answer = async (request: string): Promise<string> => {
-    const local = /^recipient=([^@\n]*)@/m.exec(request)?.[1];
-    if (!local) return 'DUNNO';
-    seed.count++;
-    const words = (await (await fetch(`${cgi}?u=${encodeURIComponent(local)}`)).text()).split(' ');
-    return Number(words[2]) > Number(words[3]) ? '452 4.2.2 Mailbox full' : 'DUNNO';
-  };
-  const server = net.createServer((sock) => {
-    sockets.add(sock);
-    let buf = '';
-    let chain = Promise.resolve();
+/** The seed's check as a policy server: per RCPT one request to the quota service's CGI answer, 452 when size > quota; no message size, no cache. */
+const startSeedPolicy = (cgi: string) =>
+  listen((sock, counter) => {
+    const answer = async (request: string) => {
+      const local = /^recipient=([^@\n]*)@/m.exec(request)?.[1];
+      if (!local) return 'DUNNO';
+      counter.count++;
+      const words = (await (await fetch(`${cgi}?u=${encodeURIComponent(local)}`)).text()).split(' ');
+      return Number(words[2]) > Number(words[3]) ? '452 4.2.2 Mailbox full' : 'DUNNO';
+    };
+    let [buf, chain] = ['', Promise.resolve()];
     sock.setEncoding('latin1').on('error', () => sock.destroy());
     sock.on('data', (d: string) => {
       buf += d;
@@ -107,12 +84,6 @@ async function startSeedPolicy(cgi: string): Promise<Proxy> {
       }
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const seed: Proxy = { port: (server.address() as net.AddressInfo).port, count: 0, delayMs: 0, close: () => (server.close(), sockets.forEach((s) => s.destroy())) };
-  return seed;
-}
-
-// ------------------------------------------------------------------ one configuration's mail path
 
 export interface Rig {
   /** The two smtpd listeners; sessions alternate between them. */
@@ -120,10 +91,9 @@ export interface Rig {
   dovecot: DovecotInstance;
   postfix: PostfixInstance;
   redis: Redis | null;
-  redisPrefix: string;
-  /** Quota lookups against the backend so far (the counting proxy or the seed server). */
+  /** Quota lookups against the backend so far. */
   lookups(): number;
-  /** Holds (true) or releases (false) LMTP deliveries: defer_transports = lmtp, then a flush. */
+  /** Holds (true) or releases LMTP deliveries: defer_transports = lmtp, then a flush. */
   hold(on: boolean): Promise<void>;
   /** The delay of each LMTP delivery (SLOW_DELIVERY_MS for a slow backend, 0 otherwise). */
   slowDelivery(ms: number): void;
@@ -132,19 +102,16 @@ export interface Rig {
   stop(): Promise<void>;
 }
 
-/**
- * Starts the mail path of one configuration for `users`. `overquotaFlags`: the overquota
- * configurations' own settings (already filtered to what this build knows).
- */
+/** The mail path of one configuration for `users`; `overquotaFlags`: the overquota configurations' own settings. */
 export async function startRig(kind: ConfigKind, users: string[], dir: string, overquotaFlags: string[]): Promise<Rig> {
   const stops: (() => unknown)[] = [];
   const stop = async () => {
-    for (const s of stops.reverse()) await Promise.resolve(s()).catch(() => undefined);
-    stops.length = 0;
+    while (stops.length) await Promise.resolve(stops.pop()!()).catch(() => undefined);
   };
+  /** Registers what stops `x` at once, so a failure further on still stops it. */
+  const kept = <T>(x: T, end: (x: T) => unknown): T => (stops.push(() => end(x)), x);
   try {
-    const hookFlag = path.join(dir, `hook-${kind}`);
-    const hookScript = path.join(dir, `quota-warning-${kind}.sh`);
+    const [hookFlag, hookScript] = [path.join(dir, `hook-${kind}`), path.join(dir, `quota-warning-${kind}.sh`)];
     const dovecot = await startDovecot({
       users: users.map((name) => ({ name, quota: `${LIMIT / 1024}K` })),
       lmtp: true,
@@ -157,16 +124,9 @@ export async function startRig(kind: ConfigKind, users: string[], dir: string, o
       extraConfig: `service quota-warning {\n  vsz_limit = 0\n}\n${kind === 'verify' ? 'protocol lmtp {\n  lmtp_rcpt_check_quota = yes\n}\n' : ''}`,
     });
     stops.push(() => dovecot.stop());
-    /** Registers what stops `x` at once, so a failure further on still stops it. */
-    const kept = <T>(x: T, end: (x: T) => unknown): T => (stops.push(() => end(x)), x);
     const proxy = (port: number, needle: string, delayOn?: string) => startProxy(port, needle, delayOn).then((p) => kept(p, (x) => x.close()));
-    const node = (args: string[], log: string, port: number) => spawnLogged(process.execPath, [CLI, ...args], path.join(dir, log), port).then((p) => kept(p, stopChild));
     const delivery = await proxy(dovecot.lmtpPort!, 'RCPT TO:', '\r\n.\r\n');
-
-    let redis: Redis | null = null;
-    let counter: Proxy | null = null;
-    const frontends: number[] = [];
-    let notifyArgs: string[] = [];
+    let [redis, counter, frontends, notifyArgs] = [null as Redis | null, null as Counter | null, [] as number[], [] as string[]];
     if (kind === 'overquota' || kind === 'redis') {
       counter = await proxy(dovecot.httpPort, '"quotaGet"');
       const common = ['--source.type', 'doveadm', '--doveadm.url', `http://127.0.0.1:${counter.port}/doveadm/v1`, '--doveadm.password', dovecot.password, ...overquotaFlags];
@@ -176,55 +136,40 @@ export async function startRig(kind: ConfigKind, users: string[], dir: string, o
         await redis.connect();
         common.push('--redis.url', server.url);
       }
+      // overquota defaults has --admin.listen: what `overquota notify` needs without Redis.
       const admin = kind === 'overquota' ? ['--admin.listen', `127.0.0.1:${await freePort()}`] : [];
       notifyArgs = [...common, ...admin];
       for (let i = 0; i < (kind === 'redis' ? 2 : 1); i++) {
-        const port = await freePort();
-        await node(['frontend', '--policy.listen', `inet:127.0.0.1:${port}`, ...common, ...(i === 0 ? admin : [])], `frontend-${kind}-${i}.log`, port);
-        frontends.push(port);
+        const fe = await startOverquota(`frontend-${kind}-${i}`, (port) => ['frontend', '--policy.listen', `inet:127.0.0.1:${port}`, ...common, ...(i === 0 ? admin : [])]);
+        frontends.push(kept(fe, (x) => stopChild(x.proc)).port);
       }
-    } else if (kind === 'quota-status') {
-      counter = await proxy(dovecot.quotaStatusPort!, 'request=smtpd_access_policy');
-    } else if (kind === 'seed') {
-      const port = await freePort();
+    } else if (kind === 'quota-status') counter = await proxy(dovecot.quotaStatusPort!, 'request=smtpd_access_policy');
+    else if (kind === 'verify') counter = await proxy(dovecot.lmtpPort!, 'RCPT TO:');
+    else if (kind === 'seed') {
       const store = ['--store.type', 'maildir', '--store.path', dovecot.mailRoot, '--store.mailbox', '{user}/Maildir', '--store.limit', String(LIMIT)];
-      await node(['quota-service', '--quota_service.listen', `127.0.0.1:${port}`, ...store], 'quota-service.log', port);
-      counter = kept(await startSeedPolicy(`http://127.0.0.1:${port}/cgi-bin/quota.cgi`), (x) => x.close());
-    } else if (kind === 'verify') {
-      counter = await proxy(dovecot.lmtpPort!, 'RCPT TO:');
+      const qs = kept(await startOverquota('quota-service', (port) => ['quota-service', '--quota_service.listen', `127.0.0.1:${port}`, ...store]), (x) => stopChild(x.proc));
+      counter = kept(await startSeedPolicy(`http://127.0.0.1:${qs.port}/cgi-bin/quota.cgi`), (x) => x.close());
     }
     await writeFile(hookScript, `#!/bin/sh\n# Dovecot quota_warning: $1 is +100 or -100, $2 the user.\n[ -e ${hookFlag} ] || exit 0\nexec ${process.execPath} ${CLI} notify "$1" "$2" ${notifyArgs.join(' ')} >> ${hookScript}.log 2>&1\n`);
     await chmod(hookScript, 0o755);
 
     const tail = 'permit_mynetworks, reject_unauth_destination';
     const policy = (port: number) => `check_policy_service inet:127.0.0.1:${port}, ${tail}`;
-    const restrictions: [string, string] =
-      kind === 'none' ? [tail, tail]
-      : kind === 'verify' ? [`reject_unverified_recipient, ${tail}`, `reject_unverified_recipient, ${tail}`]
-      : kind === 'overquota' || kind === 'redis' ? [policy(frontends[0]!), policy(frontends.at(-1)!)]
-      : [policy(counter!.port), policy(counter!.port)];
+    const restrictions = kind === 'none' ? [tail, tail] : kind === 'verify' ? [`reject_unverified_recipient, ${tail}`, `reject_unverified_recipient, ${tail}`] : frontends.length ? [policy(frontends[0]!), policy(frontends.at(-1)!)] : [policy(counter!.port), policy(counter!.port)];
     const second = await freePort();
     const postfix = await startPostfix({
-      smtpdRecipientRestrictions: restrictions[0],
+      smtpdRecipientRestrictions: restrictions[0]!,
       extraMain: {
-        bench_second_restrictions: restrictions[1],
+        bench_second_restrictions: restrictions[1]!,
         local_transport: `lmtp:inet:127.0.0.1:${delivery.port}`,
-        ...(kind === 'verify'
-          ? {
-              // Probes go their own way (vlmtp, through the counting proxy): holding lmtp does not hold them.
-              address_verify_local_transport: `vlmtp:inet:127.0.0.1:${counter!.port}`,
-              // The minimum (default 3s): smtpd sleeps this long before it asks verify(8) again.
-              address_verify_poll_delay: '1s',
-            }
-          : {}),
+        // Probes go their own way (vlmtp, through the counting proxy): holding lmtp does not hold them;
+        // 1s, the minimum: smtpd sleeps this long before it asks verify(8) again (default 3s).
+        ...(kind === 'verify' ? { address_verify_local_transport: `vlmtp:inet:127.0.0.1:${counter!.port}`, address_verify_poll_delay: '1s' } : {}),
         // A fan-out with many 4xx replies must not be slowed (1 s a reply) or cut (after 20 errors).
         smtpd_soft_error_limit: '1000',
         smtpd_hard_error_limit: '1000',
       },
-      extraMaster: [
-        'vlmtp unix - - n - - lmtp',
-        `127.0.0.1:${second} inet n - n - - smtpd -o smtpd_recipient_restrictions=$bench_second_restrictions`,
-      ],
+      extraMaster: ['vlmtp unix - - n - - lmtp', `127.0.0.1:${second} inet n - n - - smtpd -o smtpd_recipient_restrictions=$bench_second_restrictions`],
     });
     stops.push(() => postfix.stop());
     return {
@@ -232,7 +177,6 @@ export async function startRig(kind: ConfigKind, users: string[], dir: string, o
       dovecot,
       postfix,
       redis,
-      redisPrefix: 'overquota:',
       lookups: () => counter?.count ?? 0,
       async hold(on) {
         await postfix.postconf('-e', `defer_transports = ${on ? 'lmtp' : ''}`);
@@ -249,8 +193,6 @@ export async function startRig(kind: ConfigKind, users: string[], dir: string, o
   }
 }
 
-// ------------------------------------------------------------------ traffic
-
 /** One RCPT as the client saw it. `t`: epoch ms of the reply. */
 export interface RcptEvent {
   msg: number;
@@ -264,18 +206,11 @@ export interface RcptEvent {
   queueId: string | null;
 }
 
-/** A message of about `bytes` bytes (CRLF), headers included; lines of 76 characters. */
-function messageText(n: number, to: string, bytes: number): string {
-  const head = `From: <${SENDER}>\r\nTo: <${to}>\r\nSubject: backscatter bench ${n}\r\nMessage-ID: <bench.${n}.${Date.now()}@example.org>\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\n\r\n`;
-  const line = `${'x'.repeat(76)}\r\n`;
-  const room = Math.max(0, bytes - head.length);
-  const tail = room % line.length;
-  return head + line.repeat(Math.floor(room / line.length)) + (tail >= 2 ? `${'y'.repeat(tail - 2)}\r\n` : '');
-}
-
-/** One SMTP session: MAIL FROM with SIZE, every RCPT timed, DATA when one was accepted. */
+/** One SMTP session with a message of about `bytes` bytes (CRLF, 76-character lines): MAIL FROM with SIZE, every RCPT timed, DATA when one was accepted. */
 export async function sendMessage(port: number, n: number, mailboxes: string[], bytes: number): Promise<RcptEvent[]> {
-  const text = messageText(n, `${mailboxes[0]}@example.com`, bytes);
+  const head = `From: <${SENDER}>\r\nTo: <${mailboxes[0]}@example.com>\r\nSubject: backscatter bench ${n}\r\nMessage-ID: <bench.${n}.${Date.now()}@example.org>\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\n\r\n`;
+  const [line, room] = [`${'x'.repeat(76)}\r\n`, Math.max(0, bytes - head.length)];
+  const text = head + line.repeat(Math.floor(room / line.length)) + (room % line.length >= 2 ? `${'y'.repeat((room % line.length) - 2)}\r\n` : '');
   const lf = text.length - (text.match(/\r\n/g)?.length ?? 0);
   const conn = await SmtpConnection.open(port, '127.0.0.1', SESSION_TIMEOUT_MS);
   try {
@@ -291,8 +226,7 @@ export async function sendMessage(port: number, n: number, mailboxes: string[], 
     }
     if (events.some((e) => e.code === 250)) {
       const data = await conn.command('DATA');
-      const end = data.code === 354 ? await conn.sendBody(text) : data;
-      const queueId = /queued as (\w+)/.exec(end.text)?.[1] ?? null;
+      const queueId = /queued as (\w+)/.exec((data.code === 354 ? await conn.sendBody(text) : data).text)?.[1] ?? null;
       for (const e of events) if (e.code === 250) e.queueId = queueId;
     }
     await conn.quit();
@@ -302,10 +236,7 @@ export async function sendMessage(port: number, n: number, mailboxes: string[], 
   }
 }
 
-/**
- * Address verification as a site has it: each address probed once (its result then comes from
- * verify(8)'s cache). Repeats the addresses still "in progress"; `sessions` at once.
- */
+/** Address verification as a site has it: each address probed once (then verify(8)'s cache answers), again while "in progress". */
 export async function verifyAddresses(port: number, mailboxes: string[], sessions = 20): Promise<void> {
   let todo = [...mailboxes];
   for (let round = 0; round < 5 && todo.length > 0; round++) {
@@ -330,8 +261,6 @@ export async function verifyAddresses(port: number, mailboxes: string[], session
   if (todo.length) log(`    verify: still in progress after 5 rounds: ${todo.join(' ')}`);
 }
 
-// ------------------------------------------------------------------ what happened
-
 /** Final status (sent | bounced) of each `queueId recipient` in the maillog, a probe's aside. */
 export function finalStatuses(maillog: string): Map<string, 'sent' | 'bounced'> {
   const out = new Map<string, 'sent' | 'bounced'>();
@@ -339,32 +268,20 @@ export function finalStatuses(maillog: string): Map<string, 'sent' | 'bounced'> 
   return out;
 }
 
-/** Waits until every accepted recipient of `events` has its final status; returns the statuses. */
+/** Waits until every accepted recipient of `events` has its final status (at most DELIVERY_WAIT_MS); the statuses. */
 export async function waitDelivered(rig: Rig, events: RcptEvent[]): Promise<Map<string, 'sent' | 'bounced'>> {
-  const accepted = events.filter((e) => e.queueId);
-  const by = Date.now() + DELIVERY_WAIT_MS;
-  for (;;) {
+  for (const by = Date.now() + DELIVERY_WAIT_MS; ; await sleep(100)) {
     const statuses = finalStatuses(await rig.postfix.maillog());
-    const missing = accepted.filter((e) => !statuses.has(`${e.queueId} ${e.mailbox}`));
-    if (missing.length === 0) return statuses;
-    if (Date.now() > by) {
-      log(`    ${missing.length} accepted recipient(s) without a final status after ${DELIVERY_WAIT_MS / 1000} s`);
-      return statuses;
-    }
-    await sleep(100);
+    const missing = events.filter((e) => e.queueId && !statuses.has(`${e.queueId} ${e.mailbox}`)).length;
+    if (missing === 0 || Date.now() > by) return statuses;
   }
 }
 
 /** Bytes and files Dovecot delivered into the mailboxes (LMTP puts them in new/; fills are in cur/). */
 export async function deliveredBytes(dovecot: DovecotInstance, mailboxes: string[]): Promise<{ bytes: number; files: number }> {
-  let bytes = 0;
-  let files = 0;
-  for (const m of mailboxes) {
-    const dir = path.join(dovecot.maildir(m), 'new');
-    for (const f of await readdir(dir).catch(() => [] as string[])) {
-      bytes += (await stat(path.join(dir, f)).catch(() => ({ size: 0 }))).size;
-      files++;
-    }
+  let [bytes, files] = [0, 0];
+  for (const dir of mailboxes.map((m) => path.join(dovecot.maildir(m), 'new'))) {
+    for (const f of await readdir(dir).catch(() => [] as string[])) [bytes, files] = [bytes + (await stat(path.join(dir, f)).catch(() => ({ size: 0 }))).size, files + 1];
   }
   return { bytes, files };
 }
@@ -376,48 +293,31 @@ export async function deliveredBytes(dovecot: DovecotInstance, mailboxes: string
  * delivered (sent in the maillog: stored already, or on its way and going to be). A message's
  * stored size = its LF size + `overhead` (the headers Postfix and Dovecot add, measured).
  */
-export function falseDefers(
-  events: RcptEvent[],
-  statuses: Map<string, 'sent' | 'bounced'>,
-  resets: { mailbox: string; t: number; bytes: number }[],
-  overhead: number,
-): number {
-  let n = 0;
-  for (const e of events) {
-    if (e.code < 400 || e.code >= 500) continue;
+export function falseDefers(events: RcptEvent[], statuses: Map<string, 'sent' | 'bounced'>, resets: { mailbox: string; t: number; bytes: number }[], overhead: number): number {
+  return events.filter((e) => {
     const reset = resets.filter((r) => r.mailbox === e.mailbox && r.t <= e.t).at(-1);
-    if (!reset) continue;
+    if (e.code < 400 || e.code >= 500 || !reset) return false;
     const onItsWay = events.filter((a) => a.mailbox === e.mailbox && a.queueId && a.t >= reset.t && a.t < e.t && statuses.get(`${a.queueId} ${a.mailbox}`) === 'sent');
-    const usage = reset.bytes + onItsWay.reduce((s, a) => s + a.lf + overhead, 0);
-    if (usage + e.lf + overhead <= LIMIT) n++;
-  }
-  return n;
+    return reset.bytes + onItsWay.reduce((s, a) => s + a.lf + overhead, 0) + e.lf + overhead <= LIMIT;
+  }).length;
 }
-
-// ------------------------------------------------------------------ Redis sizing
 
 /** Calls per command (INFO commandstats), without the bench's own INFO, MEMORY and SCAN. */
 export async function redisCalls(redis: Redis): Promise<Map<string, number>> {
-  const out = new Map<string, number>();
-  for (const m of (await redis.info('commandstats')).matchAll(/^cmdstat_([\w|]+):calls=(\d+)/gm)) {
-    if (!/^(info|memory|scan|client|hello|command|select|ping)/.test(m[1]!)) out.set(m[1]!, Number(m[2]));
-  }
-  return out;
+  const calls = [...(await redis.info('commandstats')).matchAll(/^cmdstat_([\w|]+):calls=(\d+)/gm)];
+  return new Map(calls.filter((m) => !/^(info|memory|scan|client|hello|command|select|ping)/.test(m[1]!)).map((m) => [m[1]!, Number(m[2])]));
 }
 
-/** Bytes (MEMORY USAGE) of the keys under `prefix`, and the mailboxes (hash tags) they belong to. */
-export async function redisFootprint(redis: Redis, prefix: string, mailboxes: string[]): Promise<{ bytes: number; mailboxes: number; keys: number }> {
-  const mine = new Set(mailboxes);
+/** Bytes (MEMORY USAGE) of overquota's keys of `mailboxes` (their hash tag is {SOURCE|MAILBOX}), the mailboxes and the keys. */
+export async function redisFootprint(redis: Redis, mailboxes: string[]): Promise<{ bytes: number; mailboxes: number; keys: number }> {
   const keys: string[] = [];
   let cursor = '0';
   do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+    const [next, batch] = await redis.scan(cursor, 'MATCH', 'overquota:*', 'COUNT', 1000);
     cursor = next;
-    // The hash tag is {SOURCE|MAILBOX}: only this scenario's mailboxes count.
-    keys.push(...batch.filter((k) => mine.has(/\{[^}]*\|([^}|]*)\}/.exec(k)?.[1] ?? '')));
+    keys.push(...batch.filter((k) => mailboxes.includes(/\{[^}]*\|([^}|]*)\}/.exec(k)?.[1] ?? '')));
   } while (cursor !== '0');
   let bytes = 0;
   for (const k of keys) bytes += Number((await redis.call('MEMORY', 'USAGE', k)) ?? 0);
-  const tags = new Set(keys.map((k) => /\{([^}]*)\}/.exec(k)?.[1]));
-  return { bytes, mailboxes: tags.size, keys: keys.length };
+  return { bytes, mailboxes: new Set(keys.map((k) => /\{([^}]*)\}/.exec(k)?.[1])).size, keys: keys.length };
 }

@@ -6,7 +6,7 @@
  *   cc -O2 -o milter-fixed bench/milter-fixed.c -lmilter -lpthread
  *   ./milter-fixed inet:PORT@127.0.0.1
  *
- * It negotiates what src/milter/session.ts negotiates, so the load client sends both the same
+ * It negotiates what src/faces/milter/session.ts negotiates, so the load client sends both the same
  * packets: no HELO, header, end-of-header, body or unknown steps; CONNECT and MAIL seen but not
  * answered (v6 NR_*); the v6 macro lists "i" for MAIL and "i {rcpt_mailer}" for RCPT. libmilter
  * runs one thread per connection.

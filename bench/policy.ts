@@ -1,292 +1,124 @@
 /*
- * Policy throughput and latency of `overquota frontend` against the ceiling, in one invocation.
- *
- * Starts, as child processes on free loopback ports:
- *   - bench/fixed-server.ts: the minimal Node policy server (answers action=DUNNO to everything);
- *   - overquota frontend, log.level info (one JSON log line per decision, stdout to a file);
- *   - overquota frontend, log.level warn (decisions are not logged).
- * Both frontends read a temporary mbox spool with mailboxes that have room, are full, or do not
- * fit the message. Each target gets the same closed-loop load (bench/policy-load.ts, its own
- * process): fixed, overquota info, overquota warn, ... and the fixed server once more at the end,
- * so drift of the machine shows and averages out. Prints the table and the ratio overquota/fixed;
- * --write puts them into BENCHMARKS.md between the bench:policy markers.
- *
- *   npm run bench                         # build, then this with --write
- *   node --import tsx bench/policy.ts [--connections 50] [--warmup 2] [--duration 8] [--rounds 1]
- *        [--write] [--cpu-prof DIR] [--keep] [--calibrate 2,5,10] [--retries 1]
- *
- * --cpu-prof DIR runs the frontends under `node --cpu-prof` and leaves the .cpuprofile files in DIR
- * (summarise them with bench/cpu-profile-summary.ts). --keep leaves the temporary directory (mail
- * spool, frontend logs) in place and prints its path. --calibrate LIST adds runs of the fixed server
- * burning that many microseconds of CPU per request (fixed-server.ts --work-us): what an extra
- * microsecond of work per request costs in requests/s on this machine.
- *
- * The machine may be shared: before each run it waits up to 10 s for the machine to be idle, and a
- * run during which other processes used more than 20% of a core is run again (--retries times).
- *
- * With OVERQUOTA_BENCH_RESULTS=DIR it also writes DIR/policy.json (bench/results.ts): each
- * target's req/s and latency, and the checks overquota / fixed server ≥ 0.8, for bench/summary.ts.
+ * Item 1: Postfix policy requests/s and latency at 50 and 200 persistent connections, in one
+ * invocation, of the fixed-answer server (bench/load.ts, the Node ceiling); overquota frontend
+ * reading the Maildirs itself with a warm cache: with every setting at its default (log info, a
+ * decision line for refusals only), with a decision line for every request (--log.decisions all),
+ * and at --log.level warn; at the first connection count also the defaults without the admin
+ * listener (no metrics) and without reservations, in the same rounds (the A/B of issues 13 and 10); overquota with every lookup a miss (--source.type http --cache.max_entries 0)
+ * asking overquota quota-service, which reads the Maildirs; and Dovecot quota-status, all on the
+ * same 200 mailboxes (bench/mailboxes.ts). The same closed-loop load (bench/load.ts, its own
+ * process) over 210 recipients; per connection count, --rounds rounds in alternating order, each
+ * figure the median of its rounds. --calibrate 2,5 adds runs of the fixed server burning that many
+ * µs of CPU per request: what a microsecond costs here. --cpu-prof DIR: overquota under --cpu-prof.
+ * Ratios are only ever taken within one run: never against another run's or machine's figures.
  */
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import type { LoadResult } from './policy-load.js';
-import { RECIPIENTS, STORE_LIMIT, writeSpool } from './policy-spool.js';
-import { actionShares, cpuProfDirOption, finish, otherCpu, runLoadProcess, startFixed, startFrontend, type Target } from './policy-targets.js';
-import { ratioCheck, saveResults, type PolicyFigure, type ResultsOfRun } from './results.js';
-import {
-  NOISY_OTHER_CPU,
-  QUIET_WAIT_MS,
-  COMMON_OPTIONS,
-  commandLine,
-  countLines,
-  fmtInt,
-  intArg,
-  log,
-  makeTmpDir,
-  noiseNote,
-  numArg,
-  removeTmpDir,
-  removeTmpDirSync,
-  requireBuild,
-  runBench,
-  stopChildren,
-  sectionHead,
-  table,
-  textFooter,
-  tmp,
-  viaNpm,
-  waitForQuiet,
-  printReport,
-} from './shared.js';
+import { dovecotUnavailable } from '../test/helpers/dovecot.js';
+import { bench, countLines, log, figureCheck, fmtInt, fmtMs, fmtRatio, fmtSpread, interleaved, measureRounds, median, pct, ratioCheck, requireBuild, runClient, spread, startOverquota, treeCpu, type Check, type Meters } from './harness.js';
+import { startFixed, type PolicyLoadResult } from './load.js';
+import { dovecotVersion, maildirArgs, recipients, startMailboxes } from './mailboxes.js';
 
-const TARGET_RATIO = 0.8;
-/** The targets' labels (startFixed names the fixed server so) and their keys in the results. */
-const LABELS = { fixed: 'fixed server', info: 'overquota (log info)', warn: 'overquota (log warn)' } as const;
-const KEYS = new Map<string, string>(Object.entries(LABELS).map(([key, label]) => [label, key]));
+/** Issue 6's targets; then issue 13's (metrics within 3% of none) and issue 10's (reservations within 5% of none). */
+const TARGETS = { warmVsFixed: 0.8, warmVsDovecot: 20, warmP99Ms: 2, missVsDovecot: 5, metricsVsNone: 0.97, reservationsVsNone: 0.95 };
+const LABELS: Record<string, string> = { fixed: 'fixed server', default: 'overquota, warm cache, defaults (log info, decisions: refusals)', info: 'overquota, warm cache (log info, decisions: all)', warn: 'overquota, warm cache (log warn)', miss: 'overquota, every lookup a miss (HTTP quota service)', dovecot: 'Dovecot quota-status', nometrics: 'overquota, warm cache, defaults but no admin listener (no metrics)', noreserve: 'overquota, warm cache, defaults but reservations off' };
+const KEYS = ['fixed', 'default', 'info', 'warn', 'miss', 'dovecot'];
+/** The A/B pairs, at the first connection count only: each against `default` in the same rounds. */
+const AB_KEYS = ['nometrics', 'noreserve'];
+/** Dovecot at 200 connections can take seconds for one answer: its latency, not a failure. */
+const REQUEST_TIMEOUT_MS = 30_000;
 
-interface Run {
-  target: string;
-  result: LoadResult;
-}
-
-async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      connections: { type: 'string', default: '50' },
-      warmup: { type: 'string', default: '2' },
-      duration: { type: 'string', default: '8' },
-      rounds: { type: 'string', default: '1' },
-      'cpu-prof': { type: 'string' },
-      calibrate: { type: 'string', default: '' },
-      retries: { type: 'string', default: '1' },
-      ...COMMON_OPTIONS,
-    },
-  });
-  if (values.help) {
-    console.log('usage: node --import tsx bench/policy.ts [--connections 50] [--warmup 2] [--duration 8] [--rounds 1] [--write] [--cpu-prof DIR] [--keep] [--calibrate 2,5,10] [--retries 1]');
-    return 0;
-  }
-  const connections = intArg('connections', values.connections, 1, 1000);
-  const warmup = numArg('warmup', values.warmup, 0.1, 30);
-  const duration = numArg('duration', values.duration, 0.5, 30);
-  const rounds = intArg('rounds', values.rounds, 1, 5);
-  tmp.keep = values.keep;
-  const retries = intArg('retries', values.retries, 0, 3);
-  const calibrate = values.calibrate
-    .split(',')
-    .filter((w) => w.trim() !== '')
-    .map((w) => numArg('calibrate', w.trim(), 0.1, 1000));
-  // Bounded: every run is warm-up + measure (+ ~1 s start-up and drain).
-  const runs = rounds * 3 + 1 + calibrate.length;
-  const estimate = runs * (1 + retries) * (warmup + duration + 1.5 + QUIET_WAIT_MS / 1000);
-  if (estimate > 600) throw new Error(`about ${Math.round(estimate)} s of load: lower --rounds, --warmup or --duration`);
-  requireBuild();
-  const cpuProfDir = await cpuProfDirOption(values['cpu-prof']);
-
-  const tmpDir = await makeTmpDir('overquota-bench-');
-  const spool = path.join(tmpDir, 'mail');
-  await writeSpool(spool);
-
-  log(`starting servers (temp dir ${tmpDir})`);
+bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rounds: 3, retries: 1, calibrate: '', 'cpu-prof': '' }, async (o) => {
+  requireBuild(dovecotUnavailable());
+  const counts = o.connections.split(',').map(Number);
+  const dovecot = await startMailboxes(o.users, Math.max(...counts) + 60);
+  const store = maildirArgs(dovecot);
+  const nodeFlags = o['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(o['cpu-prof'])}`] : [];
+  const frontend = (name: string, args: string[]) => startOverquota(name, (port) => ['frontend', '--policy.listen', `inet:127.0.0.1:${port}`, ...args], { nodeFlags });
   const fixed = await startFixed();
-  const calibrated: Target[] = [];
-  for (const us of calibrate) calibrated.push(await startFixed(us));
-  const info = await startOverquota(LABELS.info, 'info', spool, cpuProfDir);
-  const warn = await startOverquota(LABELS.warn, 'warn', spool, cpuProfDir);
-
-  const order: Target[] = [];
-  for (let r = 0; r < rounds; r++) order.push(fixed, info, warn);
-  order.push(...calibrated, fixed);
-  const results: Run[] = [];
-  for (const [i, target] of order.entries()) {
-    log(`[${i + 1}/${order.length}] ${target.label}: ${connections} connections, ${warmup} s warm-up, ${duration} s measured`);
-    // The machine is shared (an editor, a test run, a build): wait a little for it to be quiet,
-    // and run again once when another process took CPU during the run.
-    let result: LoadResult;
-    for (let attempt = 0; ; attempt++) {
-      await waitForQuiet(QUIET_WAIT_MS);
-      result = await runLoadProcess(target, { connections, warmup, duration, recipients: RECIPIENTS });
-      const other = otherCpu(result);
-      if (other === null || other <= NOISY_OTHER_CPU || attempt >= retries) break;
-      log(`    noisy: other processes used ${other}% of a core (${result.rps} req/s); running it again`);
-    }
-    results.push({ target: target.label, result });
-    log(
-      `    ${result.rps} req/s, p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, errors ${result.errors}; CPU server ${result.serverCpuPct}% client ${result.clientCpuPct}% other ${otherCpu(result) ?? '?'}%`,
-    );
+  const info = await frontend('warm-info', [...store, '--log.level', 'info', '--log.decisions', 'all']);
+  const [byDefault, nometrics, noreserve] = [await frontend('warm-default', store), await frontend('warm-nometrics', [...store, '--admin.listen', '']), await frontend('warm-noreserve', [...store, '--reservations.enabled', 'false'])];
+  const warn = await frontend('warm-warn', [...store, '--log.level', 'warn']);
+  // As many lookups at once as the frontend opens connections to it: the default 8 would answer the 9th 503.
+  const qs = await startOverquota('quota-service', (port) => ['quota-service', '--quota_service.listen', `127.0.0.1:${port}`, '--quota_service.max_concurrent_scans', '16', ...store, '--log.level', 'info'], { nodeFlags });
+  const miss = await frontend('miss', ['--source.type', 'http', '--source.url', `http://127.0.0.1:${qs.port}/quota?u={key}`, '--source.max_connections', '16', '--cache.max_entries', '0', '--log.level', 'info', '--log.decisions', 'all']);
+  const servers: Record<string, { port: number; meters: Meters }> = {
+    fixed: { port: fixed.port, meters: { server: () => treeCpu(fixed.pid) } },
+    info: { port: info.port, meters: { server: () => treeCpu(info.pid) } },
+    default: { port: byDefault.port, meters: { server: () => treeCpu(byDefault.pid) } },
+    nometrics: { port: nometrics.port, meters: { server: () => treeCpu(nometrics.pid) } },
+    noreserve: { port: noreserve.port, meters: { server: () => treeCpu(noreserve.pid) } },
+    warn: { port: warn.port, meters: { server: () => treeCpu(warn.pid) } },
+    miss: { port: miss.port, meters: { frontend: () => treeCpu(miss.pid), 'quota service': () => treeCpu(qs.pid) } },
+    dovecot: { port: dovecot.quotaStatusPort!, meters: { Dovecot: () => treeCpu(dovecot.pid) } },
+  };
+  const calibrate = o.calibrate.split(',').filter(Boolean).map(Number);
+  for (const us of calibrate) {
+    const f = await startFixed(us);
+    servers[`+${us}`] = { port: f.port, meters: { server: () => treeCpu(f.pid) } };
+    LABELS[`+${us}`] = `fixed server + ${us} µs of CPU per request`;
   }
-
-  const decisionsLogged = info.logFile ? await countLines(info.logFile, ['"msg":"decision"']) : 0;
-  await stopChildren();
-
-  const report = buildReport({ results, connections, warmup, duration, rounds, decisionsLogged, argv: process.argv.slice(2) });
-  printReport(report, values.write, 'policy', 'Policy requests per second', '');
-  saveResults('policy', report.results);
-  return finish(
-    cpuProfDir,
-    results.reduce((n, r) => n + r.result.errors, 0),
+  const missCounts = () => Promise.all([countLines(miss.logFile, ['"msg":"decision"']), countLines(qs.logFile, ['"msg":"quota request"']), countLines(qs.logFile, ['"msg":"quota request"', '"level":40'])]);
+  const keysAt = (c: number) => (c === counts[0] ? [...KEYS, ...AB_KEYS] : KEYS);
+  const steps = [...counts.flatMap((c) => interleaved(keysAt(c), o.rounds).map(({ key }) => ({ key, c }))), ...calibrate.map((us) => ({ key: `+${us}`, c: counts[0]! }))];
+  const runs = await measureRounds(
+    steps,
+    ({ key, c }) => `${LABELS[key]}: ${c} connections, ${o.warmup} s warm-up, ${o.duration} s measured`,
+    async ({ key, c }) => {
+      const before = key === 'miss' ? await missCounts() : null;
+      const load = { ports: [servers[key]!.port], connections: c, warmupS: o.warmup, durationS: o.duration, recipients: recipients(o.users), timeoutMs: REQUEST_TIMEOUT_MS };
+      const { result, use } = await runClient<PolicyLoadResult>('load.ts', 'policy', load, { meters: servers[key]!.meters, limitMs: (o.warmup + o.duration) * 1000 + 2 * REQUEST_TIMEOUT_MS });
+      const after = before ? await missCounts() : null;
+      log(`    ${fmtInt(result.rps)} req/s, p99 ${fmtMs(result.p99Ms)} ms, ${result.errors} errors; other CPU ${use.other}%`);
+      // counts (every lookup a miss): decision lines of the frontend, request lines (and error ones) of the quota service, warm-up included.
+      return { ...result, key, c, use, other: use.other, counts: after?.map((n, i) => n - before![i]!) };
+    },
+    { retries: o.retries, retryWithinMs: 150_000 },
   );
-}
 
-// ---------------------------------------------------------------- processes
-
-function startOverquota(label: string, level: string, spool: string, cpuProfDir: string | null): Promise<Target> {
-  return startFrontend(label, `overquota-${level}`, tmp.dir!, ['--store.path', spool, '--store.limit', String(STORE_LIMIT), '--log.level', level], cpuProfDir);
-}
-
-async function cleanup(): Promise<void> {
-  await stopChildren();
-  await removeTmpDir();
-}
-
-// ---------------------------------------------------------------- report
-
-interface Summary {
-  label: string;
-  runs: number;
-  rps: number;
-  p50: number;
-  p99: number;
-  max: number;
-  errors: number;
-  serverCpu: number | null;
-  clientCpu: number;
-}
-
-function summarise(label: string, runs: LoadResult[]): Summary {
-  const mean = (f: (r: LoadResult) => number) => runs.reduce((a, r) => a + f(r), 0) / runs.length;
-  const cpu = runs.every((r) => r.serverCpuPct !== null) ? Math.round(mean((r) => r.serverCpuPct!)) : null;
+  type Run = (typeof runs)[number];
+  const of = (key: string, c: number) => runs.filter((r) => r.key === key && r.c === c);
+  const rps = (key: string, c: number) => median(of(key, c).map((r) => r.rps));
+  const serverCpu = (r: Run) => Object.keys(servers[r.key]!.meters).map((m) => pct(r.use.cpu[m])).join(' + ');
+  const groups = [...counts.flatMap((c) => keysAt(c).map((key) => ({ key, c }))), ...calibrate.map((us) => ({ key: `+${us}`, c: counts[0]! }))];
+  const vs = (key: string, c: number, base: string) => fmtRatio(rps(key, c) / rps(base, c));
+  const checks: Check[] = counts.flatMap((c) => [
+    ...['default', 'warn'].flatMap((key) => [
+      ratioCheck(`${LABELS[key]} / fixed server, ${c} connections`, rps(key, c), rps('fixed', c), 'req/s', '>=', TARGETS.warmVsFixed),
+      ratioCheck(`${LABELS[key]} / Dovecot quota-status, ${c} connections`, rps(key, c), rps('dovecot', c), 'req/s', '>=', TARGETS.warmVsDovecot),
+      ...(c === 50 ? [figureCheck(`${LABELS[key]}: p99, 50 connections`, median(of(key, c).map((r) => r.p99Ms)), 'ms', '<=', TARGETS.warmP99Ms)] : []),
+    ]),
+    ratioCheck(`${LABELS.miss} / Dovecot quota-status, ${c} connections`, rps('miss', c), rps('dovecot', c), 'req/s', '>=', TARGETS.missVsDovecot),
+    ...(c === counts[0] ? [ratioCheck(`metrics on / off (defaults, warm cache), ${c} connections`, rps('default', c), rps('nometrics', c), 'req/s', '>=', TARGETS.metricsVsNone), ratioCheck(`reservations on / off (defaults, warm cache), ${c} connections`, rps('default', c), rps('noreserve', c), 'req/s', '>=', TARGETS.reservationsVsNone)] : []),
+  ]);
+  const shares = (r: Run) => {
+    const total = Object.values(r.actions).reduce((a, b) => a + b, 0) || 1;
+    return Object.entries(r.actions).sort((a, b) => b[1] - a[1]).map(([a, n]) => `${Math.round((n * 100) / total)}% \`${a}\``).join(', ');
+  };
+  const missRuns = runs.filter((r) => r.counts);
   return {
-    label,
-    runs: runs.length,
-    rps: Math.round(mean((r) => r.rps)),
-    p50: round3(mean((r) => r.p50Ms)),
-    p99: round3(mean((r) => r.p99Ms)),
-    max: Math.max(...runs.map((r) => r.maxMs)),
-    errors: runs.reduce((a, r) => a + r.errors, 0),
-    serverCpu: cpu,
-    clientCpu: Math.round(mean((r) => r.clientCpuPct)),
+    setup: `${o.users} mailboxes, ${recipients(o.users).length} recipient addresses; ${o.warmup} s warm-up then ${o.duration} s measured per run; at ${counts.join(' and ')} connections ${o.rounds} round(s) of every target in alternating order, each figure the median of its rounds (max: the highest).`,
+    versions: [dovecotVersion()],
+    tables: [
+      {
+        head: ['connections', 'target', 'runs', 'req/s', 'min–max', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'server CPU', 'client CPU', 'vs fixed', 'vs Dovecot'],
+        rows: groups.map(({ key, c }) => {
+          const rs = of(key, c);
+          return [c, LABELS[key]!, rs.length, fmtInt(rps(key, c)), fmtSpread(spread(rs.map((r) => r.rps))), fmtMs(median(rs.map((r) => r.p50Ms))), fmtMs(median(rs.map((r) => r.p99Ms))), fmtMs(Math.max(...rs.map((r) => r.maxMs))), rs.reduce((a, r) => a + r.errors, 0), serverCpu(rs[0]!), pct(median(rs.map((r) => r.use.cpu.client ?? 0))), vs(key, c, 'fixed'), key.startsWith('+') ? '-' : vs(key, c, 'dovecot')];
+        }),
+      },
+      {
+        title: 'Every run, in order (CPU in % of one core: the server (for the miss: frontend + quota service), the load client, the kernel threads; machine idle in % of all cores; other = busy cores minus all of those):',
+        head: ['#', 'connections', 'target', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'server CPU', 'client CPU', 'kernel threads', 'machine idle', 'other CPU'],
+        rows: runs.map((r, i) => [i + 1, r.c, LABELS[r.key]!, fmtInt(r.rps), fmtMs(r.p50Ms), fmtMs(r.p99Ms), fmtMs(r.maxMs), r.errors, serverCpu(r), pct(r.use.cpu.client), pct(r.use.cpu.kernel), pct(r.use.idle), pct(r.other)]),
+      },
+    ],
+    checks,
+    headline: groups.filter(({ key }) => !key.startsWith('+')).map(({ key, c }) => ({ item: `1. policy, ${c} connections`, config: LABELS[key]!, runs: of(key, c).length, figure: rps(key, c), unit: 'req/s', spread: spread(of(key, c).map((r) => r.rps)), p50: median(of(key, c).map((r) => r.p50Ms)), p99: median(of(key, c).map((r) => r.p99Ms)), ratios: `${vs(key, c, 'fixed')}× fixed, ${vs(key, c, 'dovecot')}× Dovecot` })),
+    notes: [
+      `Answers in the first run of each: ${['default', 'miss', 'dovecot'].map((key) => `${LABELS[key]}: ${shares(runs.find((r) => r.key === key)!)}`).join('; ')}.`,
+      `Every lookup a miss: ${missRuns.map((r) => `${fmtInt(r.counts![1]!)} HTTP requests for ${fmtInt(r.counts![0]!)} decisions at ${r.c} connections (${(r.counts![1]! / Math.max(1, r.counts![0]!)).toFixed(2)} per decision: concurrent lookups of a mailbox share one)`).join(', ')}; warm-up included.`,
+    ],
+    problems: [...runs.filter((r) => r.errors).map((r) => `${LABELS[r.key]} at ${r.c} connections: ${r.errors} failed request(s), e.g. ${r.errorSamples[0]}`), ...missRuns.filter((r) => r.counts![2]).map((r) => `the quota service answered ${r.counts![2]} request(s) with an error at ${r.c} connections`)],
+    otherCpu: runs.map((r) => r.other),
   };
-}
-
-function buildReport(o: {
-  results: Run[];
-  connections: number;
-  warmup: number;
-  duration: number;
-  rounds: number;
-  decisionsLogged: number;
-  argv: string[];
-}): { text: string; markdown: string; results: ResultsOfRun<PolicyFigure> } {
-  const labels = [...new Set(o.results.map((r) => r.target))];
-  const summaries = labels.map((l) =>
-    summarise(
-      l,
-      o.results.filter((r) => r.target === l).map((r) => r.result),
-    ),
-  );
-  const fixed = summaries.find((s) => s.label === LABELS.fixed)!;
-  const ratio = (s: Summary) => (fixed.rps > 0 ? s.rps / fixed.rps : 0);
-  const verdict = (s: Summary) => (s === fixed ? '(ceiling)' : `${ratio(s).toFixed(2)} ${ratio(s) >= TARGET_RATIO ? 'meets' : 'MISSES'} ≥ ${TARGET_RATIO}`);
-
-  const summaryRows = summaries.map((s) => [
-    s.label,
-    String(s.runs),
-    fmtInt(s.rps),
-    s.p50.toFixed(2),
-    s.p99.toFixed(2),
-    s.max.toFixed(1),
-    String(s.errors),
-    s.serverCpu === null ? '?' : `${s.serverCpu}%`,
-    `${s.clientCpu}%`,
-    verdict(s),
-  ]);
-  const summaryHead = ['target', 'runs', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'server CPU', 'client CPU', 'ratio vs fixed'];
-  const runRows = o.results.map((r, i) => [
-    String(i + 1),
-    r.target,
-    fmtInt(r.result.rps),
-    r.result.p50Ms.toFixed(2),
-    r.result.p99Ms.toFixed(2),
-    r.result.maxMs.toFixed(1),
-    String(r.result.errors),
-    r.result.serverCpuPct === null ? '?' : `${r.result.serverCpuPct}%`,
-    `${r.result.clientCpuPct}%`,
-    r.result.machineIdlePct === null ? '?' : `${r.result.machineIdlePct}%`,
-    otherCpu(r.result) === null ? '?' : `${otherCpu(r.result)}%`,
-  ]);
-  const runHead = ['#', 'target', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'server CPU', 'client CPU', 'machine idle', 'other CPU'];
-  const noise = noiseNote(o.results.map((r) => otherCpu(r.result)));
-
-  const oqRun = o.results.find((r) => r.target.startsWith('overquota'));
-  const actions = oqRun ? actionShares(oqRun.result.actions) : '';
-  const command = commandLine('policy.ts', o.argv);
-
-  const text = [
-    table(summaryHead, summaryRows, false),
-    '',
-    'Runs, in the order they ran:',
-    table(runHead, runRows, false),
-    '',
-    noise,
-    `overquota answers (first overquota run): ${actions}`,
-    `decision lines in the info log: ${fmtInt(o.decisionsLogged)} (whole run, warm-up included)`,
-    ...textFooter(),
-  ].join('\n');
-
-  const markdown = [
-    ...sectionHead('policy'),
-    `Command: \`${command}\`${viaNpm()}. ${o.connections} persistent connections, ${o.warmup} s warm-up then ${o.duration} s measured per run, ${o.rounds} round(s); the fixed server runs first and last and its figures are the mean of those runs (so are overquota's over its rounds).`,
-    '',
-    table(summaryHead, summaryRows, true),
-    '',
-    'Every run, in order (server, client and other CPU in % of one core; machine idle in % of all cores; other = busy cores minus server and client, i.e. other processes and kernel work not charged to either):',
-    '',
-    table(runHead, runRows, true),
-    '',
-    noise,
-    '',
-    `overquota's answers in its first run: ${actions}. Decision lines written by the info frontend: ${fmtInt(o.decisionsLogged)} (warm-up included).`,
-    '<!-- bench:policy:end -->',
-  ].join('\n');
-  const at = `, ${o.connections} connections`;
-  const results: ResultsOfRun<PolicyFigure> = {
-    command,
-    figures: summaries.map((s) => ({ key: KEYS.get(s.label) ?? s.label, label: s.label, connections: o.connections, runs: s.runs, rps: s.rps, p50Ms: s.p50, p99Ms: s.p99, maxMs: s.max, errors: s.errors })),
-    checks: summaries
-      .filter((s) => s.label === LABELS.info || s.label === LABELS.warn)
-      .map((s) => ratioCheck(`${s.label} / fixed server${at}`, s.rps, fixed.rps, 'req/s', '>=', TARGET_RATIO)),
-    problems: summaries.flatMap((s) => (s.errors > 0 ? [`${s.label}: ${s.errors} failed request(s)`] : [])),
-    noise,
-  };
-  return { text, markdown, results };
-}
-
-// ---------------------------------------------------------------- small things
-
-function round3(n: number): number {
-  return Math.round(n * 1000) / 1000;
-}
-
-// Last resort if something throws past main(): no server may outlive the bench, no temp dir stays.
-runBench(main, cleanup, { onExit: removeTmpDirSync });
+});

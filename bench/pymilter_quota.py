@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""A minimal pymilter doing overquota's check, the contrast in bench/milter.ts.
+"""A minimal pymilter doing overquota's check, the contrast in bench/postfix.ts and bench/milter-wire.ts.
 
     /usr/bin/python3 bench/pymilter_quota.py inet:PORT@127.0.0.1 SPOOL_DIR [LIMIT_BYTES]
 
@@ -13,10 +13,10 @@ decision line: the bench counts them to prove every message went through this mi
 
 Negotiation: no CONNECT, HELO, MAIL, header, end-of-header, body or unknown callbacks (the P_NO*
 bits, via @nocallback, pymilter's default for callbacks not overridden); RCPT and DATA are
-answered. DATA is answered on purpose, as overquota does (src/milter/session.ts): with DATA
+answered. DATA is answered on purpose, as overquota does (src/faces/milter/session.ts): with DATA
 skipped Postfix sends the DATA macros as a lone packet nobody answers and its end-of-message
 write then waits ~40 ms for the delayed ACK (Nagle), which would measure TCP, not the milter
-(BENCHMARKS.md, milter section). Prints "ready" on stdout once it is about to accept.
+(BENCHMARKS.md, Postfix section). Prints "ready" on stdout once it is about to accept.
 """
 import os
 import stat
