@@ -10,8 +10,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { EXIM_SNIPPET, eximTree, eximUnavailable, ensureEximTree, startExim, type EximInstance } from './helpers/exim.js';
 import { REPO } from './helpers/package.js';
-import { rcptCases, startQuotaWorld, type QuotaWorld } from './helpers/rcpt-cases.js';
-import { sendEnvelope } from './helpers/smtp.js';
+import { rcptCases, startQuotaWorld, waitForLog, type QuotaWorld } from './helpers/rcpt-cases.js';
+import { sendEnvelope, simpleMessage } from './helpers/smtp.js';
 
 const unavailable = eximUnavailable();
 if (unavailable) throw new Error(`cannot run a private Exim: ${unavailable}`);
@@ -44,6 +44,26 @@ describe('Exim acl_smtp_rcpt with postfix/exim/overquota.acl -> overquota policy
   it('a quoted local part is the same mailbox: "full"@example.com gets 452', async () => {
     const r = await sendEnvelope({ port: exim.smtpPort, from: 'sender@test.org', rcpts: ['"full"@example.com'] });
     assert.equal(r.rcpt[0]!.code, 452, r.transcript);
+  });
+
+  it("a local part in capitals reaches overquota as Exim's routers matched it (lower case), the mailbox Exim delivers to", async () => {
+    const r = await sendEnvelope({ port: exim.smtpPort, from: 'capitals@test.org', rcpts: ['FuLL@Example.COM'] });
+    assert.equal(r.rcpt[0]!.code, 452, r.transcript);
+    const line = await world.frontend.waitForLog((l) => l.msg === 'decision' && l.sender === 'capitals@test.org');
+    assert.equal(line.recipient, 'full@example.com');
+  });
+
+  it("a reply configured as HOLD freezes the message (Exim's hold queue), as Postfix puts it on hold", async () => {
+    await world.restartFrontend(['--replies.over_quota', 'HOLD Mailbox full']);
+    try {
+      const r = await sendEnvelope({ port: exim.smtpPort, from: 'sender@test.org', rcpts: ['full@example.com'], data: simpleMessage('sender@test.org', 'full@example.com') });
+      assert.equal(r.rcpt[0]!.code, 250, r.transcript);
+      const id = /id=(\S+)/.exec(r.data?.text ?? '')?.[1];
+      assert.ok(id, r.transcript);
+      await waitForLog({ log: () => exim.mainlog() }, new RegExp(` ${id} frozen by ACL\n`), 1);
+    } finally {
+      await world.restartFrontend([]);
+    }
   });
 
   rcptCases({

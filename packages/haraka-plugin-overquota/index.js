@@ -163,10 +163,11 @@ exports.hook_rcpt_ok = function (next, connection, rcpt) {
         connection.logwarn(this, `overquota gave no answer (${why}): <${recipient}> passed unchecked`)
         return answer(CONT)
       }
-      const [verdict, text] = judge(reply)
-      if (verdict === 'warn') connection.loginfo(this, `overquota: ${text} <${recipient}>`)
-      if (verdict === 'defer') return answer(DENYSOFT, text)
-      if (verdict === 'refuse') return answer(DENY, text)
+      const [verdict, said] = judge(reply)
+      if (verdict === 'defer') return answer(DENYSOFT, said)
+      if (verdict === 'refuse') return answer(DENY, said)
+      if (verdict === 'log') connection.loginfo(this, `overquota: ${said} <${recipient}>`)
+      if (verdict === 'unknown') connection.logwarn(this, `overquota: unknown action "${said}": <${recipient}> passed on`)
       answer(CONT)
     })
     .catch((err) => {
@@ -208,14 +209,39 @@ function policyRequest(connection, txn, recipient) {
   ].join('\n')
 }
 
-/**
- * overquota's action in Haraka's terms: "4NN x.y.z text" defers with that code and text, "5NN ..."
- * refuses (the message can never fit), "WARN text" (dry run) is logged; anything else passes.
+/*
+ * overquota's action (a Postfix access(5) action, any case) in Haraka's terms, as Postfix's
+ * smtpd_check.c reads it: overquota's replies are configurable (e.g. "DEFER_IF_PERMIT 4.2.2
+ * Mailbox full"), and a recipient Postfix refuses must not pass here.
+ * - "4NN text" defers with that code and text; "5NN text" refuses (the message can never fit).
+ * - DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT defer with Postfix's access_map_defer_code (450),
+ *   REJECT refuses with its access_map_reject_code (554). DEFER_IF_PERMIT defers here as Postfix
+ *   does when the rest of its list permits; DEFER_IF_REJECT too, as every overquota face counts it
+ *   a refusal (Postfix alone would defer only if a later restriction rejected).
+ * - A reply without a status code gets Postfix's 4.7.1 or 5.7.1; without a text, Postfix's words.
+ * - WARN (dry run) and HOLD are logged and pass: Haraka has no hold queue.
+ * - DUNNO and OK pass; any other action passes and is logged.
  */
+const NAMED_CODES = Object.freeze({ DEFER: 450, DEFER_IF_PERMIT: 450, DEFER_IF_REJECT: 450, REJECT: 554 })
+const NAMED_DEFAULT_TEXT = Object.freeze({ DEFER_IF_PERMIT: 'Service unavailable', DEFER_IF_REJECT: 'Service unavailable' })
+const DEFAULT_TEXT = 'Access denied'
+const LOGGED = new Set(['WARN', 'HOLD'])
+const PASSED = new Set(['DUNNO', 'OK'])
+
+/** [verdict, what to say]: defer or refuse with a DSN, log with the action, unknown with the action, pass. */
 function judge(reply) {
   const action = /^action=(.*)$/m.exec(reply)?.[1] ?? ''
-  const coded = /^([45])(\d\d) (.+)$/.exec(action)
-  if (coded) return [coded[1] === '4' ? 'defer' : 'refuse', new DSN(Number(coded[1] + coded[2]), coded[3])]
-  if (/^WARN\s/.test(action)) return ['warn', action]
-  return ['pass', null]
+  const [, word, rest] = /^(\S*)[ \t]*(.*)$/.exec(action)
+  const upper = word.toUpperCase()
+  // Postfix reads a code only with a text after it: a bare "452" is all-numeric, which means OK.
+  const code = /^[45]\d\d$/.test(word) ? (rest === '' ? undefined : Number(word)) : NAMED_CODES[upper]
+  if (code !== undefined) {
+    const status = /^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)/.exec(rest)
+    const text = (status ? rest.slice(status[0].length) : rest) || NAMED_DEFAULT_TEXT[upper] || DEFAULT_TEXT
+    const dsn = new DSN(code, `${status ? status[1] : `${String(code)[0]}.7.1`} ${text}`)
+    return [code < 500 ? 'defer' : 'refuse', dsn]
+  }
+  if (LOGGED.has(upper)) return ['log', action]
+  if (PASSED.has(upper)) return ['pass', null]
+  return ['unknown', action]
 }

@@ -5,8 +5,9 @@
  *
  * The mailboxes (limit 1000 bytes each): full (5000 used), half (600 used), burst (100 used),
  * room (no file: empty); the alias team@example.com -> full@example.com in aliases.file.
- * The last cases restart the frontend in dry run, then stop it (fail open): a test file registers
- * its own cases first.
+ * The last cases restart the frontend with other replies (Postfix access(5) actions), replace it
+ * by a stand-in answering an action overquota never sends, then stop it (fail open): a test file
+ * registers its own cases first.
  */
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -31,6 +32,14 @@ export interface QuotaWorld {
   restartFrontend(args: string[]): Promise<void>;
   /** Replace the frontend by a listener on its port that accepts and never answers (a hung overquota). */
   hangPolicyService(): Promise<void>;
+  /**
+   * Replace the frontend by a stand-in on its port that answers every request with `action`, as
+   * overquota does (in order; closing when the client half-closes): for actions overquota never
+   * sends, which another policy server, or a later overquota, could.
+   */
+  answerPolicyWith(action: string): Promise<void>;
+  /** Stop the frontend or its stand-in: nothing answers on policyPort. */
+  stopPolicyService(): Promise<void>;
   /** Stop whatever answers on policyPort and remove the files. Idempotent. */
   stop(): Promise<void>;
 }
@@ -51,28 +60,50 @@ export async function startQuotaWorld(args: string[] = []): Promise<QuotaWorld> 
       '--policy.listen', `inet:127.0.0.1:${policyPort}`,
       '--store.path', store, '--store.limit', String(LIMIT), '--aliases.file', aliases, ...args, ...more,
     ]);
-  let silent: net.Server | undefined;
+  let standIn: net.Server | undefined;
   const held = new Set<net.Socket>();
+  /** The frontend and any stand-in stopped: policyPort is free. */
+  const stopPolicyService = async () => {
+    await world.frontend.stop();
+    for (const s of held) s.destroy();
+    await new Promise<void>((resolve) => (standIn ? standIn.close(() => resolve()) : resolve()));
+    standIn = undefined;
+  };
+  /** A stand-in on policyPort; `answer` is what it does with each connection. */
+  const replaceWith = async (answer: (socket: net.Socket) => void) => {
+    await stopPolicyService();
+    standIn = net.createServer((socket) => {
+      held.add(socket);
+      socket.on('close', () => held.delete(socket));
+      answer(socket);
+    });
+    await new Promise<void>((resolve, reject) => standIn!.once('error', reject).listen(policyPort, '127.0.0.1', resolve));
+  };
   const world: QuotaWorld = {
     policyPort,
     frontend: await start([]),
     async restartFrontend(more) {
-      await world.frontend.stop();
+      await stopPolicyService();
       world.frontend = await start(more);
     },
-    async hangPolicyService() {
-      await world.frontend.stop();
-      silent = net.createServer((socket) => {
-        held.add(socket);
-        socket.on('close', () => held.delete(socket));
-      });
-      await new Promise<void>((resolve, reject) => silent!.once('error', reject).listen(policyPort, '127.0.0.1', resolve));
-    },
+    hangPolicyService: () => replaceWith(() => {}),
+    answerPolicyWith: (action) =>
+      replaceWith((socket) => {
+        let pending = '';
+        socket.setEncoding('utf8');
+        socket.on('data', (text: string) => {
+          pending += text;
+          for (let end = pending.indexOf('\n\n'); end >= 0; end = pending.indexOf('\n\n')) {
+            pending = pending.slice(end + 2);
+            socket.write(`action=${action}\n\n`);
+          }
+        });
+        socket.on('end', () => socket.end());
+        socket.on('error', () => socket.destroy());
+      }),
+    stopPolicyService,
     async stop() {
-      await world.frontend.stop();
-      for (const s of held) s.destroy();
-      await new Promise<void>((resolve) => (silent ? silent.close(() => resolve()) : resolve()));
-      silent = undefined;
+      await stopPolicyService();
       await tmp.cleanup();
     },
   };
@@ -98,7 +129,7 @@ export interface MtaUnderTest {
   passedUnchecked: RegExp;
 }
 
-/** Registers the shared cases (node:test `it`), in this order; the last three replace the frontend. */
+/** Registers the shared cases (node:test `it`), in this order; from the DEFER_IF_PERMIT case on they replace the frontend. */
 export function rcptCases(mta: MtaUnderTest): void {
   const send = (rcpts: string[], mailArgs?: string, data?: string) =>
     sendEnvelope({ port: mta.smtpPort(), from: SENDER, rcpts, ...(mailArgs ? { mailArgs } : {}), ...(data ? { data } : {}) });
@@ -153,6 +184,35 @@ export function rcptCases(mta: MtaUnderTest): void {
     }
   });
 
+  // Replies configured as Postfix access(5) named actions (README, Decisions): the client must get
+  // what Postfix would answer (smtpd_check.c), not a silent 250.
+  it('a reply configured as DEFER_IF_PERMIT with a status code defers a full mailbox: 450 (access_map_defer_code) with its status and text', async () => {
+    await mta.world().restartFrontend(['--replies.over_quota', 'DEFER_IF_PERMIT 4.2.2 Mailbox full']);
+    const r = await send(['full@example.com']);
+    assert.equal(r.rcpt[0]!.code, 450, r.transcript);
+    assert.equal(r.rcpt[0]!.text, '4.2.2 Mailbox full');
+  });
+
+  it("named actions without a code, status or text, in any case, get Postfix's defaults: 450 4.7.1 Service unavailable, 554 5.7.1 Access denied", async () => {
+    await mta.world().restartFrontend(['--replies.over_quota', 'defer_if_permit', '--replies.too_large', 'Reject']);
+    const full = await send(['full@example.com']);
+    assert.equal(full.rcpt[0]!.code, 450, full.transcript);
+    assert.equal(full.rcpt[0]!.text, '4.7.1 Service unavailable');
+    const large = await send(['room@example.com'], `SIZE=${LIMIT * 2}`);
+    assert.equal(large.rcpt[0]!.code, 554, large.transcript);
+    assert.equal(large.rcpt[0]!.text, '5.7.1 Access denied');
+  });
+
+  it('a reply configured as HOLD lets the recipient pass (250) and the MTA logs it', async () => {
+    await mta.world().restartFrontend(['--replies.over_quota', 'HOLD Mailbox full']);
+    const held = /overquota: HOLD Mailbox full/;
+    const before = (await mta.log()).split(held).length - 1; // a test file's own HOLD cases
+    const r = await send(['full@example.com'], undefined, simpleMessage(SENDER, 'full@example.com'));
+    assert.equal(r.rcpt[0]!.code, 250, r.transcript);
+    assert.equal(r.data?.code, 250, r.transcript);
+    await waitForLog(mta, held, before + 1);
+  });
+
   it('dry run (WARN): a full mailbox passes (250) and the MTA logs what overquota would have answered', async () => {
     await mta.world().restartFrontend(['--dry_run', 'true']);
     const r = await send(['full@example.com']);
@@ -160,8 +220,15 @@ export function rcptCases(mta: MtaUnderTest): void {
     await waitForLog(mta, /overquota: WARN overquota dry run: 4\.2\.2 Mailbox full, try again later/, 1);
   });
 
+  it('an action the MTA does not know passes on (250) and the MTA logs it', async () => {
+    await mta.world().answerPolicyWith('FILTER smtp:[127.0.0.1]:10025');
+    const r = await send(['full@example.com']);
+    assert.equal(r.rcpt[0]!.code, 250, r.transcript);
+    await waitForLog(mta, /overquota: unknown action "FILTER smtp:\[127\.0\.0\.1\]:10025": <full@example\.com> passed on/, 1);
+  });
+
   it('overquota stopped: the recipient passes (250) and the MTA logs that it passed unchecked', async () => {
-    await mta.world().frontend.stop();
+    await mta.world().stopPolicyService();
     const r = await send(['full@example.com']);
     assert.equal(r.rcpt[0]!.code, 250, r.transcript);
     await waitForLog(mta, mta.passedUnchecked, 1);
@@ -179,7 +246,7 @@ export function rcptCases(mta: MtaUnderTest): void {
 const LOG_WAIT_MS = 5000;
 
 /** Waits until the MTA's log holds `count` lines matching `line`. */
-async function waitForLog(mta: MtaUnderTest, line: RegExp, count: number): Promise<void> {
+export async function waitForLog(mta: Pick<MtaUnderTest, 'log'>, line: RegExp, count: number): Promise<void> {
   const by = Date.now() + LOG_WAIT_MS;
   let text = await mta.log();
   while (text.split(line).length - 1 < count && Date.now() < by) {
