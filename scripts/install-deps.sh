@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # scripts/install-deps.sh — make sure the Debian packages the test suite drives are installed
 # (real Postfix, swaks, Redis, Dovecot LMTP/quota-status, miltertest, Prometheus and promtool;
-# for the packaging tests lintian, debootstrap, logrotate, systemd's systemd-analyze and
-# dpkg-dev's dpkg-shlibdeps; libidn12, the one library of the unpacked Exim a base system lacks).
+# for the packaging tests lintian, debootstrap, logrotate, systemd's systemd-analyze,
+# dpkg-dev's dpkg-shlibdeps and strace (the system calls the units' filters must allow);
+# libidn12, the one library of the unpacked Exim a base system lacks).
 # Idempotent: silent exit 0 when nothing is missing. As root with apt-get, installs what is
 # missing without letting the packages start their system daemons. Otherwise prints what is
 # missing and the command to install it, and exits 1.
 set -euo pipefail
 
-PACKAGES=(postfix swaks redis-server dovecot-core dovecot-lmtpd miltertest iproute2 prometheus libidn12 lintian debootstrap logrotate systemd dpkg-dev)
+PACKAGES=(postfix swaks redis-server dovecot-core dovecot-lmtpd miltertest iproute2 prometheus libidn12 lintian debootstrap logrotate systemd dpkg-dev strace)
 POLICY_RC_D=${OVERQUOTA_POLICY_RC_D:-/usr/sbin/policy-rc.d} # overridable only to test this script
 
 missing_packages() {

@@ -1,17 +1,21 @@
 /*
  * The Debian package as an operator installs it: `npm run package` (scripts/package.sh) builds
  * overquota_VERSION_amd64.deb; lintian finds no error or warning; installed with dpkg -i into a
- * clean Debian 12 and 13 root (debootstrap, cached; an overlay keeps the cache clean) it needs nothing
- * from this host, runs both daemons exactly as their units say (ExecStart, User=, Group=,
- * SupplementaryGroups=) with the shipped configuration, answered from outside the root; its
- * logrotate snippet rotates; and dpkg --purge leaves only what Debian keeps (the system user).
- * Needs root (chroot, mount), dpkg-dev, lintian, debootstrap, logrotate (scripts/install-deps.sh).
+ * clean Debian 12 and 13 root (debootstrap, cached; an overlay keeps the cache clean), after the
+ * packages of its Depends that the root lacks (from the Debian mirror, as apt would fetch them;
+ * cached by scripts/debian-root.sh --debs), it needs nothing from this host, runs both daemons
+ * exactly as their units say (ExecStart, User=, Group=, SupplementaryGroups=) with the shipped
+ * configuration, answered from outside the root, and reloads with the units' ExecReload command;
+ * its logrotate snippet rotates; dpkg --remove keeps the configuration and dpkg --purge leaves only
+ * what Debian keeps (the system user). Needs root (chroot, mount), dpkg-dev, lintian, debootstrap,
+ * logrotate (scripts/install-deps.sh), and the Debian mirror the first time.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { createHash } from 'node:crypto';
 import { tempDir, type TempDir } from './helpers/tmp.js';
 import { REPO, run, runOk, scratchDebianRoot, single, SLOW_COMMAND_MS, unitDirectives, UNITS, type ScratchRoot } from './helpers/package.js';
 import { runOverquota, runToEnd, type Running } from './helpers/overquota.js';
@@ -114,11 +118,24 @@ describe('npm run package: overquota_VERSION_amd64.deb', () => {
     describe(`installed with dpkg -i into a clean ${release} root`, () => {
       let scratch: ScratchRoot;
       let root: string;
+      /** The root as it was before overquota went in (its dependencies installed): what purge returns to. */
+      let baseline: Map<string, string>;
       const inRoot = (...args: string[]) => runOk('chroot', [root, ...args], { env: { PATH: UNIT_PATH } });
 
       before(async () => {
         scratch = await scratchDebianRoot(path.join(tmp.path, `scratch-${suite}`), suite);
         root = scratch.root;
+        // What `apt install ./overquota_*.deb` would add first: the Depends the clean root lacks.
+        const depends = (await runOk('dpkg-deb', ['--field', deb, 'Depends'])).split(',').map((d) => d.trim().split(/[\s|(:]/)[0]!);
+        const debs = (await runOk('bash', [path.join(REPO, 'scripts', 'debian-root.sh'), '--debs', suite, ...depends], { timeoutMs: SLOW_COMMAND_MS })).trim();
+        const needed = (await fs.readdir(debs)).filter((f) => f.endsWith('.deb'));
+        if (needed.length > 0) {
+          await fs.mkdir(path.join(root, 'tmp', 'depends'));
+          for (const f of needed) await fs.copyFile(path.join(debs, f), path.join(root, 'tmp', 'depends', f));
+          await inRoot('dpkg', '-i', ...needed.map((f) => `/tmp/depends/${f}`));
+          await fs.rm(path.join(root, 'tmp', 'depends'), { recursive: true });
+        }
+        baseline = await snapshot(scratch.changes);
         await fs.copyFile(deb, path.join(root, 'tmp', path.basename(deb)));
         await inRoot('dpkg', '-i', `/tmp/${path.basename(deb)}`);
         await fs.rm(path.join(root, 'tmp', path.basename(deb)));
@@ -199,6 +216,21 @@ describe('npm run package: overquota_VERSION_amd64.deb', () => {
         }
       });
 
+      it('systemctl reload\'s command (ExecReload, run inside the root) makes the running frontend re-read its alias map', async () => {
+        await fs.writeFile(path.join(root, 'tmp/virtual'), 'info@example.com ann@example.com\n', { mode: 0o644 });
+        const { daemon } = await startAsUnit('overquota-frontend.service', ['OVERQUOTA_POLICY_LISTEN=inet:127.0.0.1:0', 'OVERQUOTA_ADMIN_LISTEN=', 'OVERQUOTA_ALIASES_FILE=/tmp/virtual'], 'frontend ready');
+        try {
+          const reload = single(unitDirectives(await fs.readFile(path.join(root, 'usr/lib/systemd/system/overquota-frontend.service'), 'utf8')), 'ExecReload');
+          // systemd puts the main process's pid for $MAINPID and finds the program on its own PATH.
+          await inRoot(...reload.replaceAll('$MAINPID', String(daemon.proc.pid)).split(/\s+/));
+          const reloaded = await daemon.waitForLog((l) => l.msg === 'alias map reloaded');
+          assert.equal(reloaded.entries, 1);
+        } finally {
+          assert.equal(await daemon.stop(), 0, daemon.stderr());
+          await fs.rm(path.join(root, 'tmp/virtual'));
+        }
+      });
+
       it('the quota service, started as its unit says (group mail) with the shipped configuration, answers from the mail spool', async () => {
         const { daemon, line } = await startAsUnit('overquota-quota-service.service', ['OVERQUOTA_QUOTA_SERVICE_LISTEN=127.0.0.1:0'], 'quota service ready');
         try {
@@ -237,10 +269,18 @@ describe('npm run package: overquota_VERSION_amd64.deb', () => {
         assert.equal(fresh.mode & 0o777, 0o640);
       });
 
-      it('dpkg --purge leaves nothing but the system user and dpkg\'s own records', async () => {
+      it('dpkg --remove keeps the configuration and the user; then dpkg --purge leaves nothing but the system user and dpkg\'s own records', async () => {
+        await inRoot('dpkg', '--remove', 'overquota');
+        assert.equal((await inRoot('dpkg-query', '--showformat', '${Status}', '--show', 'overquota')).trim(), 'deinstall ok config-files');
+        assert.equal(await fs.stat(path.join(root, 'usr/bin/overquota')).catch(() => null), null, 'the command is gone');
+        for (const file of ['frontend.json', 'quota-service.json']) {
+          assert.ok((await fs.stat(path.join(root, 'etc/overquota', file))).isFile(), `${file} is kept`);
+        }
+        assert.match(await inRoot('getent', 'passwd', 'overquota'), /^overquota:/);
+
         await inRoot('dpkg', '--purge', 'overquota');
         await fs.rm(path.join(root, 'var/mail/full'));
-        const left = await leftovers(scratch.changes, scratch.clean);
+        const left = await leftovers(scratch.changes, scratch.clean, baseline);
         assert.deepEqual(left, []);
         assert.match(await inRoot('getent', 'passwd', 'overquota'), /^overquota:/, 'Debian keeps system users');
       });
@@ -251,26 +291,44 @@ describe('npm run package: overquota_VERSION_amd64.deb', () => {
 /** What dpkg and useradd may leave: the user and group databases (and their lock), dpkg's state and log. */
 const KEPT = [/^etc\/(passwd|group|shadow|gshadow)-?$/, /^etc\/\.pwd\.lock$/, /^var\/lib\/dpkg\//, /^var\/log\/(dpkg\.log|lastlog|faillog)$/, /^var\/cache\/debconf\//];
 
-/**
- * Paths that differ from the clean root and are not KEPT: files added or changed (overlayfs's
- * upper layer), files removed from it (whiteouts), and folders that the clean root does not have
- * (a folder of the clean root appears in the upper layer whenever something in it changed).
- */
-async function leftovers(changes: string, clean: string): Promise<string[]> {
-  const found: string[] = [];
+/** Every path of overlayfs's upper layer with what it is: a folder, a whiteout, a link's target, a file's mode and content hash. */
+async function snapshot(changes: string): Promise<Map<string, string>> {
+  const found = new Map<string, string>();
   const walk = async (dir: string) => {
     for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
       const full = path.join(dir, entry.name);
-      const relative = path.relative(changes, full);
-      if (entry.isDirectory()) {
-        const inClean = await fs.stat(path.join(clean, relative)).catch(() => null);
-        if (!inClean && !KEPT.some((k) => k.test(relative + '/'))) found.push(`${relative}/`);
-        await walk(full);
-      } else if (!KEPT.some((k) => k.test(relative))) {
-        found.push(entry.isCharacterDevice() ? `${relative} (removed from the clean root)` : relative);
-      }
+      found.set(path.relative(changes, full), await signature(full));
+      if (entry.isDirectory()) await walk(full);
     }
   };
   await walk(changes);
+  return found;
+}
+
+async function signature(file: string): Promise<string> {
+  const st = await fs.lstat(file);
+  if (st.isDirectory()) return 'folder';
+  if (st.isSymbolicLink()) return `link ${await fs.readlink(file)}`;
+  if (!st.isFile()) return 'whiteout';
+  return `file ${(st.mode & 0o7777).toString(8)} ${createHash('sha256').update(await fs.readFile(file)).digest('hex')}`;
+}
+
+/**
+ * Paths that differ from the root before the install (the clean root and, in the upper layer, the
+ * baseline: the package's dependencies) and are not KEPT: files added or changed (overlayfs's
+ * upper layer), files removed from it (whiteouts), and folders that it does not have (a folder of
+ * the clean root appears in the upper layer whenever something in it changed).
+ */
+async function leftovers(changes: string, clean: string, baseline: Map<string, string>): Promise<string[]> {
+  const found: string[] = [];
+  for (const [relative, now] of await snapshot(changes)) {
+    if (baseline.get(relative) === now) continue;
+    if (now === 'folder') {
+      const inClean = await fs.stat(path.join(clean, relative)).catch(() => null);
+      if (!inClean && !baseline.has(relative) && !KEPT.some((k) => k.test(relative + '/'))) found.push(`${relative}/`);
+    } else if (!KEPT.some((k) => k.test(relative))) {
+      found.push(now === 'whiteout' ? `${relative} (removed from the clean root)` : relative);
+    }
+  }
   return found;
 }
