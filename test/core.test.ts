@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { parseRecipient, type RecipientRules } from '../src/core/recipient.js';
 import { decide, Replies, type ReplyTexts } from '../src/core/verdict.js';
 import { found } from '../src/quota.js';
+import { parseReply, refuses } from '../src/core/replies.js';
 import { Router } from '../src/sources/router.js';
 import type { QuotaSource } from '../src/quota.js';
 
@@ -108,7 +109,7 @@ test('each verdict maps to its configured reply, with figures filled in', () => 
   const state = found(1500, 1000);
   const replies = new Replies(texts, false);
   assert.equal(replies.for(decide(state, 0), state, 0).words, '452 4.2.2 Mailbox full (150% of 1000), try again later');
-  assert.deepEqual(replies.for(decide(state, 0), state, 0), { kind: 'refuse', code: '452', status: '4.2.2', text: 'Mailbox full (150% of 1000), try again later', words: '452 4.2.2 Mailbox full (150% of 1000), try again later' });
+  assert.deepEqual(replies.for(decide(state, 0), state, 0), { kind: 'defer', code: '452', status: '4.2.2', text: 'Mailbox full (150% of 1000), try again later', words: '452 4.2.2 Mailbox full (150% of 1000), try again later' });
   assert.equal(replies.for({ kind: 'too_large', reason: '' }, state, 2000).words, texts.too_large);
   assert.equal(replies.for({ kind: 'under_quota', reason: '' }, state, 0).words, 'DUNNO');
   assert.equal(new Replies({ ...texts, on_error: '451 4.3.0 Try later' }, false).for({ kind: 'error', reason: '' }, null, 0).words, '451 4.3.0 Try later');
@@ -121,8 +122,26 @@ test('dry-run turns a deferral into WARN, which Postfix logs and lets pass', () 
   const reply = replies.for(decide(state, 0), state, 0);
   assert.match(reply.words, /^WARN /);
   assert.match(reply.words, /Mailbox full/);
-  assert.equal(reply.kind, 'pass');
+  assert.equal(reply.kind, 'warn');
   assert.equal(replies.for({ kind: 'under_quota', reason: '' }, state, 0).words, 'DUNNO');
+});
+
+test('a reply says what it does, decided once from its words in any case: continue, warn, hold, defer, reject', () => {
+  const kinds = ['DUNNO', 'dunno', 'WARN Mailbox full', 'warn mailbox full', 'HOLD over quota', 'hold', '452 4.2.2 Mailbox full', 'defer_if_permit 4.2.2 Mailbox full', 'DEFER', 'Reject 5.2.2 Mailbox full', '552 5.2.3 Too large'].map((w) => [w, parseReply(w).kind]);
+  assert.deepEqual(kinds, [
+    ['DUNNO', 'continue'], ['dunno', 'continue'], ['WARN Mailbox full', 'warn'], ['warn mailbox full', 'warn'], ['HOLD over quota', 'hold'], ['hold', 'hold'],
+    ['452 4.2.2 Mailbox full', 'defer'], ['defer_if_permit 4.2.2 Mailbox full', 'defer'], ['DEFER', 'defer'], ['Reject 5.2.2 Mailbox full', 'reject'], ['552 5.2.3 Too large', 'reject'],
+  ]);
+  assert.deepEqual(['DUNNO', 'warn x', 'HOLD', '451 4.3.0 x', 'REJECT'].map((w) => refuses(parseReply(w))), [false, false, false, true, true]);
+});
+
+test("the reason names the rule that made a mailbox full: bytes, messages, the source's word, or the message's size", () => {
+  const reason = (state: ReturnType<typeof found>, size = 0) => decide(state, size).reason;
+  assert.equal(reason(found(1000, 1000)), '1000 of 1000 bytes used');
+  assert.equal(reason(found(10, 1000, { usageMessages: 5, limitMessages: 5 })), '5 of 5 messages');
+  assert.equal(reason(found(10, 1000, { overQuota: true })), 'the source says over quota');
+  assert.equal(reason(found(900, 1000), 200), '900 of 1000 bytes used, message of 200 does not fit');
+  assert.equal(decide(found(10, 1000, { usageMessages: 4, limitMessages: null }), 0).kind, 'under_quota');
 });
 
 const source = (name: string): QuotaSource => ({ name, lookup: async () => ({ kind: 'unknown' }), close: async () => {} });

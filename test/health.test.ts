@@ -2,9 +2,11 @@
  * GET /health (liveness) and GET /ready (readiness) of the frontend and the quota service, and
  * `overquota status` (issue 13): ready means the listeners are up, Redis (when configured) is
  * connected, and no source is failing; the body says what is wrong, with HTTP 503. Real processes,
- * a real HTTP backend, a real Redis.
+ * a real HTTP backend, a real Redis. A source's failure lasts until a lookup answers, however
+ * long ago it was: shown with the core in this process and its clock moved on (node:test's mock
+ * of Date only).
  */
-import { test, after } from 'node:test';
+import { test, after, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -15,6 +17,9 @@ import { redisUnavailable, startRedis } from './helpers/redis.js';
 import { tempDir } from './helpers/tmp.js';
 import { freePort } from './helpers/ports.js';
 import { sample, scrape } from './helpers/prometheus.js';
+import pino from 'pino';
+import { loadSettings } from '../src/config/load.js';
+import { buildDecisionCore } from '../src/core/assemble.js';
 
 const cleanups: (() => Promise<unknown> | void)[] = [];
 after(async () => {
@@ -91,7 +96,7 @@ test('/ready names a source whose last lookup failed and how long ago; a later a
   const b = await backend(broken);
   const fe = await frontend(['--source.type', 'http', '--source.url', b.url()]);
   const source = `http:127.0.0.1:${b.port}/cgi-bin/quota.cgi`;
-  assert.deepEqual(await get(`http://${fe.admin}/ready`), [200, { status: 'ready', listeners: fe.listeners, redis: 'off', sources: { [source]: 'ok' } }], 'not asked yet: nothing known against it');
+  assert.deepEqual(await get(`http://${fe.admin}/ready`), [200, { status: 'ready', listeners: fe.listeners, redis: 'off', sources: { [source]: 'not asked yet' } }], 'not asked yet: said so, and nothing known against it');
   assert.equal(await ask(fe.listeners[0]!, 'bob@example.com'), 'DUNNO');
   const [status, body] = await get(`http://${fe.admin}/ready`);
   assert.equal(status, 503);
@@ -135,7 +140,7 @@ test('overquota status says it in words: exit 0 ready, 1 degraded (naming what),
       `frontend      http://${good.admin}: ready`,
       `listening on  ${good.listeners[0]}`,
       'redis         off (redis.url not set)',
-      `source        mbox:${dir.path}: ok`,
+      `source        mbox:${dir.path}: not asked yet`,
       '',
     ].join('\n'),
   );
@@ -171,4 +176,26 @@ test('the quota service: /health stays 200 while the store cannot be read, /read
   assert.equal(sample(await scrape(`${qs.baseUrl}/metrics`), 'overquota_quota_service_requests_total', { endpoint: 'ready', status: '503' }), 1);
   await mkdir(store);
   assert.deepEqual(await get(`${qs.baseUrl}/ready`), [200, { status: 'ready', source: `mbox:${store}` }]);
+});
+
+test('a source whose last lookup failed stays failing however long ago, until a lookup answers: without traffic nothing newer is known', async () => {
+  const broken = { now: true };
+  const b = await backend(broken);
+  const source = `http:127.0.0.1:${b.port}/cgi-bin/quota.cgi`;
+  const core = await buildDecisionCore(loadSettings({ env: {}, args: ['--source.type', 'http', '--source.url', b.url()] }), pino({ level: 'silent' }), { subscribe: false });
+  cleanups.push(() => core.close());
+  assert.deepEqual(await core.readiness(), { ready: true, redis: 'off', sources: { [source]: 'not asked yet' } });
+  assert.equal((await core.checker.check('bob@example.com', 0)).verdict.kind, 'error');
+  mock.timers.enable({ apis: ['Date'], now: Date.now() });
+  try {
+    mock.timers.tick(3_600_000);
+    const r = await core.readiness();
+    assert.equal(r.ready, false);
+    assert.match(r.sources[source]!, /^http_status 3600\.\ds ago$/);
+  } finally {
+    mock.timers.reset();
+  }
+  broken.now = false;
+  assert.equal((await core.checker.check('carol@example.com', 0)).verdict.kind, 'under_quota');
+  assert.deepEqual(await core.readiness(), { ready: true, redis: 'off', sources: { [source]: 'ok' } });
 });

@@ -1,12 +1,17 @@
 /*
  * Logs an operator can live with (issue 13): which decisions get a line (log.decisions), log.file
  * reopened on SIGUSR1 for logrotate, the text format beside Postfix's mail log, lifecycle lines
- * at the right level, and no "redis unavailable" warning for our own clean stop.
+ * at the right level, and no "redis unavailable" warning for our own clean stop. A log.file that
+ * stops taking lines (a hung disk, here a FIFO nobody reads) holds up no mail, and what it drops
+ * is reported in the configured format.
  */
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { BatchedDestination, fileSink } from '../src/runtime/log.js';
+import { textLineOf } from '../src/runtime/text.js';
 import { runOverquota, type Running } from './helpers/overquota.js';
 import { PolicyClient, rcpt } from './helpers/policy-client.js';
 import { redisUnavailable, startRedis } from './helpers/redis.js';
@@ -142,4 +147,91 @@ test('a clean stop with Redis logs no "redis unavailable" warning; Redis coming 
   await fe.stop();
   const after = (await fs.readFile(file, 'utf8')).split('\n').filter((l) => l.includes('redis unavailable')).length;
   assert.equal(after, before, 'our own stop is no outage');
+});
+
+test('a reply configured in lower case ("warn ...") is a warning: logged under log.decisions refusals, as warn', async () => {
+  const file = path.join(dir.path, 'warn.log');
+  await frontend(['--log.file', file, '--log.format', 'text', '--replies.over_quota', 'warn mailbox full']);
+  const readyLine = (await linesOf(file, (l) => l.includes('frontend ready'))).find((l) => l.includes('frontend ready'))!;
+  const c = await PolicyClient.connect(`inet:127.0.0.1:${/inet:127\.0\.0\.1:(\d+)/.exec(readyLine)![1]}`);
+  cleanups.push(() => c.close());
+  assert.equal(await c.ask(rcpt('room@example.com', { queue_id: 'ROOM2' })), 'DUNNO');
+  assert.equal(await c.ask(rcpt('full@example.com', { queue_id: 'WARN1' })), 'warn mailbox full');
+  const lines = await linesOf(file, (l) => l.includes('WARN1'));
+  assert.match(lines.find((l) => l.includes('WARN1'))!, /overquota\[\d+\]: WARN1: warn: RCPT from 192\.0\.2\.10 to=<full@example\.com>: warn mailbox full \(usage 4\.9K of 1000,/);
+  assert.ok(!lines.some((l) => l.includes('ROOM2')), 'an accepted recipient gets no line by default');
+});
+
+/** Reads a FIFO to its end (or until `until` is in what was read), in the background. */
+function drain(handle: fs.FileHandle, until?: string): Promise<string> {
+  return (async () => {
+    const chunks: Buffer[] = [];
+    const buf = Buffer.alloc(1024 * 1024);
+    for (;;) {
+      const { bytesRead } = await handle.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      chunks.push(Buffer.from(buf.subarray(0, bytesRead)));
+      if (until !== undefined && buf.subarray(0, bytesRead).includes(until)) break;
+    }
+    return Buffer.concat(chunks).toString('utf8');
+  })();
+}
+
+test('a log.file nobody takes lines from (a FIFO, as a hung disk would) holds up no recipient; what waited is written once it moves', async () => {
+  const fifo = path.join(dir.path, 'stalled-frontend.fifo');
+  execFileSync('mkfifo', [fifo]);
+  // Opened before the frontend opens it for writing: both opens wait for the other.
+  const reader = fs.open(fifo, 'r');
+  const fe = await frontend(['--log.file', fifo, '--log.decisions', 'all']);
+  const handle = await reader;
+  cleanups.push(() => handle.close());
+  const start = await drain(handle, 'frontend ready');
+  const c = await PolicyClient.connect((JSON.parse(start.split('\n').find((l) => l.includes('frontend ready'))!) as { policy: string[] }).policy[0]!);
+  cleanups.push(() => c.close());
+  // Nobody reads now: the pipe holds 64 KiB, ~3.5 KB a decision line with this sender. Each answer
+  // must still come; with the event loop stuck in a write none would (the deadline says so).
+  const sender = `${'s'.repeat(3000)}@example.net`;
+  for (let i = 0; i < 100; i++) {
+    const answer = await Promise.race([
+      c.ask(rcpt('full@example.com', { queue_id: `STALL${i}`, sender })),
+      new Promise<string>((resolve) => setTimeout(() => resolve('no answer within 20 s'), 20_000).unref()),
+    ]);
+    assert.equal(answer, '452 4.2.2 Mailbox full, try again later', `request ${i}, the log stalled`);
+  }
+  const rest = await drain(handle, '"queue_id":"STALL99"');
+  for (const id of ['STALL0', 'STALL50', 'STALL99']) assert.ok(rest.includes(`"queue_id":"${id}"`), `${id}'s line is written once the reader is back`);
+  void drain(handle);
+  await fe.stop();
+});
+
+test('past the cap a stalled log.file drops lines, and says how many in log.format (text here), once it writes again', async () => {
+  const fifo = path.join(dir.path, 'stalled.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const reader = fs.open(fifo, 'r');
+  const sink = fileSink(fifo);
+  const handle = await reader;
+  cleanups.push(() => handle.close());
+  const out = new BatchedDestination(sink, textLineOf(false));
+  const MiB = 1024 * 1024;
+  const line = (what: string) => `${JSON.stringify({ level: 30, time: Date.now(), pid: 7, msg: what })}\n`;
+  // 20 lines of 1 MiB while nobody reads: the sink holds 16 MiB waiting (MAX_BUFFERED_BYTES), and
+  // the 17th batch on finds it past that: those are dropped. The test itself goes on meanwhile.
+  for (let i = 0; i < 20; i++) {
+    out.write(line(`big ${i} ${'x'.repeat(MiB)}`));
+    out.flush();
+  }
+  assert.ok(sink.backlog() > 16 * MiB, `backlog ${sink.backlog()}`);
+  const read = drain(handle, 'after the stall');
+  while (sink.backlog() > 0) await new Promise((r) => setTimeout(r, 20));
+  out.write(line('after the stall'));
+  out.flush();
+  const lines = (await read).split('\n').filter(Boolean);
+  const written = lines.slice(0, -2).map((l) => /^overquota\[7\]: big (\d+) x+$/.exec(l)?.[1]);
+  const dropped = 20 - written.length;
+  assert.ok(dropped > 0 && written.length >= 15, `${written.length} of 20 written`);
+  assert.deepEqual(written, Array.from({ length: written.length }, (_, i) => String(i)), 'the first ones, whole, in order');
+  assert.deepEqual(lines.slice(-2), [
+    `overquota[${process.pid}]: warning: log lines dropped: the log could not be written (a slow reader or a full disk) (dropped=${dropped})`,
+    'overquota[7]: after the stall',
+  ]);
 });

@@ -149,7 +149,7 @@ test('the usual replies become y with the text escaped; DUNNO and WARN continue'
   assert.deepEqual(rcptReplyFor(parseReply('452 4.2.2 Mailbox full, try again later')), { kind: 'replycode', text: '452 4.2.2 Mailbox full, try again later' });
   assert.deepEqual(rcptReplyFor(parseReply('452 4.2.2 Mailbox full ({percent}% used)'.replace('{percent}', '100'))), { kind: 'replycode', text: '452 4.2.2 Mailbox full (100%% used)' });
   assert.deepEqual(rcptReplyFor(parseReply('552 5.2.3 Too large')), { kind: 'replycode', text: '552 5.2.3 Too large' });
-  assert.deepEqual(rcptReplyFor(parseReply('452 Mailbox full')), { kind: 'replycode', text: '452 4.0.0 Mailbox full' });
+  assert.deepEqual(rcptReplyFor(parseReply('452 Mailbox full')), { kind: 'replycode', text: '452 4.7.1 Mailbox full' });
   assert.deepEqual(rcptReplyFor(parseReply('DEFER_IF_PERMIT 4.2.2 Mailbox full')), { kind: 'replycode', text: '450 4.2.2 Mailbox full' });
   assert.deepEqual(rcptReplyFor(parseReply('DUNNO')), { kind: 'continue' });
   assert.equal(rcptReplyFor(parseReply('WARN overquota dry run: Mailbox full')).kind, 'continue');

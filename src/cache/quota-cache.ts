@@ -11,6 +11,9 @@
  * Entries are keyed by source name and mailbox key, so one local part on two backends never
  * collides. It never caches an error, and never waits on a source longer than the timeout given;
  * Redis failing only costs the shared tier, never an answer.
+ * Past 300 lines, kept whole: one reading's way (memory, Redis, the cluster lock, the source) and
+ * what may change it (invalidation marking a fill stale, reservations reconciled with the reading)
+ * share the fills in flight and the memory tier; split, each half would reach into the other's.
  */
 import type { MailboxQuota, QuotaSource, QuotaState, SourceErrorCode } from '../quota.js';
 import { SourceError } from '../quota.js';

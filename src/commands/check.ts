@@ -4,7 +4,7 @@
  */
 import type { Settings } from '../config/schema.js';
 import { buildDecisionCore } from '../core/assemble.js';
-import { postfixWouldSay } from '../core/replies.js';
+import { postfixWouldSay, refuses } from '../core/replies.js';
 import { UsageError } from './args.js';
 import { createLogger } from '../runtime/log.js';
 
@@ -49,7 +49,7 @@ export async function runCheck(settings: Settings, address: string | undefined, 
       for (const [k, v] of rows) console.log(`${k.padEnd(13)} ${v}`);
     }
     if (d.verdict.kind === 'error') return 2;
-    return d.reply.kind === 'refuse' ? 1 : 0;
+    return refuses(d.reply) ? 1 : 0;
   } finally {
     await core.close();
   }

@@ -65,7 +65,8 @@ function describe(url: string, r: Readiness): string[] {
   if (r.listeners) lines.push(`listening on  ${r.listeners.join(', ') || '(nothing)'}`);
   if (r.redis) lines.push(`redis         ${REDIS_WORDS[r.redis]}`);
   for (const [name, state] of Object.entries(r.sources ?? {})) {
-    lines.push(`source        ${name}: ${state === 'ok' ? 'ok' : `FAILING: ${state}`}`);
+    // "not asked yet" (core/assemble.ts NOT_ASKED_YET): no lookup since start-up, nothing known against it.
+    lines.push(`source        ${name}: ${state === 'ok' || state === 'not asked yet' ? state : `FAILING: ${state}`}`);
   }
   return lines;
 }

@@ -4,8 +4,12 @@
  */
 import type { Settings } from './schema.js';
 
+/** The words that make a key's value a secret: a key named so, or ending so (redis_password). */
+const SECRET_WORDS = 'token|password|secret|api_key';
 /** Names of keys whose values are secrets. */
-const SECRET_KEY = /(token|password|secret|api_key)$/i;
+const SECRET_KEY = new RegExp(`(${SECRET_WORDS})$`, 'i');
+/** A secret key's quoted value inside a text: "password": "...". */
+const SECRET_IN_TEXT = new RegExp(`("[a-z_]*(?:${SECRET_WORDS})"\\s*:\\s*)"(?:[^"\\\\]|\\\\.)*"`, 'gi');
 /** The password of a URL's user info: scheme://user:PASSWORD@host. */
 const URL_PASSWORD = /(\/\/[^/@\s:"]*:)[^/@\s"]*@/g;
 
@@ -16,7 +20,7 @@ export function redactUrl(text: string): string {
 
 /** Secrets inside an error text (convict prints the offending value, e.g. a backends list). */
 export function redactText(text: string): string {
-  return redactUrl(text.replace(/("[a-z_]*(?:token|password|secret|api_key)"\s*:\s*)"(?:[^"\\]|\\.)*"/gi, '$1"[redacted]"'));
+  return redactUrl(text.replace(SECRET_IN_TEXT, '$1"[redacted]"'));
 }
 
 /** The effective settings as JSON, secrets replaced, for `overquota config`. */

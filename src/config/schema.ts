@@ -5,7 +5,8 @@
  * Precedence (convict's): embedded default < JSON file (--config FILE or OVERQUOTA_CONFIG) <
  * environment (OVERQUOTA_ + the path in upper snake case) < flags (--path.to.setting VALUE).
  * The defaults alone run the seed's single-host setup: /var/mail read as mbox, 200 MiB each.
- * Over 300 lines: it is one table, a setting per line, and reads best whole.
+ * One table, a setting per line; the policy wire bounds (policy.max_line_length, max_attributes,
+ * max_request_size) have their values here, and faces/policy/codec.ts enforces them.
  */
 import type { Backend } from './formats.js';
 

@@ -3,8 +3,11 @@
  * check and invalidate commands, so they answer exactly as the running service would.
  *
  * It also keeps what /ready reports (readiness()): whether Redis is connected, and how each
- * source's last lookup went. A source whose last lookup failed within SOURCE_FAILURE_SHOWN_MS is
- * not ready; a local store is asked whether its root can be read. A store that cannot be read at
+ * source's last lookup went. A source whose last lookup failed is not ready until a later one
+ * answers, however long ago that was: without traffic nothing newer is known, and "ok" would be a
+ * guess. A source no lookup has asked yet says so and is ready (nothing is known against it; a
+ * fresh frontend must not wait for mail to become ready). A local store is asked, at each report
+ * and all at once, whether its root can be read. A store that cannot be read at
  * start-up is a warning, not a refusal to start: the embedded defaults must start on a host
  * without /var/mail, and lookups then get on_error until it appears.
  */
@@ -22,14 +25,14 @@ import type { Router } from '../sources/router.js';
 import { healthOf, type QuotaSource } from '../quota.js';
 import { NO_METRICS, type LookupOutcome, type Metrics, type SourceCounts } from '../runtime/metrics.js';
 
-/** How long a failed lookup keeps its source "not ready" when no later lookup succeeded. */
-export const SOURCE_FAILURE_SHOWN_MS = 60_000;
+/** What /ready says of a source that no lookup has asked since start-up (ready: nothing is known against it). */
+export const NOT_ASKED_YET = 'not asked yet';
 
 /** What /ready says about the core. */
 export interface CoreReadiness {
   ready: boolean;
   redis: 'up' | 'down' | 'off';
-  /** By source name: "ok", or what is wrong ("timeout 1.5s ago", "store root /var/mail cannot be read: ENOENT"). */
+  /** By source name: "ok", "not asked yet", or what is wrong ("timeout 1.5s ago", "store root /var/mail cannot be read: ENOENT"). */
   sources: Record<string, string>;
 }
 
@@ -128,8 +131,8 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
     redisState,
     async readiness() {
       const redis = redisState();
-      const sources = await watched.report();
-      return { ready: redis !== 'down' && Object.values(sources).every((s) => s === 'ok'), redis, sources };
+      const { sources, failing } = await watched.report();
+      return { ready: redis !== 'down' && !failing, redis, sources };
     },
     async invalidate(address) {
       const recipient = parseRecipient(address, rules);
@@ -171,28 +174,35 @@ export async function buildDecisionCore(settings: Settings, logger: Logger, opts
   };
 }
 
-/** How each source's lookups go: counted for the metrics, and the last failure kept for /ready. */
+/** How each source's lookups go: counted for the metrics, and the last one kept for /ready. */
 function watchSources(sources: QuotaSource[], metrics: Metrics) {
-  const bySource = new Map<QuotaSource, { counts: SourceCounts; failure: { outcome: LookupOutcome; at: number } | null }>();
+  // The last lookup's outcome (null: none yet) and when: fields set in place, nothing made per lookup.
+  const bySource = new Map<QuotaSource, { counts: SourceCounts; last: LookupOutcome | null; at: number }>();
   // Bound once per source: their series exist, at 0, from the start (rate() and alerts need them).
-  for (const source of sources) bySource.set(source, { counts: metrics.source(source.name), failure: null });
+  for (const source of sources) bySource.set(source, { counts: metrics.source(source.name), last: null, at: 0 });
   return {
     watch(source: QuotaSource, outcome: LookupOutcome, seconds: number): void {
       const s = bySource.get(source);
       if (!s) return;
       s.counts.lookups[outcome].inc();
       s.counts.duration.observe(seconds);
-      s.failure = outcome === 'ok' || outcome === 'unknown' ? null : { outcome, at: Date.now() };
+      // A key the source cannot take (a client's ../x) says nothing of the source's health.
+      if (outcome === 'bad_key') return;
+      s.last = outcome;
+      s.at = Date.now();
     },
-    /** By source name: "ok", or what is wrong now. */
-    async report(): Promise<Record<string, string>> {
-      const out: Record<string, string> = {};
-      for (const [source, s] of bySource) {
-        const unreadable = await healthOf(source);
-        const ago = s.failure ? Date.now() - s.failure.at : Infinity;
-        out[source.name] = unreadable ?? (ago < SOURCE_FAILURE_SHOWN_MS ? `${s.failure!.outcome} ${(ago / 1000).toFixed(1)}s ago` : 'ok');
-      }
-      return out;
+    /** By source name: "ok", "not asked yet", or what is wrong now; failing when any is wrong. Stores are asked all at once. */
+    async report(): Promise<{ sources: Record<string, string>; failing: boolean }> {
+      const said = await Promise.all(
+        [...bySource].map(async ([source, s]): Promise<[string, string, boolean]> => {
+          const unreadable = await healthOf(source);
+          if (unreadable) return [source.name, unreadable, true];
+          if (s.last === null) return [source.name, NOT_ASKED_YET, false];
+          if (s.last === 'ok' || s.last === 'unknown') return [source.name, 'ok', false];
+          return [source.name, `${s.last} ${((Date.now() - s.at) / 1000).toFixed(1)}s ago`, true];
+        }),
+      );
+      return { sources: Object.fromEntries(said.map(([name, says]) => [name, says])), failing: said.some(([, , wrong]) => wrong) };
     },
   };
 }

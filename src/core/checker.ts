@@ -255,6 +255,15 @@ export class QuotaChecker {
 }
 
 /**
+ * Our own bug while deciding, caught by a face: the error verdict with `reply` (on_error), so that
+ * it is counted and logged like any other decision (the face logs the stack too).
+ */
+export function failedDecision(err: unknown, reply: Reply): Decision {
+  const message = err instanceof Error ? err.message : String(err);
+  return { verdict: { kind: 'error', reason: `internal error: ${message}` }, reply, recipient: null, source: null, cache: null, state: null, error: { code: 'INTERNAL', message }, ms: 0, pending: null, reserved: null };
+}
+
+/**
  * A reservation can change a later verdict only where there is a limit it counts against: bytes
  * (with a size known) or messages. Elsewhere it would only cost memory (and Redis commands).
  */

@@ -22,14 +22,21 @@ export function renderReply(template: string, f: ReplyFigures): string {
     .replaceAll('{size}', String(f.sizeBytes ?? 0));
 }
 
+/**
+ * What a reply does to the recipient, decided once, where the reply is parsed: faces and logs read
+ * this, never the words. defer: a 4XX (DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT, 4XX); reject: a 5XX
+ * (REJECT, 5XX); warn: the mail goes on and Postfix logs the text (WARN, a dry run's refusal); hold:
+ * the mail goes on to the hold queue (HOLD); continue: the mail goes on (DUNNO).
+ */
+export type ReplyKind = 'continue' | 'warn' | 'hold' | 'defer' | 'reject';
+
 /** A reply as a value, for any face. */
 export interface Reply {
-  /** refuse: this recipient gets a 4XX or 5XX; pass: the mail goes on (DUNNO; WARN and HOLD, which Postfix logs or holds). */
-  kind: 'refuse' | 'pass';
+  kind: ReplyKind;
   /**
    * The SMTP code of a refusal; a named action stands for the code Postfix gives it by default
    * (DEFER, DEFER_IF_PERMIT and DEFER_IF_REJECT: access_map_defer_code 450; REJECT:
-   * access_map_reject_code 554). Empty for a pass.
+   * access_map_reject_code 554). Empty when the mail goes on.
    */
   code: string;
   /** The enhanced status code as written ("4.2.2"), or empty. */
@@ -40,7 +47,14 @@ export interface Reply {
   words: string;
 }
 
+/** Whether this recipient is refused (a 4XX or 5XX): the mail does not go on. */
+export function refuses(reply: Reply): boolean {
+  return reply.kind === 'defer' || reply.kind === 'reject';
+}
+
 const NAMED_CODE: Record<string, string> = { DEFER_IF_PERMIT: '450', DEFER_IF_REJECT: '450', DEFER: '450', REJECT: '554' };
+/** The actions besides DUNNO that let the mail go on (config/reply-text.ts refuses OK and any other word). */
+const GOES_ON: Record<string, ReplyKind> = { WARN: 'warn', HOLD: 'hold' };
 
 /** A sound reply text (replyProblem() found nothing) as a value. */
 export function parseReply(words: string): Reply {
@@ -48,17 +62,17 @@ export function parseReply(words: string): Reply {
   let rest = after.join(' ');
   const upper = word.toUpperCase();
   const code = /^[45]\d\d$/.test(word) ? word : NAMED_CODE[upper];
-  if (code === undefined) return { kind: 'pass', code: '', status: '', text: rest, words };
+  if (code === undefined) return { kind: GOES_ON[upper] ?? 'continue', code: '', status: '', text: rest, words };
   const dsn = /^\d\.\d{1,3}\.\d{1,3}(?=\s|$)/.exec(rest);
   const status = dsn ? dsn[0] : '';
   if (dsn) rest = rest.slice(status.length).trim();
-  return { kind: 'refuse', code, status, text: rest, words };
+  return { kind: code[0] === '4' ? 'defer' : 'reject', code, status, text: rest, words };
 }
 
 /** The dry-run form of a refusing reply: Postfix logs it and the mail goes on (access(5) WARN). */
 export function warnReply(reply: Reply): Reply {
   const text = `overquota dry run: ${reply.status ? `${reply.status} ` : ''}${reply.text}`;
-  return { kind: 'pass', code: '', status: '', text, words: `WARN ${text}` };
+  return { kind: 'warn', code: '', status: '', text, words: `WARN ${text}` };
 }
 
 /** What the SMTP client would see from Postfix for this reply at RCPT; for the check command. */

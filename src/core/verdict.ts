@@ -5,9 +5,9 @@
  * only translate a Verdict into their wire form. Our own trouble is the "error" verdict, whose
  * reply is the operator's on_error answer: it must never become a permanent rejection by accident.
  */
-import type { QuotaState } from '../quota.js';
+import { atLimit, isFull, type MailboxQuota, type QuotaState } from '../quota.js';
 import { NOTHING_PENDING, type Pending } from '../cache/reservations.js';
-import { parseReply, renderReply, warnReply, type Reply } from './replies.js';
+import { parseReply, refuses, renderReply, warnReply, type Reply } from './replies.js';
 
 export type VerdictKind =
   | 'under_quota'
@@ -36,27 +36,34 @@ export function decide(state: QuotaState, size: number, pending: Pending = NOTHI
   if (limit !== null && size > limit) {
     return { kind: 'too_large', reason: `message of ${size} bytes is larger than the whole quota of ${limit}` };
   }
-  if (limit !== null && usage >= limit) return { kind: 'over_quota', reason: `${usage} of ${limit} bytes used` };
-  if (limit !== null && usage + size > limit) {
-    return { kind: 'over_quota', reason: `${usage} of ${limit} bytes used, message of ${size} does not fit` };
-  }
-  if (state.limitMessages !== null && state.usageMessages !== null && state.usageMessages >= state.limitMessages) {
-    return { kind: 'over_quota', reason: `${state.usageMessages} of ${state.limitMessages} messages` };
-  }
-  if (state.overQuota) return { kind: 'over_quota', reason: 'the source says over quota' };
+  if (isFull(state)) return { kind: 'over_quota', reason: whyFull(state) };
+  if (!fits(usage, size, limit)) return { kind: 'over_quota', reason: `${usage} of ${limit} bytes used, message of ${size} does not fit` };
   if (pending.messages > 0) {
     const onTheWay = `${pending.bytes} bytes in ${pending.messages} messages on their way`;
+    const usageThen = usage + pending.bytes;
     // With no size given, a mailbox that the mail on its way fills exactly has no room left either.
-    if (limit !== null && (usage + pending.bytes + size > limit || (size === 0 && usage + pending.bytes >= limit))) {
+    if (atLimit(usageThen, limit, null, null) || !fits(usageThen, size, limit)) {
       return { kind: 'over_quota', reason: `${usage} of ${limit} bytes used and ${onTheWay}, message of ${size} does not fit`, pending };
     }
     const { usageMessages: messages, limitMessages: limitMessages } = state;
-    if (limitMessages !== null && messages !== null && messages + pending.messages >= limitMessages) {
+    if (messages !== null && atLimit(0, null, messages + pending.messages, limitMessages)) {
       return { kind: 'over_quota', reason: `${messages} of ${limitMessages} messages and ${onTheWay}`, pending };
     }
   }
   if (limit === null) return { kind: 'under_quota', reason: 'no limit' };
   return { kind: 'under_quota', reason: pending.messages > 0 ? `${usage} of ${limit} bytes used, ${pending.bytes} on their way` : `${usage} of ${limit} bytes used` };
+}
+
+/** Whether a message of `size` bytes fits in the room left (no byte limit: always). */
+function fits(usage: number, size: number, limit: number | null): boolean {
+  return limit === null || usage + size <= limit;
+}
+
+/** Which of quota.ts's reasons for full (isFull) holds, in words: bytes, messages, or the source's own word. */
+function whyFull(state: MailboxQuota): string {
+  if (atLimit(state.usageBytes, state.limitBytes, null, null)) return `${state.usageBytes} of ${state.limitBytes} bytes used`;
+  if (atLimit(0, null, state.usageMessages, state.limitMessages)) return `${state.usageMessages} of ${state.limitMessages} messages`;
+  return 'the source says over quota';
 }
 
 export interface ReplyTexts {
@@ -104,6 +111,6 @@ export class Replies {
   }
 
   private softened(reply: Reply): Reply {
-    return this.dryRun && reply.kind === 'refuse' ? warnReply(reply) : reply;
+    return this.dryRun && refuses(reply) ? warnReply(reply) : reply;
   }
 }

@@ -10,6 +10,7 @@
  */
 import pino, { type Logger } from 'pino';
 import type { Decision } from '../core/checker.js';
+import { refuses } from '../core/replies.js';
 import { Memo } from '../runtime/memo.js';
 
 export interface DecisionContext {
@@ -56,7 +57,7 @@ export type DecisionsLogged = 'refusals' | 'all' | 'none';
 
 /** What an operator reads: the client was refused (or would have been: a dry-run WARN), or we were in trouble. */
 function isRefusal(d: Decision): boolean {
-  return d.reply.kind === 'refuse' || d.verdict.kind === 'error' || d.reply.words.startsWith('WARN');
+  return refuses(d.reply) || d.reply.kind === 'warn' || d.verdict.kind === 'error';
 }
 
 /** Whether logDecision would write this decision's line: lets a hot caller skip building its context closure. */
@@ -73,8 +74,9 @@ export function logDecision(logger: Logger, context: () => DecisionContext, d: D
 /**
  * The line itself, for a caller that has checked decisionLogged(). Written as few template pieces
  * as the optional fields allow: every piece of a string concatenation costs (measured: ~0.7 us a
- * line against ~1.1 us with a helper call per field). face, verdict and cache come from fixed sets
- * of plain words and need no escaping.
+ * line against ~1.1 us with a helper call per field). face, verdict, cache and reply_kind come from
+ * fixed sets of plain words and need no escaping. reply_kind (core/replies.ts) says what the client
+ * was told (defer, reject, warn, hold, continue): the text format reads it, never the words.
  */
 export function writeDecision(logger: Logger, ctx: DecisionContext, d: Decision): void {
   const level = levelOf(d);
@@ -98,6 +100,6 @@ export function writeDecision(logger: Logger, ctx: DecisionContext, d: Decision)
     // Named when mail on its way to the mailbox (reservations) is what made it full.
     (d.verdict.pending === undefined ? '' : `,"pending_bytes":${d.verdict.pending.bytes},"pending_messages":${d.verdict.pending.messages}`) +
     (d.error === null ? '' : `,"error":${str(d.error.code)}`) +
-    `,"ms":${d.ms},"action":${configured(d.reply.words)},"msg":"decision"}\n`;
+    `,"ms":${d.ms},"reply_kind":"${d.reply.kind}","action":${configured(d.reply.words)},"msg":"decision"}\n`;
   internals[pino.symbols.streamSym].write(line);
 }

@@ -9,8 +9,8 @@ import type { Logger } from 'pino';
 export const EX_SOFTWARE = 70;
 
 /**
- * Why a daemon stops, at fatal in its log (written before this returns: log.ts writes a flushed
- * batch synchronously) and on stderr unless stderr is smtpd's.
+ * Why a daemon stops, at fatal in its log (on disk before the process ends: log.ts's exit hook
+ * writes what is still queued synchronously) and on stderr unless stderr is smtpd's.
  */
 export function reportFatal(logger: Logger | null, toStderr: boolean, why: string, err?: unknown, stderrText = why): void {
   logger?.fatal(err === undefined ? {} : { err }, why);

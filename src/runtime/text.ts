@@ -51,16 +51,18 @@ function decisionText(d: Line): string {
   details.push(`${String(d.ms)} ms`);
   const state = d.state === 'END-OF-MESSAGE' ? 'END-OF-MESSAGE' : 'RCPT';
   const from = d.client_address ? ` from ${String(d.client_address)}` : '';
-  return `${String(d.queue_id || 'NOQUEUE')}: ${wordOf(d.verdict, action)}: ${state}${from} to=<${String(d.recipient ?? '')}>: ${action} (${details.join(', ')})`;
+  return `${String(d.queue_id || 'NOQUEUE')}: ${wordOf(d)}: ${state}${from} to=<${String(d.recipient ?? '')}>: ${action} (${details.join(', ')})`;
 }
 
-/** What the client was told, in Postfix's words where it has them. */
-function wordOf(verdict: unknown, action: string): string {
-  if (/^4\d\d\s|^DEFER/i.test(action)) return 'defer';
-  if (/^5\d\d\s|^REJECT/i.test(action)) return 'reject';
-  if (/^WARN/i.test(action)) return 'warn';
-  if (verdict === 'error') return 'error';
-  return verdict === 'not_checked' ? 'skip' : 'pass';
+/**
+ * What the client was told, in Postfix's words where it has them: from the line's reply_kind
+ * (core/replies.ts decided it once, faces/decision-line.ts wrote it), never from the reply's words.
+ */
+function wordOf(d: Line): string {
+  const kind = d.reply_kind;
+  if (kind === 'defer' || kind === 'reject' || kind === 'warn') return kind;
+  if (d.verdict === 'error') return 'error';
+  return d.verdict === 'not_checked' ? 'skip' : 'pass';
 }
 
 function eventText(e: Line): string {

@@ -155,9 +155,15 @@ export function isStrictlyInside(root: string, candidate: string): boolean {
 
 /*
  * The store root's real path, resolved at most once a second: it is the same on every lookup, and
- * a root that is moved or re-pointed (a symlink) is still followed within a second.
+ * a root that is moved or re-pointed (a symlink) is still followed within a second. Not a
+ * runtime/memo.ts Memo: an entry here gets old and is resolved again, a Memo's never does.
  */
 const ROOT_RECHECK_MS = 1000;
+/*
+ * Roots come from the configuration (one per configured store: a handful), never from the network;
+ * the bound only keeps a caller that passes ever new roots from growing memory. Past it, start over.
+ */
+const MAX_REMEMBERED_ROOTS = 100;
 const realRoots = new Map<string, { real: string; atMs: number }>();
 
 async function realRootOf(root: string, io: StoreIo): Promise<string> {
@@ -165,7 +171,7 @@ async function realRootOf(root: string, io: StoreIo): Promise<string> {
   const known = realRoots.get(root);
   if (known && now - known.atMs < ROOT_RECHECK_MS) return known.real;
   const real = await io.realpath(root);
-  if (realRoots.size > 100) realRoots.clear();
+  if (realRoots.size >= MAX_REMEMBERED_ROOTS) realRoots.clear();
   realRoots.set(root, { real, atMs: now });
   return real;
 }

@@ -1,10 +1,10 @@
 /*
  * The milter face's use of the decision core: one recipient -> one reply, logged like the
- * policy face's. Never throws: a bug becomes the on_error reply.
+ * policy face's. Never throws: a bug becomes the on_error reply, counted and logged as an error.
  */
 import type { Logger } from 'pino';
-import type { QuotaChecker } from '../../core/checker.js';
-import { logDecision, type DecisionsLogged } from '../decision-line.js';
+import { failedDecision, type QuotaChecker } from '../../core/checker.js';
+import { logDecision, type DecisionContext, type DecisionsLogged } from '../decision-line.js';
 import { parseReply } from '../../core/replies.js';
 import type { RcptDecider } from './session.js';
 import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
@@ -12,23 +12,24 @@ import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
 /** <a@b> -> a@b, for the log (a regex here cost 1-2% of the milter's CPU, bench/milter-wire.ts). */
 const bare = (a: string | undefined) => (a !== undefined && a.startsWith('<') && a.endsWith('>') ? a.slice(1, -1) : a);
 
-/** @param counts the milter face's counts (runtime/metrics.ts), bound at start-up. */
+/**
+ * @param counts the milter face's counts (runtime/metrics.ts), bound at start-up.
+ * A bug is answered with on_error, counted as an error verdict and logged like one (with its stack).
+ */
 export function makeMilterDecider(checker: QuotaChecker, onError: string, logger: Logger, decisions: DecisionsLogged = 'all', counts: FaceCounts = NO_METRICS.face('milter')): RcptDecider {
   const failed = parseReply(onError);
   const counted = counts.decisions;
   return async (recipient, ctx) => {
+    const context = (): DecisionContext => ({ face: 'milter', queue_id: ctx.queueId, client_address: ctx.client?.address, sender: bare(ctx.sender), recipient: bare(recipient), state: 'RCPT', size: ctx.size });
     try {
       const decision = await checker.check(recipient, ctx.size, ctx.txn);
       counted[decision.verdict.kind].inc();
-      logDecision(
-        logger,
-        () => ({ face: 'milter', queue_id: ctx.queueId, client_address: ctx.client?.address, sender: bare(ctx.sender), recipient: bare(recipient), state: 'RCPT', size: ctx.size }),
-        decision,
-        decisions,
-      );
+      logDecision(logger, context, decision, decisions);
       return decision.reply;
     } catch (err) {
       logger.error({ err }, 'internal error while deciding a milter recipient; sent the on_error reply');
+      counted.error.inc();
+      logDecision(logger, context, failedDecision(err, failed), decisions);
       return failed;
     }
   };

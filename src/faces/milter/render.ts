@@ -5,19 +5,19 @@
  * The text must survive both MTAs: one terminating NUL; 3 digits, 4 or 5, then a space; an enhanced
  * status code whose class matches (else Postfix logs "malformed reply" and drops the milter);
  * '%' doubled (a lone one makes Sendmail answer 550 5.7.1 instead); no CR or LF; at most 980 bytes.
- * A reply that lets the mail pass is CONTINUE; one other than DUNNO (WARN in a dry run) is noted.
+ * A reply that lets the mail go on is CONTINUE; a WARN (a dry run) or HOLD is noted.
  */
 import { encodePacket } from './codec.js';
 import { Reply } from './constants.js';
-import type { Reply as Verdict } from '../../core/replies.js';
+import { refuses, type Reply as Verdict } from '../../core/replies.js';
 
 export const MAX_MILTER_REPLY_BYTES = 980;
 
 export type RcptReply = { kind: 'continue'; note?: string } | { kind: 'replycode'; text: string };
 
 export function rcptReplyFor(reply: Verdict): RcptReply {
-  if (reply.kind === 'refuse') return { kind: 'replycode', text: formatReplyText(reply.code, reply.status === '' ? reply.text : `${reply.status} ${reply.text}`) };
-  return /^dunno$/i.test(reply.words) ? CONTINUE_REPLY : { kind: 'continue', note: reply.words };
+  if (refuses(reply)) return { kind: 'replycode', text: formatReplyText(reply.code, reply.status === '' ? reply.text : `${reply.status} ${reply.text}`) };
+  return reply.kind === 'continue' ? CONTINUE_REPLY : { kind: 'continue', note: reply.words };
 }
 
 const CONTINUE_REPLY: RcptReply = Object.freeze({ kind: 'continue' });
@@ -32,7 +32,8 @@ export function formatReplyText(code: string, text: string): string {
     status = `${cls}.${dsn[2]}.${dsn[3]}`;
     body = body.slice(dsn[0].length).trim();
   } else {
-    status = `${cls}.0.0`;
+    // What Postfix gives an access(5) reply without one (smtpd_check.c), so both faces agree.
+    status = `${cls}.7.1`;
   }
   if (body === '') body = cls === '4' ? 'Try again later' : 'Rejected';
   const out = `${code} ${status} ${body.replaceAll('%', '%%')}`;

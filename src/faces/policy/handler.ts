@@ -5,12 +5,14 @@
  * recipient there only when the message has exactly one, and the real size is known). Every other
  * state gets DUNNO. An END-OF-MESSAGE request (sent when the operator lists the policy service in
  * smtpd_end_of_data_restrictions) also gives the message's reservations their real size. Never
- * throws: a bug here becomes the on_error reply, not a dropped session.
+ * throws: a bug here becomes the on_error reply, not a dropped session, and is counted and logged as
+ * an error verdict.
  */
 import type { Logger } from 'pino';
 import type { PolicyRequest } from './codec.js';
-import type { QuotaChecker, Decision } from '../../core/checker.js';
-import { decisionLogged, writeDecision, type DecisionsLogged } from '../decision-line.js';
+import { failedDecision, type QuotaChecker, type Decision } from '../../core/checker.js';
+import { parseReply, refuses } from '../../core/replies.js';
+import { decisionLogged, writeDecision, type DecisionContext, type DecisionsLogged } from '../decision-line.js';
 import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
 
 export interface PolicyAnswerOptions {
@@ -45,36 +47,37 @@ function transactionOf(request: PolicyRequest): string | null {
   return instance ? instance : null;
 }
 
+/** What the decision line says about the request. */
+function contextOf(request: PolicyRequest): DecisionContext {
+  return {
+    face: 'policy',
+    queue_id: request.get('queue_id'),
+    client_address: request.get('client_address'),
+    sender: request.get('sender'),
+    recipient: request.get('recipient'),
+    state: request.get('protocol_state'),
+    size: requestSize(request),
+  };
+}
+
 export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptions, logger: Logger) {
   const counted = (opts.counts ?? NO_METRICS.face('policy')).decisions;
+  const onError = parseReply(opts.onError);
   const answer = (request: PolicyRequest, decision: Decision): string => {
     counted[decision.verdict.kind].inc();
     // Checked first: at warn (no decision lines) not even the context is gathered.
-    if (decisionLogged(logger, decision, opts.decisions)) {
-      writeDecision(
-        logger,
-        {
-          face: 'policy',
-          queue_id: request.get('queue_id'),
-          client_address: request.get('client_address'),
-          sender: request.get('sender'),
-          recipient: request.get('recipient'),
-          state: request.get('protocol_state'),
-          size: requestSize(request),
-        },
-        decision,
-      );
-    }
+    if (decisionLogged(logger, decision, opts.decisions)) writeDecision(logger, contextOf(request), decision);
     // Postfix's own words: the reply as the operator configured it (validated as access(5)).
     return decision.reply.words;
   };
-  const failed = (err: unknown): string => {
+  /** A bug: on_error, counted and logged as an error verdict (an operator sees it), with its stack. */
+  const failed = (request: PolicyRequest, err: unknown): string => {
     logger.error({ err }, 'internal error while answering a policy request; sent the on_error reply');
-    return opts.onError;
+    return answer(request, failedDecision(err, onError));
   };
   /** The whole message is refused at its end: what it reserved will not arrive. */
   const endOfMessage = (request: PolicyRequest, txn: string | null, d: Decision): string => {
-    if (txn !== null && d.reply.kind === 'refuse') checker.giveUp(txn);
+    if (txn !== null && refuses(d.reply)) checker.giveUp(txn);
     return answer(request, d);
   };
   /** A string at once for a cache hit, a promise otherwise. */
@@ -85,7 +88,7 @@ export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptio
       if (state === 'RCPT') {
         if (!recipient) return 'DUNNO';
         const decision = checker.check(recipient, requestSize(request), transactionOf(request));
-        if (decision instanceof Promise) return decision.then((d) => answer(request, d), failed);
+        if (decision instanceof Promise) return decision.then((d) => answer(request, d), (err: unknown) => failed(request, err));
         return answer(request, decision);
       }
       if (state !== 'END-OF-MESSAGE') return 'DUNNO';
@@ -94,10 +97,10 @@ export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptio
       if (txn !== null && size > 0) checker.messageSize(txn, size);
       if (!recipient || !opts.checkEndOfMessage) return 'DUNNO';
       const decision = checker.check(recipient, size, txn);
-      if (decision instanceof Promise) return decision.then((d) => endOfMessage(request, txn, d), failed);
+      if (decision instanceof Promise) return decision.then((d) => endOfMessage(request, txn, d), (err: unknown) => failed(request, err));
       return endOfMessage(request, txn, decision);
     } catch (err) {
-      return failed(err);
+      return failed(request, err);
     }
   };
 }
