@@ -3,8 +3,21 @@
  * every answer must be 452. Busy is not broken: the quota service queues lookups (bounding only
  * Maildir recounts) and a frontend asks a busy quota service again within its budget; neither may
  * turn "busy" into the on_error answer (DUNNO: accepted, bounced later).
- * The budgets are generous (20 s): these tests are about every answer being right under a burst on
- * a shared machine, not about speed. They must never touch files outside their temporary directory.
+ *
+ * Budgets. The last test runs at the defaults (latency_budget 2 s, source.timeout 1.5 s): issue 11's
+ * own case, where half the answers were on_error. The others pass 20 s, for machine load only: the
+ * 2-core machine that runs this suite is shared (benchmarks, other suites), and a burst costs CPU
+ * that a deadline does not wait for. Measured (48 lookups over Dovecot, started cold): about 0.85 s
+ * of CPU (Dovecot 0.4 s, the quota service 0.17 s, the frontend 0.15 s, this process 0.06 s) over
+ * three rounds of 16 connections. At the defaults the three other tests passed 3 times out of 3 at
+ * load average 5; with their processes held to half a CPU (a cgroup quota) two of them gave 127 and
+ * 34 on_error answers, and passed with 20 s. The default-budget test, over some 40 runs here,
+ * passed every time while the load average stayed under 10, failed 3 runs of about 12 between 10
+ * and 12, and 5 of 6 between 13 and 17 (5 to 25 on_error, each a SOURCE_TIMEOUT of a lookup queued
+ * behind two rounds, never a "busy"): on such a machine its failure says "overloaded", not "busy
+ * turned into accept". Reverting the queueing (503 past 8 lookups, as before the fix) fails it at
+ * any load (4 to 12 on_error of 48 at load 6-8; 40 with the frontend's retry reverted too).
+ * They must never touch files outside their temporary directory.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -124,10 +137,14 @@ async function delayingProxy(targetPort: number, delayMs: number): Promise<{ por
   };
 }
 
-test('64 concurrent lookups of full mailboxes through a quota service over a slow Dovecot (200 ms per doveadm call) all get 452', async () => {
+/**
+ * `count` full Dovecot mailboxes (120 KiB in 100 KiB), asked all at once through a frontend ->
+ * quota service -> doveadm taking 200 ms a call; `budget`: the frontend's budget flags. The answers.
+ */
+async function burstOverSlowDovecot(count: number, prefix: string, budget: string[]): Promise<string[]> {
   const why = dovecotUnavailable();
   if (why) throw new Error(why);
-  const users = Array.from({ length: 64 }, (_, i) => ({ name: `f${i}`, quota: '100K' }));
+  const users = Array.from({ length: count }, (_, i) => ({ name: `${prefix}${i}`, quota: '100K' }));
   const dc = await startDovecot({ users });
   let proxy, qs, fe;
   try {
@@ -135,12 +152,21 @@ test('64 concurrent lookups of full mailboxes through a quota service over a slo
     proxy = await delayingProxy(dc.httpPort, 200);
     const url = `http://127.0.0.1:${proxy.port}/doveadm/v1`;
     qs = await startQuotaServiceProcess(['--store.type', 'doveadm', '--doveadm.url', url, '--doveadm.password', dc.password]);
-    fe = await startFrontend(['--policy.listen', 'inet:127.0.0.1:0', '--source.type', 'http', '--source.url', `${qs.baseUrl}/quota?u={key}`, ...GENEROUS]);
-    const answers = await askAll(fe.listeners[0]!, users.map((u) => u.name));
-    assert.deepEqual(tally(answers), { [FULL]: 64 });
+    fe = await startFrontend(['--policy.listen', 'inet:127.0.0.1:0', '--source.type', 'http', '--source.url', `${qs.baseUrl}/quota?u={key}`, ...budget]);
+    return await askAll(fe.listeners[0]!, users.map((u) => u.name));
   } finally {
     await stopAll(fe, qs);
     await proxy?.close();
     await dc.stop();
   }
+}
+
+test('64 concurrent lookups of full mailboxes through a quota service over a slow Dovecot (200 ms per doveadm call) all get 452', async () => {
+  assert.deepEqual(tally(await burstOverSlowDovecot(64, 'f', GENEROUS)), { [FULL]: 64 });
+});
+
+test('at the default budgets (2 s, source 1.5 s): 48 concurrent first lookups of full mailboxes through a quota service over a slow Dovecot (200 ms per doveadm call) all get 452', async () => {
+  // Issue 11's own case, nothing stretched (see the header for what load does to it): before the
+  // fix 24 of these 48 got the on_error answer. No budget flag: the defaults are under test.
+  assert.deepEqual(tally(await burstOverSlowDovecot(48, 'd', [])), { [FULL]: 48 });
 });

@@ -50,7 +50,11 @@ export const DEFAULT_LOOKUP_TIMEOUT_MS = 10_000;
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
 const RETRY_AFTER_SECONDS = '1';
-/* Under Postfix's own policy timeout and a frontend's latency budget: their lookups get answers. */
+/*
+ * Longer than any frontend waits (source.timeout 1.5 s within a 2 s latency budget: a lookup it still
+ * waits for gets its answer), and far under systemd's stop timeout (TimeoutStopSec=30s in the unit).
+ * Callers that never hang up (lookupTimeoutMs, 10 s) may be cut.
+ */
 const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
 const LOOKUP_TIMED_OUT = new SourceError('SOURCE_TIMEOUT', 'quota lookup took too long');
 const CLIENT_GONE = new SourceError('SOURCE_TIMEOUT', 'the client closed the connection');

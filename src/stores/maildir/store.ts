@@ -18,6 +18,18 @@
  * one) would report that file's figures; it is treated as missing and the mailbox recounted.
  * A failed rewrite is logged (at most once per WRITE_ERROR_LOG_INTERVAL_MS) and the answer stands.
  *
+ * Ownership: Dovecot (and Courier's deliverquota) run as the mailbox's user and reopen maildirsize
+ * read-write at every delivery; a file left owned by another user, or with another mode, would
+ * cost them their quota file. So a recount is written back only when the new file keeps the old
+ * one's owner, group and mode: when this process runs as root (and may chown) or as the file's
+ * owner (and, for its group, a member of it). Otherwise it is not written at all (the packaged
+ * quota service runs as `overquota`, without CAP_CHOWN): the answer comes from the recount, the
+ * file is left to its owner, who recounts by the same Courier rules (Dovecot's quota-maildir does),
+ * and that is logged once per store. A rename happens only after the temporary file has the right
+ * owner; a chown that fails (no CAP_CHOWN, a seccomp filter) means no rewrite, never a foreign file.
+ * Either way the next lookup's recount costs the stats of the mailbox's directories, not a rescan:
+ * the scan cache keeps the counts of directories whose mtime did not change (scan-cache.ts).
+ *
  * This module must never follow a symlink out of the root, never block the event loop for
  * long (directory reads on the thread pool, a turn every SCAN_SLICE_MS of scanning; the few
  * calls of each lookup are made as `io` says, io.ts), and never write
@@ -100,7 +112,7 @@ export interface MaildirStoreOptions {
   limits?: LimitsFile;
   /** Folders left out of the count, with or without the leading dot. Default ['.Trash']. */
   trashFolders?: string[];
-  /** Rewrite maildirsize after a recalculation. Default false (read-only). */
+  /** Rewrite maildirsize after a recalculation, where its owner can be kept (see the header). Default false (read-only). */
   writeMaildirsize?: boolean;
   /** Mailboxes whose scan results are kept for the next lookup (least recently used out first, ~5 KB each); 0: none. Default 5,000. */
   scanCacheMailboxes?: number;
@@ -157,6 +169,8 @@ export class MaildirStore implements QuotaSource {
   private readonly scanTimes: Timing | undefined;
   /** Failed rewrites since the last one logged, and when that was. */
   private readonly writeErrors = { loggedAtMs: -Infinity, unlogged: 0 };
+  /** Whether "not written back: owned by another user" was logged (once per store). */
+  private notOwnerLogged = false;
   /** Totals over every scan this store ran. */
   readonly scanStats: MaildirScanStats = { scans: 0, directoriesRead: 0, directoriesReused: 0, rootListings: 0, entries: 0 };
   /** The last failure to rewrite maildirsize (the answer was still given); for diagnostics. */
@@ -325,6 +339,11 @@ export class MaildirStore implements QuotaSource {
   }
 
   private async rewrite(dir: string, current: CurrentFile, bytes: number, messages: number): Promise<void> {
+    const { uid, gid } = current.stats;
+    if (!mayKeepOwner(uid, gid)) {
+      this.logNotOwner(dir, uid);
+      return;
+    }
     const tmpDir = path.join(dir, 'tmp');
     const tmpFile = path.join(
       tmpDir,
@@ -334,9 +353,11 @@ export class MaildirStore implements QuotaSource {
       if (!(await isDirectory(tmpDir))) throw new Error('tmp/ is missing or not a directory');
       // 'wx': O_EXCL, so an existing name (or a planted symlink) is never written through.
       await writeFile(tmpFile, `${current.parsed.limitsLine}\n${bytes} ${messages}\n`, { flag: 'wx', mode: 0o600 });
-      // Keep the owner and mode the delivery agent gave the file, or it may no longer read it.
+      // Keep the owner and mode the delivery agent gave the file, or it may no longer open it. chown
+      // only when needed (a seccomp filter may refuse it), and if it fails the file is not renamed.
       await chmod(tmpFile, current.stats.mode & 0o7777);
-      await chown(tmpFile, current.stats.uid, current.stats.gid).catch(() => undefined);
+      const made = await lstat(tmpFile);
+      if (made.uid !== uid || made.gid !== gid) await chown(tmpFile, uid, gid);
       await rename(tmpFile, path.join(dir, 'maildirsize'));
       this.lastWriteError = null;
     } catch (err) {
@@ -345,6 +366,15 @@ export class MaildirStore implements QuotaSource {
       this.logWriteError(dir, this.lastWriteError);
       await unlink(tmpFile).catch(() => undefined);
     }
+  }
+
+  private logNotOwner(dir: string, owner: number): void {
+    if (this.notOwnerLogged) return;
+    this.notOwnerLogged = true;
+    this.logger?.warn(
+      { mailbox: dir, file_uid: owner, our_uid: process.geteuid?.(), logged: 'once' },
+      'maildirsize files of other users are not rewritten after a recount (their owner, Dovecot or Courier, recounts them): the answers use the recount',
+    );
   }
 
   private logWriteError(dir: string, err: Error): void {
@@ -372,6 +402,18 @@ function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
     (value) => ({ value }),
     (error: unknown) => ({ error }),
   );
+}
+
+/*
+ * Whether a file this process writes can be given this owner and group: as root (chown, unless
+ * CAP_CHOWN was dropped: then the chown fails and nothing is renamed), or as the owner itself when
+ * the group is its own or one it belongs to (chown(2) lets an owner choose among those).
+ */
+function mayKeepOwner(uid: number, gid: number): boolean {
+  const euid = process.geteuid?.();
+  if (euid === undefined) return false;
+  if (euid === 0) return true;
+  return euid === uid && (process.getegid?.() === gid || (process.getgroups?.() ?? []).includes(gid));
 }
 
 async function isDirectory(p: string): Promise<boolean> {
