@@ -66,7 +66,8 @@ function describe(url: string, r: Readiness): string[] {
   if (r.redis) lines.push(`redis         ${REDIS_WORDS[r.redis]}`);
   for (const [name, state] of Object.entries(r.sources ?? {})) {
     // "not asked yet" (core/assemble.ts NOT_ASKED_YET): no lookup since start-up, nothing known against it.
-    lines.push(`source        ${name}: ${state === 'ok' || state === 'not asked yet' ? state : `FAILING: ${state}`}`);
+    // "..., none since": a failure older than a minute, named but no longer making it unready.
+    lines.push(`source        ${name}: ${state === 'ok' || state === 'not asked yet' || state.endsWith(', none since') ? state : `FAILING: ${state}`}`);
   }
   return lines;
 }

@@ -3,10 +3,11 @@
  * check and invalidate commands, so they answer exactly as the running service would.
  *
  * It also keeps what /ready reports (readiness()): whether Redis is connected, and how each
- * source's last lookup went. A source whose last lookup failed is not ready until a later one
- * answers, however long ago that was: without traffic nothing newer is known, and "ok" would be a
- * guess. A source no lookup has asked yet says so and is ready (nothing is known against it; a
- * fresh frontend must not wait for mail to become ready). A local store is asked, at each report
+ * source's last lookup went. A source whose last lookup failed within SOURCE_FAILURE_SHOWN_MS is
+ * not ready; an older failure with no lookup since is still named ("timeout 75.0s ago, none
+ * since") but no longer makes the frontend unready: a load balancer that takes an unready frontend
+ * out of rotation would otherwise keep it out for good (no traffic, no lookup to clear it). A
+ * source no lookup has asked yet says so and is ready (a fresh frontend must not wait for mail). A local store is asked, at each report
  * and all at once, whether its root can be read. A store that cannot be read at
  * start-up is a warning, not a refusal to start: the embedded defaults must start on a host
  * without /var/mail, and lookups then get on_error until it appears.
@@ -24,6 +25,9 @@ import { AliasMap } from './aliases.js';
 import type { Router } from '../sources/router.js';
 import { healthOf, type QuotaSource } from '../quota.js';
 import { NO_METRICS, type LookupOutcome, type Metrics, type SourceCounts } from '../runtime/metrics.js';
+
+/** How long a failed lookup keeps its source "not ready" when no later lookup answered. */
+export const SOURCE_FAILURE_SHOWN_MS = 60_000;
 
 /** What /ready says of a source that no lookup has asked since start-up (ready: nothing is known against it). */
 export const NOT_ASKED_YET = 'not asked yet';
@@ -199,7 +203,9 @@ function watchSources(sources: QuotaSource[], metrics: Metrics) {
           if (unreadable) return [source.name, unreadable, true];
           if (s.last === null) return [source.name, NOT_ASKED_YET, false];
           if (s.last === 'ok' || s.last === 'unknown') return [source.name, 'ok', false];
-          return [source.name, `${s.last} ${((Date.now() - s.at) / 1000).toFixed(1)}s ago`, true];
+          const ago = Date.now() - s.at;
+          if (ago >= SOURCE_FAILURE_SHOWN_MS) return [source.name, `${s.last} ${(ago / 1000).toFixed(1)}s ago, none since`, false];
+          return [source.name, `${s.last} ${(ago / 1000).toFixed(1)}s ago`, true];
         }),
       );
       return { sources: Object.fromEntries(said.map(([name, says]) => [name, says])), failing: said.some(([, , wrong]) => wrong) };

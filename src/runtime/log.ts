@@ -80,7 +80,10 @@ interface Chunk {
 export function fileSink(file: string): LogSink {
   const open = () => {
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    return fs.openSync(file, 'a');
+    // O_NONBLOCK: a FIFO whose reader stalls gives EAGAIN (tried again later) instead of holding
+    // a thread for good, or the whole process at exit (flushSync). No effect on a regular file.
+    const { O_WRONLY, O_CREAT, O_APPEND, O_NONBLOCK } = fs.constants;
+    return fs.openSync(file, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, 0o666);
   };
   let fd: number;
   try {
@@ -93,6 +96,8 @@ export function fileSink(file: string): LogSink {
   /** How many chunks at the head of the queue are in the thread pool now (0: none). */
   let inFlight = 0;
   let lost = 0;
+  /** Set while a pipe said EAGAIN: nothing is written until it fires. */
+  let retrying: NodeJS.Timeout | null = null;
   /** A file left by reopen() is closed once nothing queued still goes to it. */
   const closeIfLeft = (old: number) => {
     if (old !== fd && !queue.some((c) => c.fd === old)) fs.close(old, () => {});
@@ -109,6 +114,14 @@ export function fileSink(file: string): LogSink {
     inFlight = n;
     fs.writev(target, queue.slice(0, n).map((c) => c.bytes), (err, written) => {
       inFlight = 0;
+      if (err?.code === 'EAGAIN') {
+        // A pipe whose reader is behind: the same chunks again a little later (the cap still holds).
+        retrying = setTimeout(() => {
+          retrying = null;
+          writeNext();
+        }, FLUSH_AFTER_MS).unref();
+        return;
+      }
       if (err) {
         // A full or failing disk must not take mail down with it: counted, reported when it writes again.
         for (const c of queue.splice(0, n)) {
@@ -138,7 +151,7 @@ export function fileSink(file: string): LogSink {
       const bytes = Buffer.from(text);
       queue.push({ bytes, lines, fd });
       waiting += bytes.length;
-      if (inFlight === 0) writeNext();
+      if (inFlight === 0 && retrying === null) writeNext();
     },
     backlog: () => waiting,
     lost() {
@@ -151,7 +164,9 @@ export function fileSink(file: string): LogSink {
         try {
           for (let done = 0; done < chunk.bytes.length; ) done += fs.writeSync(chunk.fd, chunk.bytes, done);
         } catch {
-          /* at exit there is no one left to tell */
+          // EAGAIN (a stalled reader) or a failing disk: at exit no one is left to tell, and
+          // waiting would hold the exit for good.
+          return;
         }
       }
     },

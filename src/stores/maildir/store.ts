@@ -41,7 +41,7 @@
 
 import type { Stats } from 'node:fs';
 import type { Logger } from 'pino';
-import { chmod, chown, lstat, rename, unlink, writeFile } from 'node:fs/promises';
+import { lstat, open, rename, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import {
@@ -351,13 +351,20 @@ export class MaildirStore implements QuotaSource {
     );
     try {
       if (!(await isDirectory(tmpDir))) throw new Error('tmp/ is missing or not a directory');
-      // 'wx': O_EXCL, so an existing name (or a planted symlink) is never written through.
-      await writeFile(tmpFile, `${current.parsed.limitsLine}\n${bytes} ${messages}\n`, { flag: 'wx', mode: 0o600 });
-      // Keep the owner and mode the delivery agent gave the file, or it may no longer open it. chown
-      // only when needed (a seccomp filter may refuse it), and if it fails the file is not renamed.
-      await chmod(tmpFile, current.stats.mode & 0o7777);
-      const made = await lstat(tmpFile);
-      if (made.uid !== uid || made.gid !== gid) await chown(tmpFile, uid, gid);
+      // 'wx': O_EXCL, so an existing name (or a planted symlink) is never written through. Mode
+      // and owner are set on the open file (fchmod, fchown), never by path: tmp/ is writable by the
+      // mailbox's owner, who could swap the name for a symlink to another file meanwhile.
+      const fh = await open(tmpFile, 'wx', 0o600);
+      try {
+        await fh.writeFile(`${current.parsed.limitsLine}\n${bytes} ${messages}\n`);
+        // Keep the owner and mode the delivery agent gave the file, or it may no longer open it.
+        // chown only when needed (a seccomp filter may refuse it); if it fails, no rename.
+        await fh.chmod(current.stats.mode & 0o7777);
+        const made = await fh.stat();
+        if (made.uid !== uid || made.gid !== gid) await fh.chown(uid, gid);
+      } finally {
+        await fh.close();
+      }
       await rename(tmpFile, path.join(dir, 'maildirsize'));
       this.lastWriteError = null;
     } catch (err) {

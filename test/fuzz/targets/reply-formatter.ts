@@ -82,7 +82,7 @@ export function checkReplyFormatter(input: ReplyInput): void {
   const out = formatReplyText(input.code, input.text);
   assertSafeReplyText(out, input.code);
   if (/^[\x21-\x7e][\x20-\x7e]{0,200}$/.test(input.text) && input.text === input.text.trim() && !/^[245]\.\d{1,3}\.\d{1,3}(\s|$)/.test(input.text)) {
-    assert.equal(out, `${input.code} ${input.code[0]}.0.0 ${input.text.replaceAll('%', '%%')}`, 'plain short text arrives unchanged');
+    assert.equal(out, `${input.code} ${input.code[0]}.7.1 ${input.text.replaceAll('%', '%%')}`, 'plain short text arrives unchanged');
   }
   assertRcptReply(encodeRcptReply(rcptReplyFor(parseReply(input.action))), input.action);
 }
