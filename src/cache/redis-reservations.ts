@@ -31,7 +31,7 @@ local function scan(key, now)
       if not e or tonumber(e) <= now then
         redis.call('HDEL', key, f)
       else
-        list[#list + 1] = { f, tonumber(b), tonumber(c), e }
+        list[#list + 1] = { f, tonumber(b), tonumber(c) }
       end
     end
   end
@@ -73,9 +73,9 @@ return { bytes, messages, added, base }
 
 /**
  * KEYS[1] the hash; ARGV usage, messages, reading time, now. A newer reading: drop the oldest
- * reservations its growth since the base covers (the rule of deliveredCount() in reservations.ts),
- * what remains keeping the oldest expiries, and make it the base. A reading older than the base
- * is ignored (readings may arrive out of order).
+ * reservations its growth since the base covers (the rule of deliveredCount() in reservations.ts;
+ * each keeps its own expiry: reconcile() there says why) and make it the base. A reading older
+ * than the base is ignored (readings may arrive out of order).
  */
 const RECONCILE =
   SCAN_RESERVATIONS +
@@ -99,14 +99,6 @@ if base then
     end
   end
   for i = 1, released do redis.call('HDEL', key, list[i][1]) end
-  -- What remains keeps the oldest expiries (see reconcile() in reservations.ts: a phantom taken in
-  -- place of a delivered one must not live on with the younger one's expiry).
-  if released > 0 then
-    for i = released + 1, #list do
-      local r = list[i]
-      redis.call('HSET', key, r[1], r[2] .. ' ' .. r[3] .. ' ' .. list[i - released][4])
-    end
-  end
 end
 if released == #list then
   redis.call('DEL', key)
