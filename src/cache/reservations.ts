@@ -203,8 +203,8 @@ export class LocalReservations {
    * expiry. One whose message never comes (a phantom: the transaction failed after RCPT, e.g. a
    * content filter refused it) is then taken in place of a later one that was delivered, which
    * stays as its proxy: in a mailbox that keeps getting mail the phantom's place passes from proxy
-   * to proxy until a reading finds everything stored (bench/soak.ts, 2% phantoms in its busiest
-   * mailboxes: tens of thousands after 20 minutes, within the per-mailbox cap). Which message did
+   * to proxy and ends reservations.ttl after the mailbox's last mail (bench/soak.ts, 2% phantoms
+   * in its busiest mailboxes: tens of thousands after 20 minutes, within the per-mailbox cap). Which message did
    * not come cannot be told from a count. Handing the dropped ones' expiries on to the survivors
    * ends a phantom's place in time, but in a steady stream it also ends real ones early, one more
    * each TTL, never to come back: mail accepted that then bounces (tried, and measured by the tests
