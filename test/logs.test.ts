@@ -162,6 +162,17 @@ test('a reply configured in lower case ("warn ...") is a warning: logged under l
   assert.ok(!lines.some((l) => l.includes('ROOM2')), 'an accepted recipient gets no line by default');
 });
 
+test('a HOLD reply sends the mail to the hold queue: logged under log.decisions refusals, as hold', async () => {
+  const file = path.join(dir.path, 'hold.log');
+  await frontend(['--log.file', file, '--log.format', 'text', '--replies.over_quota', 'HOLD mailbox full']);
+  const readyLine = (await linesOf(file, (l) => l.includes('frontend ready'))).find((l) => l.includes('frontend ready'))!;
+  const c = await PolicyClient.connect(`inet:127.0.0.1:${/inet:127\.0\.0\.1:(\d+)/.exec(readyLine)![1]}`);
+  cleanups.push(() => c.close());
+  assert.equal(await c.ask(rcpt('full@example.com', { queue_id: 'HOLD1' })), 'HOLD mailbox full');
+  const lines = await linesOf(file, (l) => l.includes('HOLD1'));
+  assert.match(lines.find((l) => l.includes('HOLD1'))!, /overquota\[\d+\]: HOLD1: hold: RCPT from 192\.0\.2\.10 to=<full@example\.com>: HOLD mailbox full/);
+});
+
 /** Reads a FIFO to its end (or until `until` is in what was read), in the background. */
 function drain(handle: fs.FileHandle, until?: string): Promise<string> {
   return (async () => {

@@ -55,9 +55,12 @@ function levelOf(d: Decision): 'warn' | 'debug' | 'info' {
 /** log.decisions: which decisions get a line. */
 export type DecisionsLogged = 'refusals' | 'all' | 'none';
 
-/** What an operator reads: the client was refused (or would have been: a dry-run WARN), or we were in trouble. */
+/**
+ * What an operator reads: the client was refused (or would have been: a dry-run WARN), the mail was
+ * sent to the hold queue (a configured HOLD), or we were in trouble.
+ */
 function isRefusal(d: Decision): boolean {
-  return refuses(d.reply) || d.reply.kind === 'warn' || d.verdict.kind === 'error';
+  return refuses(d.reply) || d.reply.kind === 'warn' || d.reply.kind === 'hold' || d.verdict.kind === 'error';
 }
 
 /** Whether logDecision would write this decision's line: lets a hot caller skip building its context closure. */

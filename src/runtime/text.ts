@@ -60,7 +60,7 @@ function decisionText(d: Line): string {
  */
 function wordOf(d: Line): string {
   const kind = d.reply_kind;
-  if (kind === 'defer' || kind === 'reject' || kind === 'warn') return kind;
+  if (kind === 'defer' || kind === 'reject' || kind === 'warn' || kind === 'hold') return kind;
   if (d.verdict === 'error') return 'error';
   return d.verdict === 'not_checked' ? 'skip' : 'pass';
 }

@@ -29,7 +29,11 @@ export function makeMilterDecider(checker: QuotaChecker, onError: string, logger
     } catch (err) {
       logger.error({ err }, 'internal error while deciding a milter recipient; sent the on_error reply');
       counted.error.inc();
-      logDecision(logger, context, failedDecision(err, failed), decisions);
+      try {
+        logDecision(logger, context, failedDecision(err, failed), decisions);
+      } catch {
+        // The bug may be in what the line reads: the reply still goes out.
+      }
       return failed;
     }
   };

@@ -73,7 +73,12 @@ export function makePolicyHandler(checker: QuotaChecker, opts: PolicyAnswerOptio
   /** A bug: on_error, counted and logged as an error verdict (an operator sees it), with its stack. */
   const failed = (request: PolicyRequest, err: unknown): string => {
     logger.error({ err }, 'internal error while answering a policy request; sent the on_error reply');
-    return answer(request, failedDecision(err, onError));
+    try {
+      return answer(request, failedDecision(err, onError));
+    } catch {
+      // The bug may be in reading the request itself: the reply goes out uncounted and unlogged.
+      return onError.words;
+    }
   };
   /** The whole message is refused at its end: what it reserved will not arrive. */
   const endOfMessage = (request: PolicyRequest, txn: string | null, d: Decision): string => {
