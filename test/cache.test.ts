@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ttlFor, type TtlPolicy } from '../src/cache/ttl.js';
 import { MemoryCache } from '../src/cache/memory.js';
+import { Fifo } from '../src/cache/fifo.js';
 import { parseRedisAddress } from '../src/cache/redis-client.js';
 import { found } from '../src/quota.js';
 
@@ -51,6 +52,26 @@ test('expired entries leave the memory tier even when their mailboxes are never 
   now = 5000;
   for (let i = 0; i < 1000; i++) cache.set(`later${i}`, i, 2000);
   assert.equal(cache.size, 1000, 'only the live entries are held, far below max_entries');
+});
+
+test('the insertion order beside a Map: oldest first, entries gone from the Map skipped, bounded whatever the churn', () => {
+  const map = new Map<string, object>();
+  const order = new Fifo<object>((k, v) => map.get(k) === v);
+  const set = (k: string) => {
+    const v = {};
+    map.set(k, v);
+    order.push(k, v, map.size);
+  };
+  ['a', 'b', 'c'].forEach(set);
+  set('a'); // set again: now the newest
+  map.delete('b');
+  assert.equal(order.oldest(), 'c', 'b is gone, a moved to the end');
+  order.shift();
+  assert.equal(order.oldest(), 'a');
+  // 100,000 sets of the same three keys: the stale entries do not pile up.
+  for (let i = 0; i < 100_000; i++) set(['x', 'y', 'z'][i % 3]!);
+  assert.ok(order.held <= 2 * map.size + 1024, `${order.held} held for ${map.size} keys`);
+  assert.equal(order.oldest(), 'a');
 });
 
 test('redis.url accepts redis://, rediss://, a socket path, users and passwords', () => {

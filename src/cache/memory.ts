@@ -2,11 +2,14 @@
  * The memory tier: process-local, bounded, a TTL per entry, the oldest insertion evicted first
  * (FIFO with TTLs, not LRU).
  *
- * Map keeps insertion order, so the oldest entry is always first: eviction is O(1). A hit does not
+ * The insertion order is kept beside the Map (fifo.ts: reaching the oldest end of a Map that
+ * has deleted many there costs O(deleted) in V8), so eviction is O(1). A hit does not
  * move its entry (that would cost a delete and an insert on the hottest path, and entries live for
  * seconds anyway). It must never grow past maxEntries, nor keep what has expired: each set() drops
  * expired entries from the oldest end (a mailbox asked once is never looked up again to drop it).
  */
+
+import { Fifo } from './fifo.js';
 
 /**
  * Expired entries dropped from the oldest end per set(), at most. More than one, so the cache
@@ -41,6 +44,8 @@ export interface CacheEntry<T> {
 
 export class MemoryCache<T> {
   private readonly entries = new Map<string, CacheEntry<T>>();
+  /** Oldest first: eviction and the sweep look here, not at the Map's own order (fifo.ts says why). */
+  private readonly order = new Fifo<CacheEntry<T>>((key, entry) => this.entries.get(key) === entry);
 
   constructor(
     private readonly maxEntries: number,
@@ -60,15 +65,16 @@ export class MemoryCache<T> {
   set(key: string, value: T, ttlMs: number): void {
     if (ttlMs <= 0 || this.maxEntries === 0) return;
     const now = this.now();
-    this.entries.delete(key);
-    this.entries.set(key, { value, expiresAt: now + ttlMs });
+    const entry = { value, expiresAt: now + ttlMs };
+    this.entries.set(key, entry);
+    this.order.push(key, entry, this.entries.size);
     if (this.entries.size > this.maxEntries) {
-      const oldest = this.entries.keys().next().value;
+      const oldest = this.order.oldest();
       if (oldest !== undefined) this.entries.delete(oldest);
     }
-    let n = SWEEP_PER_SET;
-    for (const [k, entry] of this.entries) {
-      if (n-- === 0 || entry.expiresAt > now) break;
+    for (let n = SWEEP_PER_SET; n > 0; n--) {
+      const k = this.order.oldest();
+      if (k === undefined || this.order.oldestValue()!.expiresAt > now) break;
       this.entries.delete(k);
     }
   }
@@ -85,6 +91,7 @@ export class MemoryCache<T> {
 
   clear(): void {
     this.entries.clear();
+    this.order.clear();
   }
 
   get size(): number {

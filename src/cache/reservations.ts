@@ -24,6 +24,7 @@
  */
 import type { MailboxQuota } from '../quota.js';
 import { NO_METRICS, type ReservationCounts } from '../runtime/metrics.js';
+import { Fifo } from './fifo.js';
 
 export interface Pending {
   bytes: number;
@@ -65,6 +66,8 @@ interface MailboxPending {
    * oldest only makes it early, never late). Spares the warm path an iterator per decision.
    */
   nextExpiry: number;
+  /** Taken from the oldest end of byTxn since it was last made anew (compact()). */
+  taken: number;
 }
 
 export class LocalReservations {
@@ -75,6 +78,9 @@ export class LocalReservations {
    * until MAX_TRANSACTIONS instead, delivered ones included, they were 100k entries, ~14 MB).
    */
   private readonly transactions = new Map<string, string[]>();
+  /** Oldest first, for the caps and the sweep: not the Maps' own order (fifo.ts says why). */
+  private readonly mailboxOrder = new Fifo<MailboxPending>((id, m) => this.mailboxes.get(id) === m);
+  private readonly transactionOrder = new Fifo<string[]>((txn, ids) => this.transactions.get(txn) === ids);
 
   constructor(
     private readonly ttlMs: number,
@@ -105,12 +111,13 @@ export class LocalReservations {
   reserve(id: string, txn: string, bytes: number, state: MailboxQuota): boolean {
     let m = this.live(id);
     if (m === undefined) {
-      m = { base: { usageBytes: state.usageBytes, usageMessages: state.usageMessages }, byTxn: new Map(), bytes: 0, nextExpiry: Infinity };
+      m = { base: { usageBytes: state.usageBytes, usageMessages: state.usageMessages }, byTxn: new Map(), bytes: 0, nextExpiry: Infinity, taken: 0 };
       if (this.mailboxes.size >= this.maxMailboxes) {
-        const oldest = this.mailboxes.keys().next().value;
+        const oldest = this.mailboxOrder.oldest();
         if (oldest !== undefined) this.forget(oldest);
       }
       this.mailboxes.set(id, m);
+      this.mailboxOrder.push(id, m, this.mailboxes.size);
     }
     if (m.byTxn.has(txn)) return false;
     if (m.byTxn.size >= MAX_RESERVATIONS_PER_MAILBOX) this.dropOldest(id, m, 1);
@@ -121,9 +128,10 @@ export class LocalReservations {
     if (expiresAt < m.nextExpiry) m.nextExpiry = expiresAt;
     let ids = this.transactions.get(txn);
     if (ids === undefined) {
-      if (this.transactions.size >= MAX_TRANSACTIONS) this.transactions.delete(this.transactions.keys().next().value!);
+      if (this.transactions.size >= MAX_TRANSACTIONS) this.transactions.delete(this.transactionOrder.oldest()!);
       ids = [];
       this.transactions.set(txn, ids);
+      this.transactionOrder.push(txn, ids, this.transactions.size);
     }
     if (!ids.includes(id)) ids.push(id);
     this.sweep();
@@ -132,14 +140,14 @@ export class LocalReservations {
 
   /** Drops expired mailboxes from the oldest end; the first one still live moves to the newest end. */
   private sweep(): void {
-    let n = SWEEP_PER_RESERVE;
-    for (const id of this.mailboxes.keys()) {
-      if (n-- === 0) break;
-      const m = this.live(id);
-      if (m === undefined) continue;
-      this.mailboxes.delete(id);
-      this.mailboxes.set(id, m);
-      break;
+    for (let n = SWEEP_PER_RESERVE; n > 0; n--) {
+      const id = this.mailboxOrder.oldest();
+      if (id === undefined) return;
+      const m = this.mailboxOrder.oldestValue()!;
+      this.mailboxOrder.shift();
+      if (this.live(id) === undefined) continue;
+      this.mailboxOrder.push(id, m, this.mailboxes.size);
+      return;
     }
   }
 
@@ -158,7 +166,9 @@ export class LocalReservations {
     for (const [txn, r] of m.byTxn) {
       if (n-- <= 0) break;
       this.take(id, m, txn, r);
+      m.taken++;
     }
+    compact(m);
   }
 
   /** The mailbox ids transaction `txn` reserved in (here). */
@@ -246,12 +256,26 @@ export class LocalReservations {
         break;
       }
       this.take(id, m, txn, r);
+      m.taken++;
       this.counts.expired.inc();
     }
+    compact(m);
     if (m.byTxn.size > 0) return m;
     this.mailboxes.delete(id);
     return undefined;
   }
+}
+
+/**
+ * byTxn made anew once more were taken from its oldest end than it holds: V8 keeps deleted entries
+ * in a Map until it rehashes, and every walk from the oldest end (dropOldest, live) steps over them
+ * (fifo.ts). A mailbox at MAX_RESERVATIONS_PER_MAILBOX, one in and one out per reservation, walked
+ * up to ~1,000 of them each time. Amortised O(1): a copy of n entries after at least n taken.
+ */
+function compact(m: MailboxPending): void {
+  if (m.taken <= m.byTxn.size + 16) return;
+  m.byTxn = new Map(m.byTxn);
+  m.taken = 0;
 }
 
 /**
