@@ -14,7 +14,7 @@
  */
 import path from 'node:path';
 import { dovecotUnavailable } from '../test/helpers/dovecot.js';
-import { bench, countLines, log, figureCheck, fmtInt, fmtMs, fmtRatio, fmtSpread, interleaved, measureRounds, median, pct, ratioCheck, requireBuild, runClient, spread, startOverquota, treeCpu, type Check, type Meters } from './harness.js';
+import { bench, countLines, log, figureCheck, fmtInt, fmtMs, fmtRatio, fmtSpread, interleaved, measureRounds, median, pct, ratioCheck, requireBuild, runClient, spread, startOverquota, stopChild, treeCpu, type Check, type Meters } from './harness.js';
 import { startFixed, type PolicyLoadResult } from './load.js';
 import { dovecotVersion, maildirArgs, recipients, startMailboxes } from './mailboxes.js';
 
@@ -36,7 +36,8 @@ bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rou
   const frontend = (name: string, args: string[]) => startOverquota(name, (port) => ['frontend', '--policy.listen', `inet:127.0.0.1:${port}`, ...args], { nodeFlags });
   const fixed = await startFixed();
   const info = await frontend('warm-info', [...store, '--log.level', 'info', '--log.decisions', 'all']);
-  const [byDefault, nometrics, noreserve] = [await frontend('warm-default', store), await frontend('warm-nometrics', [...store, '--admin.listen', '']), await frontend('warm-noreserve', [...store, '--reservations.enabled', 'false'])];
+  // The defaults and their A/B pairs: a fresh process each run, lest one process's luck pass for a setting's cost.
+  const fresh: Record<string, string[]> = { default: store, nometrics: [...store, '--admin.listen', ''], noreserve: [...store, '--reservations.enabled', 'false'] };
   const warn = await frontend('warm-warn', [...store, '--log.level', 'warn']);
   // As many lookups at once as the frontend opens connections to it: the default 8 would answer the 9th 503.
   const qs = await startOverquota('quota-service', (port) => ['quota-service', '--quota_service.listen', `127.0.0.1:${port}`, '--quota_service.max_concurrent_scans', '16', ...store, '--log.level', 'info'], { nodeFlags });
@@ -44,9 +45,6 @@ bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rou
   const servers: Record<string, { port: number; meters: Meters }> = {
     fixed: { port: fixed.port, meters: { server: () => treeCpu(fixed.pid) } },
     info: { port: info.port, meters: { server: () => treeCpu(info.pid) } },
-    default: { port: byDefault.port, meters: { server: () => treeCpu(byDefault.pid) } },
-    nometrics: { port: nometrics.port, meters: { server: () => treeCpu(nometrics.pid) } },
-    noreserve: { port: noreserve.port, meters: { server: () => treeCpu(noreserve.pid) } },
     warn: { port: warn.port, meters: { server: () => treeCpu(warn.pid) } },
     miss: { port: miss.port, meters: { frontend: () => treeCpu(miss.pid), 'quota service': () => treeCpu(qs.pid) } },
     dovecot: { port: dovecot.quotaStatusPort!, meters: { Dovecot: () => treeCpu(dovecot.pid) } },
@@ -65,8 +63,10 @@ bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rou
     ({ key, c }) => `${LABELS[key]}: ${c} connections, ${o.warmup} s warm-up, ${o.duration} s measured`,
     async ({ key, c }) => {
       const before = key === 'miss' ? await missCounts() : null;
-      const load = { ports: [servers[key]!.port], connections: c, warmupS: o.warmup, durationS: o.duration, recipients: recipients(o.users), timeoutMs: REQUEST_TIMEOUT_MS };
-      const { result, use } = await runClient<PolicyLoadResult>('load.ts', 'policy', load, { meters: servers[key]!.meters, limitMs: (o.warmup + o.duration) * 1000 + 2 * REQUEST_TIMEOUT_MS });
+      const own = fresh[key] ? await frontend(`warm-${key}`, fresh[key]) : null;
+      const server = own ? { port: own.port, meters: { server: () => treeCpu(own.pid) } } : servers[key]!;
+      const load = { ports: [server.port], connections: c, warmupS: o.warmup, durationS: o.duration, recipients: recipients(o.users), timeoutMs: REQUEST_TIMEOUT_MS };
+      const { result, use } = await runClient<PolicyLoadResult>('load.ts', 'policy', load, { meters: server.meters, limitMs: (o.warmup + o.duration) * 1000 + 2 * REQUEST_TIMEOUT_MS }).finally(() => own && stopChild(own.proc));
       const after = before ? await missCounts() : null;
       log(`    ${fmtInt(result.rps)} req/s, p99 ${fmtMs(result.p99Ms)} ms, ${result.errors} errors; other CPU ${use.other}%`);
       // counts (every lookup a miss): decision lines of the frontend, request lines (and error ones) of the quota service, warm-up included.
@@ -78,7 +78,7 @@ bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rou
   type Run = (typeof runs)[number];
   const of = (key: string, c: number) => runs.filter((r) => r.key === key && r.c === c);
   const rps = (key: string, c: number) => median(of(key, c).map((r) => r.rps));
-  const serverCpu = (r: Run) => Object.keys(servers[r.key]!.meters).map((m) => pct(r.use.cpu[m])).join(' + ');
+  const serverCpu = (r: Run) => Object.keys(servers[r.key]?.meters ?? { server: 0 }).map((m) => pct(r.use.cpu[m])).join(' + ');
   const groups = [...counts.flatMap((c) => keysAt(c).map((key) => ({ key, c }))), ...calibrate.map((us) => ({ key: `+${us}`, c: counts[0]! }))];
   const vs = (key: string, c: number, base: string) => fmtRatio(rps(key, c) / rps(base, c));
   const checks: Check[] = counts.flatMap((c) => [

@@ -29,7 +29,8 @@ const SWEEP_PER_SET = 2;
  * timer per entry) and shorten(), the two things the tiers need that it does not do in one call.
  */
 let cachedNow: number | undefined;
-function coarseNow(): number {
+/** Date.now() read once a millisecond at most (also the reservations' clock). */
+export function coarseNow(): number {
   if (cachedNow === undefined) {
     cachedNow = Date.now();
     setTimeout(() => (cachedNow = undefined), 1).unref();

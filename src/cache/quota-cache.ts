@@ -224,7 +224,7 @@ export class QuotaCache {
   reserve(id: string, txn: string, bytes: number, state: MailboxQuota, waitMs: number): Reserved | Promise<Reserved> {
     const added = this.reservations?.reserve(id, txn, bytes, state) ?? false;
     const redis = this.redis;
-    if (!redis?.up || !this.reservations) return { added, shared: null };
+    if (!redis?.up || !this.reservations) return added ? ADDED_HERE : NOT_ADDED_HERE;
     const shared = redis.reservations.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX);
     return orAfter(shared, waitMs, null).then((r) => ({ added: added || (r?.added ?? false), shared: r }));
   }
@@ -277,6 +277,10 @@ export class QuotaCache {
     return (await this.redis?.publishInvalidation(key)) ?? false;
   }
 }
+
+/** The two answers of reserve() without Redis, made once: the warm path allocates nothing for them. */
+const ADDED_HERE: Reserved = Object.freeze({ added: true, shared: null });
+const NOT_ADDED_HERE: Reserved = Object.freeze({ added: false, shared: null });
 
 export function cacheId(sourceName: string, key: string): string {
   return `${sourceName}|${key}`;
