@@ -82,8 +82,15 @@ export function fileSink(file: string): LogSink {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     // O_NONBLOCK: a FIFO whose reader stalls gives EAGAIN (tried again later) instead of holding
     // a thread for good, or the whole process at exit (flushSync). No effect on a regular file.
-    const { O_WRONLY, O_CREAT, O_APPEND, O_NONBLOCK } = fs.constants;
-    return fs.openSync(file, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, 0o666);
+    const { O_WRONLY, O_RDWR, O_CREAT, O_APPEND, O_NONBLOCK } = fs.constants;
+    try {
+      return fs.openSync(file, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, 0o666);
+    } catch (err) {
+      // ENXIO: a FIFO nobody reads yet. Opened read-write, as daemons do, it never blocks and a
+      // reader may come later (lines wait in the pipe, then in the backlog, within its cap).
+      if ((err as NodeJS.ErrnoException).code !== 'ENXIO') throw err;
+      return fs.openSync(file, O_RDWR | O_APPEND | O_NONBLOCK);
+    }
   };
   let fd: number;
   try {
