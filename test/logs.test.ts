@@ -189,8 +189,9 @@ function drain(handle: fs.FileHandle, until?: string): Promise<string> {
   })();
 }
 
-test('a log.file nobody takes lines from (a FIFO, as a hung disk would) holds up no recipient; what waited is written once it moves', async () => {
-  const fifo = path.join(dir.path, 'stalled-frontend.fifo');
+/** A frontend whose log.file is a FIFO read here: read up to its ready line, then left to the test. */
+async function frontendLoggingToFifo(name: string) {
+  const fifo = path.join(dir.path, name);
   execFileSync('mkfifo', [fifo]);
   // Opened before the frontend opens it for writing: both opens wait for the other.
   const reader = fs.open(fifo, 'r');
@@ -199,6 +200,11 @@ test('a log.file nobody takes lines from (a FIFO, as a hung disk would) holds up
   cleanups.push(() => handle.close());
   const start = await drain(handle, 'frontend ready');
   const c = await PolicyClient.connect((JSON.parse(start.split('\n').find((l) => l.includes('frontend ready'))!) as { policy: string[] }).policy[0]!);
+  return { fe, handle, c };
+}
+
+test('a log.file nobody takes lines from (a FIFO, as a hung disk would) holds up no recipient; what waited is written once it moves', async () => {
+  const { fe, handle, c } = await frontendLoggingToFifo('stalled-frontend.fifo');
   cleanups.push(() => c.close());
   // Nobody reads now: the pipe holds 64 KiB, ~3.5 KB a decision line with this sender. Each answer
   // must still come; with the event loop stuck in a write none would (the deadline says so).
@@ -217,14 +223,7 @@ test('a log.file nobody takes lines from (a FIFO, as a hung disk would) holds up
 });
 
 test('a frontend whose log.file has stalled still stops when told: SIGTERM, exit 0, lines it cannot write given up', async () => {
-  const fifo = path.join(dir.path, 'stalled-stop.fifo');
-  execFileSync('mkfifo', [fifo]);
-  const reader = fs.open(fifo, 'r');
-  const fe = await frontend(['--log.file', fifo, '--log.decisions', 'all']);
-  const handle = await reader;
-  cleanups.push(() => handle.close());
-  const start = await drain(handle, 'frontend ready');
-  const c = await PolicyClient.connect((JSON.parse(start.split('\n').find((l) => l.includes('frontend ready'))!) as { policy: string[] }).policy[0]!);
+  const { fe, handle, c } = await frontendLoggingToFifo('stalled-stop.fifo');
   // More than the pipe holds, nobody reading: the exit's last lines cannot go out.
   const sender = `${'s'.repeat(3000)}@example.net`;
   for (let i = 0; i < 40; i++) await c.ask(rcpt('full@example.com', { queue_id: `STOP${i}`, sender }));

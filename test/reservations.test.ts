@@ -239,6 +239,16 @@ test('a transaction whose reservations were all delivered is forgotten', () => {
   assert.deepEqual(store.mailboxesOf('t2'), ['m']);
 });
 
+/** The shared store on a private Redis of its own, stopped at the end. */
+async function sharedReservations(): Promise<RedisReservations> {
+  const redis = await startRedis();
+  cleanups.push(() => redis.stop());
+  const { Redis } = await import('ioredis');
+  const conn = new Redis(redis.url);
+  cleanups.push(() => void conn.disconnect());
+  return new RedisReservations(conn, { up: true, failed: (err) => assert.fail(String(err)), answered: () => undefined, reservationsKey: (id) => `t:{${id}}:r` });
+}
+
 /**
  * A steady stream: a message reserved every second and stored 5 s later, a reading every second,
  * for three TTLs; whatever is on its way must be counted (counting less lets through mail that
@@ -272,12 +282,7 @@ test('a steady stream of mail stored seconds after its RCPT, for three TTLs: wha
   );
   assert.ok(localWorst >= 0, `counted ${-localWorst} fewer than were on their way`);
 
-  const redis = await startRedis();
-  cleanups.push(() => redis.stop());
-  const { Redis } = await import('ioredis');
-  const conn = new Redis(redis.url);
-  cleanups.push(() => void conn.disconnect());
-  const shared = new RedisReservations(conn, { up: true, failed: (err) => assert.fail(String(err)), answered: () => undefined, reservationsKey: (id) => `t:{${id}}:r` });
+  const shared = await sharedReservations();
   // Redis reads its own clock for expiry: real time, a short TTL, 100 ms a step.
   const SHARED_TTL = 2000;
   const sharedWorst = await steadyStream(
@@ -323,12 +328,7 @@ test('a message stored smaller than its SIZE= (LF line ends where SIZE counted C
   local.reconcile('m', found(100_000 + 2 * stored, limit));
   assert.equal(local.pending('m', null).messages, 1);
 
-  const redis = await startRedis();
-  cleanups.push(() => redis.stop());
-  const { Redis } = await import('ioredis');
-  const conn = new Redis(redis.url);
-  cleanups.push(() => void conn.disconnect());
-  const shared = new RedisReservations(conn, { up: true, failed: (err) => assert.fail(String(err)), answered: () => undefined, reservationsKey: (id) => `t:{${id}}:r` });
+  const shared = await sharedReservations();
   await shared.reserve('m', 't1', declared, found(100_000, limit), 600_000, 1000);
   await shared.reserve('m', 't2', declared, found(100_000, limit), 600_000, 1000);
   await shared.reconcile('m', found(100_000 + stored, limit), Date.now());
