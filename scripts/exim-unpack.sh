@@ -61,28 +61,9 @@ if complete; then
   exit 0
 fi
 
-work=$(mktemp -d "$DIR/.unpack.XXXXXX")
-trap 'rm -rf -- "$work"' EXIT
-mkdir "$work/debs" "$work/root"
-# apt-get download drops privileges to _apt when it can write here (else it warns and runs as root).
-chmod 755 "$work" "$work/debs"
-chown _apt "$work/debs" 2>/dev/null || true
-
-download() { (cd "$work/debs" && apt-get -o DPkg::Lock::Timeout=300 download "${PACKAGES[@]}") >"$work/apt.log" 2>&1; }
-if ! download; then
-  # Typically empty package lists in a fresh container: update once and retry.
-  if ! apt-get -o DPkg::Lock::Timeout=300 update >>"$work/apt.log" 2>&1 || ! download; then
-    cat "$work/apt.log" >&2
-    die "apt-get download ${PACKAGES[*]} failed (see above); the unpacked Exim is missing at $ROOT"
-  fi
-fi
-
-shopt -s nullglob
-debs=("$work"/debs/*.deb)
-((${#debs[@]} == ${#PACKAGES[@]})) || die "expected ${#PACKAGES[@]} .deb files from apt-get download, got ${#debs[@]}"
-for deb in "${debs[@]}"; do
-  dpkg -x "$deb" "$work/root" || die "dpkg -x $deb failed"
-done
+# shellcheck source=scripts/debs.sh
+source "$(dirname "$0")/debs.sh"
+download_and_extract Exim
 
 # Swap the complete tree in (a partial older tree, if any, is replaced).
 rm -rf -- "$ROOT"
