@@ -121,6 +121,38 @@ describe('the milter listener', () => {
   });
 });
 
+describe('milter: idle connections', () => {
+  let tmp: TempDir;
+  let fe: Running;
+  let port: number;
+  before(async () => {
+    tmp = await tempDir('overquota-milter-idle-');
+    port = await freePort();
+    fe = await startFrontend(['--policy.listen', '', '--milter.listen', `inet:127.0.0.1:${port}`, '--store.path', tmp.path, '--milter.idle_timeout', '1500ms']);
+  });
+  after(async () => {
+    await fe?.stop();
+    await tmp?.cleanup();
+  });
+
+  it('a connection is closed by the milter only after milter.idle_timeout without a packet', async () => {
+    const mta = await FakeMta.open(port);
+    const opened = Date.now();
+    let closedAt = 0;
+    void mta.closed.then(() => (closedAt = Date.now()));
+    await mta.begin();
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(closedAt, 0, 'closed before idle_timeout');
+    // A packet 1 s in: the idle time starts again from here.
+    const again = Date.now();
+    mta.send(rcpt('<room@example.com>'));
+    assert.equal((await mta.reply())[0], 'c');
+    await mta.closed;
+    assert.ok(closedAt - again >= 1500, `closed ${closedAt - again} ms after the last packet`);
+    assert.ok(closedAt - opened < 10_000);
+  });
+});
+
 describe('milter: our own trouble', () => {
   let hung: Backend;
   let fe: Running;

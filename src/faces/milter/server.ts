@@ -19,6 +19,7 @@ import { MilterDecoder, MilterProtocolError, type Packet } from './codec.js';
 import { MilterSession, type MessageEvents, type RcptDecider } from './session.js';
 import { drainThenCut } from '../../runtime/shutdown.js';
 import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
+import { IdleSweep, type IdleEntry } from '../../runtime/idle.js';
 
 export interface MilterServerOptions {
   listeners: ListenAddress[];
@@ -47,9 +48,13 @@ const MAX_QUEUED_BYTES = 256 * 1024;
 
 export async function startMilterServer(opts: MilterServerOptions): Promise<RunningMilterServer> {
   const counts = opts.counts ?? NO_METRICS.face('milter');
-  const live = new Map<net.Socket, { busy: () => boolean }>();
+  const live = new Map<net.Socket, IdleEntry & { busy: () => boolean }>();
   let nextId = 1;
   let closing = false;
+  const sweep = new IdleSweep(opts.idleTimeoutMs, live, (socket) => !live.get(socket)!.busy(), (socket) => {
+    opts.logger.debug({ idle_ms: opts.idleTimeoutMs }, 'closing idle milter connection');
+    socket.destroy();
+  });
 
   const onConnection = (socket: net.Socket, listener: string) => {
     const log = opts.logger.child({ conn: nextId++, listener, face: 'milter' });
@@ -80,7 +85,7 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
         const packet = queue.shift()!;
         queuedBytes -= packet.data.length;
         try {
-          // Only RCPT returns a promise: the other packets are answered without waiting a turn.
+          // Only a RCPT that must look its mailbox up returns a promise: the rest are answered without waiting a turn.
           let out = session.handle(packet);
           if (out instanceof Promise) out = await out;
           if (dead) break;
@@ -99,11 +104,12 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
       busy = false;
       if (closing || peerEnded) finish();
     };
-    live.set(socket, { busy: () => busy || queue.length > 0 });
+    const entry = { lastTick: sweep.now, busy: () => busy || queue.length > 0 };
+    live.set(socket, entry);
     socket.setNoDelay(true);
-    socket.setTimeout(opts.idleTimeoutMs);
     socket.on('data', (chunk: Buffer) => {
       if (dead) return;
+      entry.lastTick = sweep.now;
       let packets: Packet[];
       try {
         packets = decoder.push(chunk);
@@ -125,10 +131,6 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
       if (decoder.midPacket) return drop('connection closed in the middle of a packet (truncated)', 'TRUNCATED');
       peerEnded = true;
       if (!busy) finish();
-    });
-    socket.on('timeout', () => {
-      log.debug('closing idle milter connection');
-      socket.destroy();
     });
     socket.on('error', (err: NodeJS.ErrnoException) => log.debug({ code: err.code }, `milter connection error: ${err.message}`));
     socket.on('close', () => {
@@ -152,6 +154,7 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
         {
           stopAccepting: () => {
             closing = true;
+            sweep.stop();
             return closeListeners(servers);
           },
           // Idle sessions end now; the MTA applies its milter default for the rest of those sessions.

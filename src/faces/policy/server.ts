@@ -14,6 +14,7 @@ import { PolicyConnection, type PolicyHandler } from './connection.js';
 import type { ListenAddress } from '../../config/listen.js';
 import { closeListeners, openListeners } from '../../runtime/listeners.js';
 import { drainThenCut } from '../../runtime/shutdown.js';
+import { IdleSweep } from '../../runtime/idle.js';
 import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
 
 export interface PolicyServerOptions {
@@ -41,21 +42,10 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
   const counts = opts.counts ?? NO_METRICS.face('policy');
   const live = new Map<net.Socket, { conn: PolicyConnection; lastTick: number }>();
   let nextId = 1;
-  // Idle connections are found by a coarse sweep rather than socket.setTimeout(), which re-arms a
-  // timer on every read and write: measurable at tens of thousands of requests per second.
-  const period = Math.max(10, Math.min(1000, Math.floor(opts.idleTimeoutMs / 10)));
-  const idleTicks = Math.ceil(opts.idleTimeoutMs / period) + 1;
-  let tick = 0;
-  const sweep = setInterval(() => {
-    tick++;
-    for (const [socket, c] of live) {
-      if (tick - c.lastTick >= idleTicks && c.conn.idle) {
-        opts.logger.debug({ idle_ms: opts.idleTimeoutMs }, 'closing idle policy connection');
-        socket.destroy();
-      }
-    }
-  }, period);
-  sweep.unref();
+  const sweep = new IdleSweep(opts.idleTimeoutMs, live, (socket) => live.get(socket)!.conn.idle, (socket) => {
+    opts.logger.debug({ idle_ms: opts.idleTimeoutMs }, 'closing idle policy connection');
+    socket.destroy();
+  });
 
   const onConnection = (socket: net.Socket, listener: string) => {
     const id = nextId++;
@@ -72,10 +62,10 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
       // Everything owed is written: close fully, without waiting for the client to close its side.
       end: () => socket.end(() => socket.destroy()),
     });
-    const entry = { conn, lastTick: tick };
+    const entry = { conn, lastTick: sweep.now };
     live.set(socket, entry);
     socket.on('data', (chunk: Buffer) => {
-      entry.lastTick = tick;
+      entry.lastTick = sweep.now;
       conn.receive(chunk);
     });
     // The client half-closed (nc -N, socat, a monitoring probe): answer what it sent, then close.
@@ -99,7 +89,7 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
       drainThenCut(
         {
           stopAccepting: () => {
-            clearInterval(sweep);
+            sweep.stop();
             return closeListeners(servers);
           },
           finishIdle: () => {
