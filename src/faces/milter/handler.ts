@@ -3,9 +3,9 @@
  * policy face's. Never throws: a bug becomes the on_error reply, counted and logged as an error.
  */
 import type { Logger } from 'pino';
-import { failedDecision, type QuotaChecker } from '../../core/checker.js';
+import { failedDecision, type Decision, type QuotaChecker } from '../../core/checker.js';
 import { logDecision, type DecisionContext, type DecisionsLogged } from '../decision-line.js';
-import { parseReply } from '../../core/replies.js';
+import { parseReply, type Reply } from '../../core/replies.js';
 import type { RcptDecider } from './session.js';
 import { NO_METRICS, type FaceCounts } from '../../runtime/metrics.js';
 
@@ -19,14 +19,14 @@ const bare = (a: string | undefined) => (a !== undefined && a.startsWith('<') &&
 export function makeMilterDecider(checker: QuotaChecker, onError: string, logger: Logger, decisions: DecisionsLogged = 'all', counts: FaceCounts = NO_METRICS.face('milter')): RcptDecider {
   const failed = parseReply(onError);
   const counted = counts.decisions;
-  return async (recipient, ctx) => {
+  return (recipient, ctx) => {
     const context = (): DecisionContext => ({ face: 'milter', queue_id: ctx.queueId, client_address: ctx.client?.address, sender: bare(ctx.sender), recipient: bare(recipient), state: 'RCPT', size: ctx.size });
-    try {
-      const decision = await checker.check(recipient, ctx.size, ctx.txn);
+    const answer = (decision: Decision): Reply => {
       counted[decision.verdict.kind].inc();
       logDecision(logger, context, decision, decisions);
       return decision.reply;
-    } catch (err) {
+    };
+    const fail = (err: unknown): Reply => {
       logger.error({ err }, 'internal error while deciding a milter recipient; sent the on_error reply');
       counted.error.inc();
       try {
@@ -35,6 +35,13 @@ export function makeMilterDecider(checker: QuotaChecker, onError: string, logger
         // The bug may be in what the line reads: the reply still goes out.
       }
       return failed;
+    };
+    try {
+      // A memory-cache hit is decided in this turn: answered without a promise (as the policy face).
+      const decision = checker.check(recipient, ctx.size, ctx.txn);
+      return decision instanceof Promise ? decision.then(answer).catch(fail) : answer(decision);
+    } catch (err) {
+      return fail(err);
     }
   };
 }

@@ -82,7 +82,7 @@ let sessions = 0;
 const PROCESS_TAG = `${process.pid.toString(36)}.${Date.now().toString(36)}`;
 
 /** Decides one recipient; returns its reply (core/replies.ts), rendered here. Must not throw. */
-export type RcptDecider = (recipient: string, ctx: RcptContext) => Promise<Reply>;
+export type RcptDecider = (recipient: string, ctx: RcptContext) => Reply | Promise<Reply>;
 
 export type SessionOutput = Readonly<{ reply: Buffer | null; close?: boolean; note?: string }>;
 
@@ -114,8 +114,9 @@ export class MilterSession {
   }
 
   /**
-   * The answer to one packet. Only RCPT waits (for the decision): every other packet is answered
-   * at once, without a promise, so the server need not wait a turn for it.
+   * The answer to one packet. Only a RCPT whose mailbox is not in the memory tier waits (for its
+   * decision): every other packet is answered at once, without a promise, so the server need not
+   * wait a turn for it.
    */
   handle(p: Packet): SessionOutput | Promise<SessionOutput> {
     if (p.command === Cmd.OPTNEG) return { reply: this.negotiate(p.data) };
@@ -198,16 +199,15 @@ export class MilterSession {
     return this.negotiated!.protocol & noReplyBit ? NOTHING : CONTINUE;
   }
 
-  private async rcpt(data: Buffer): Promise<SessionOutput> {
+  private rcpt(data: Buffer): SessionOutput | Promise<SessionOutput> {
     this.clearAfter(Cmd.RCPT);
     const recipient = firstString(data);
     // With RCPT_REJ (we do not ask for it) Postfix also shows recipients it already refused.
     if (this.macro('{rcpt_mailer}') === 'error') return CONTINUE;
     // A RCPT outside MAIL..end (Sendmail after an early accept) still gets a transaction of its own.
     this.txn ??= `m${PROCESS_TAG}.${this.id}.${++this.messages}`;
-    const decided = await this.decide(recipient, { queueId: this.macro('i'), client: this.client, sender: this.sender, size: this.size, txn: this.txn });
-    const reply: RcptReply = rcptReplyFor(decided);
-    return { reply: encodeRcptReply(reply), note: reply.kind === 'continue' ? reply.note : undefined };
+    const decided = this.decide(recipient, { queueId: this.macro('i'), client: this.client, sender: this.sender, size: this.size, txn: this.txn });
+    return decided instanceof Promise ? decided.then(rcptOutput) : rcptOutput(decided);
   }
 
   /** Keeps a MACRO packet in place of its stage's last one, within the bounds. */
@@ -265,6 +265,11 @@ export class MilterSession {
     this.size = 0;
     this.clearAfter(Cmd.HELO);
   }
+}
+
+function rcptOutput(decided: Reply): SessionOutput {
+  const reply: RcptReply = rcptReplyFor(decided);
+  return { reply: encodeRcptReply(reply), note: reply.kind === 'continue' ? reply.note : undefined };
 }
 
 function macrosOverLimit(stage: string, what: string): MilterProtocolError {
