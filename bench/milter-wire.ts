@@ -1,8 +1,8 @@
 /*
  * The milter on its own (issue 10): transactions/s from one load client (bench/milter-load.ts, 50
  * connections speaking the protocol as Postfix does) against the overquota milter (a frontend,
- * milter only, warm cache over an mbox spool where every mailbox has room, a decision line per
- * recipient), the ceiling (bench/milter-fixed.c: libmilter answering CONTINUE to everything, built
+ * milter only, at its defaults — decision lines for refusals only, and every mailbox of the mbox
+ * spool has room; its decisions are counted from /metrics — warm cache), the ceiling (bench/milter-fixed.c: libmilter answering CONTINUE to everything, built
  * here with cc) and the contrast (bench/pymilter_quota.py). Postfix is not in the loop: through
  * Postfix every milter hides behind Postfix's own ceiling (bench/postfix.ts). The client runs on
  * CPU 0, the milter under test on CPU 1 (taskset): each has a core of its own. Interleaved rounds,
@@ -13,7 +13,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { ROOT, bench, countLines, log, ensureDebianPackage, fmtInt, fmtSpread, freePort, interleaved, measureRounds, median, pct, ratioCheck, requireBuild, runClient, runProcess, scratch, spread, startOverquota, startServer, treeCpu } from './harness.js';
+import { ROOT, bench, log, ensureDebianPackage, fmtInt, fmtSpread, freePort, interleaved, measureRounds, median, pct, ratioCheck, requireBuild, runClient, runProcess, scratch, spread, startOverquota, startServer, treeCpu } from './harness.js';
 import type { MilterLoadResult } from './milter-load.js';
 import { pymilterVersion, startPymilter } from './mailboxes.js';
 
@@ -21,7 +21,7 @@ const TARGETS = { vsC: 0.8, vsPymilter: 5 };
 const [CLIENT_CPU, MILTER_CPU] = ['0', '1'];
 /** Every mailbox of the (empty) spool has room under this limit. */
 const LIMIT_BYTES = 200 * 1024 * 1024;
-const LABELS: Record<string, string> = { c: 'C milter (libmilter, fixed reply)', overquota: 'overquota milter', pymilter: 'pymilter' };
+const LABELS: Record<string, string> = { c: 'C milter (libmilter, fixed reply)', overquota: 'overquota milter (defaults)', pymilter: 'pymilter' };
 
 bench('milter-wire', { connections: 50, rounds: 3, warmup: 2, duration: 8, retries: 2, 'cpu-prof': '' }, async (o) => {
   requireBuild();
@@ -32,13 +32,12 @@ bench('milter-wire', { connections: 50, rounds: 3, warmup: 2, duration: 8, retri
   const binary = path.join(dir, 'milter-fixed');
   const cc = await runProcess('cc', ['-O2', '-o', binary, path.join(ROOT, 'bench', 'milter-fixed.c'), '-lmilter', '-lpthread'], { limitMs: 60_000 });
   if (cc.code !== 0) throw new Error(`cc bench/milter-fixed.c failed: ${cc.err.trim()}`);
-  const cPort = await freePort();
+  const [cPort, admin] = [await freePort(), await freePort()];
   const c = await startServer('taskset', ['-c', MILTER_CPU, binary, `inet:${cPort}@127.0.0.1`], path.join(dir, 'c.log'), cPort);
   const nodeFlags = o['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(o['cpu-prof'])}`] : [];
-  const fe = await startOverquota('overquota', (port) => ['frontend', '--milter.listen', `inet:127.0.0.1:${port}`, '--policy.listen', '', '--store.path', spool, '--store.limit', String(LIMIT_BYTES), '--log.level', 'info', '--log.decisions', 'all'], { nodeFlags, pin: MILTER_CPU });
+  const fe = await startOverquota('overquota', (port) => ['frontend', '--milter.listen', `inet:127.0.0.1:${port}`, '--policy.listen', '', '--store.path', spool, '--store.limit', String(LIMIT_BYTES), '--admin.listen', `127.0.0.1:${admin}`], { nodeFlags, pin: MILTER_CPU });
   const py = await startPymilter(spool, LIMIT_BYTES, MILTER_CPU);
   const milters: Record<string, { port: number; pid: number }> = { c: { port: cPort, pid: c.pid! }, overquota: fe, pymilter: py };
-
   const runs = await measureRounds(
     interleaved(Object.keys(LABELS), o.rounds),
     ({ key }) => `${LABELS[key]}: ${o.connections} connections, ${o.warmup} s warm-up, ${o.duration} s measured`,
@@ -53,8 +52,9 @@ bench('milter-wire', { connections: 50, rounds: 3, warmup: 2, duration: 8, retri
   const of = (key: string) => runs.filter((r) => r.key === key);
   const tps = (key: string) => median(of(key).map((r) => r.tps));
   const [vsC, vsPy] = [ratioCheck(`overquota milter / ${LABELS.c}, transactions/s, ${o.connections} connections`, tps('overquota'), tps('c'), 'transactions/s', '>=', TARGETS.vsC), ratioCheck(`overquota milter / pymilter, transactions/s, ${o.connections} connections`, tps('overquota'), tps('pymilter'), 'transactions/s', '>=', TARGETS.vsPymilter)];
-  // Each overquota transaction's RCPT was decided, not passed unseen: a decision line per recipient.
-  const [decided, measured] = [await countLines(fe.logFile, ['"face":"milter"', '"msg":"decision"']), of('overquota').reduce((a, r) => a + r.transactions, 0)];
+  // Each overquota transaction's RCPT was decided, not passed unseen: the decisions counted.
+  const metrics = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
+  const [decided, measured] = [[...metrics.matchAll(/^overquota_decisions_total\{face="milter",[^}]*\} (\d+)$/gm)].reduce((a, m) => a + Number(m[1]), 0), of('overquota').reduce((a, r) => a + r.transactions, 0)];
   const busyClient = runs.flatMap((r, i) => ((r.use.cpu.client ?? 0) >= 90 ? [`#${i + 1}`] : []));
   return {
     setup: `${o.connections} connections, ${o.rounds} round(s), ${o.warmup} s warm-up and ${o.duration} s measured per run; client on CPU ${CLIENT_CPU}, milter on CPU ${MILTER_CPU}. CPU in % of one core; machine idle in % of both cores; other = busy cores minus the milter, the client and the kernel's threads.`,
