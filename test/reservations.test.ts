@@ -15,6 +15,10 @@ import { tempDir, type TempDir } from './helpers/tmp.js';
 import { LocalReservations, deliveredCount } from '../src/cache/reservations.js';
 import { RedisReservations } from '../src/cache/redis-reservations.js';
 import { found } from '../src/quota.js';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { PolicyDecoder } from '../src/faces/policy/codec.js';
+import { RecipientParser } from '../src/core/recipient.js';
 
 const LIMIT = 1024 * 1024;
 const MESSAGE = 50 * 1024;
@@ -216,6 +220,32 @@ test('the process-local store stays bounded in mailboxes and reservations per ma
   assert.equal(store.size, 3);
   for (let i = 0; i < 5000; i++) store.reserve('big', `t${i}`, 1, state);
   assert.equal(store.pending('big', null).messages, 1000);
+});
+
+test('a reservation and a remembered recipient do not keep their policy request in memory', () => {
+  // What outlives a request (its instance as a reservation's name, its recipient in the parser's
+  // memo) must be a copy, not a cut that holds the whole text (here ~2,300 bytes, with padding).
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const decoder = new PolicyDecoder({ maxLineLength: 2048, maxAttributes: 100, maxRequestSize: 16384 });
+  const padding = Array.from({ length: 72 }, (_, i) => `attribute_${i}=${'v'.repeat(22)}\n`).join('');
+  const [store, parser] = [new LocalReservations(600_000, 100_000), new RecipientParser({ delimiters: '+', lowercaseLocalPart: true, keyTemplate: '{local}' }, 100_000)];
+  const state = found(0, 10 ** 12);
+  const N = 20_000;
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  for (let i = 0; i < N; i++) {
+    const text = `request=smtpd_access_policy\nprotocol_state=RCPT\n${padding}recipient=user${i}@example.com\ninstance=${(0x1000 + i).toString(16)}.65f1c0de.d2677.0\nsize=1000\n\n`;
+    const [request] = decoder.push(Buffer.from(text, 'latin1'));
+    const recipient = parser.parse(request!.get('recipient')!)!;
+    store.reserve(recipient.key, request!.get('instance')!, 1000, state);
+  }
+  gc();
+  const perRequest = (process.memoryUsage().heapUsed - before) / N;
+  assert.equal(store.size, N);
+  // Measured: ~800 bytes each (a mailbox, its reservation, a remembered recipient), ~3,300 when
+  // they kept their request's text.
+  assert.ok(perRequest < 1500, `${perRequest.toFixed(0)} bytes of heap kept per request`);
 });
 
 test('expired reservations and transactions leave the process-local store even when their mailboxes are never asked again', () => {

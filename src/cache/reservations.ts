@@ -26,6 +26,7 @@ import type { MailboxQuota } from '../quota.js';
 import { NO_METRICS, type ReservationCounts } from '../runtime/metrics.js';
 import { Fifo } from './fifo.js';
 import { coarseNow } from './memory.js';
+import { detached } from '../runtime/memo.js';
 
 export interface Pending {
   bytes: number;
@@ -123,6 +124,8 @@ export class LocalReservations {
     }
     if (m.byTxn.has(txn)) return false;
     if (m.byTxn.size >= MAX_RESERVATIONS_PER_MAILBOX) this.dropOldest(id, m, 1);
+    // Kept for up to reservations.ttl: not as a cut of the request it came in (memo.ts).
+    txn = detached(txn);
     const expiresAt = this.now() + this.ttlMs;
     m.byTxn.set(txn, { bytes, expiresAt });
     this.counts.made.inc();
