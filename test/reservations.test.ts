@@ -243,7 +243,7 @@ test('a reservation and a remembered recipient do not keep their policy request 
   gc();
   const perRequest = (process.memoryUsage().heapUsed - before) / N;
   assert.equal(store.size, N);
-  // Measured: ~800 bytes each (a mailbox, its reservation, a remembered recipient), ~3,300 when
+  // Measured: ~670 bytes each (a mailbox, its reservation, a remembered recipient), ~3,300 when
   // they kept their request's text.
   assert.ok(perRequest < 1500, `${perRequest.toFixed(0)} bytes of heap kept per request`);
 });
