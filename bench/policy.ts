@@ -27,7 +27,7 @@ const AB_KEYS = ['nometrics', 'noreserve'];
 /** Dovecot at 200 connections can take seconds for one answer: its latency, not a failure. */
 const REQUEST_TIMEOUT_MS = 30_000;
 
-bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rounds: 3, retries: 1, calibrate: '', 'cpu-prof': '' }, async (o) => {
+bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rounds: 5, retries: 1, calibrate: '', 'cpu-prof': '' }, async (o) => {
   requireBuild(dovecotUnavailable());
   const counts = o.connections.split(',').map(Number);
   const dovecot = await startMailboxes(o.users, Math.max(...counts) + 60);
