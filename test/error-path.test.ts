@@ -67,12 +67,17 @@ test('policy: a bug answers on_error, counted as an error decision and logged as
 test('milter: a bug answers on_error, counted as an error decision and logged as one', async () => {
   const metrics = createPrometheusMetrics('frontend');
   const { logger, lines } = capture();
-  const decide = makeMilterDecider(broken('rejects'), ON_ERROR, logger, 'refusals', metrics.face('milter'));
-  const reply = await decide('<bob@example.com>', { queueId: 'M1', client: null, sender: '<a@example.net>', size: 0, txn: 't1' });
-  assert.equal(reply.words, ON_ERROR);
-  assert.equal(sample(await metrics.text(), 'overquota_decisions_total', { face: 'milter', verdict: 'error' }), 1);
+  for (const [how, queueId] of [['throws', 'M1'], ['rejects', 'M2']] as const) {
+    const decide = makeMilterDecider(broken(how), ON_ERROR, logger, 'refusals', metrics.face('milter'));
+    const reply = await decide('<bob@example.com>', { queueId, client: null, sender: '<a@example.net>', size: 0, txn: 't1' });
+    assert.equal(reply.words, ON_ERROR, how);
+  }
+  assert.equal(sample(await metrics.text(), 'overquota_decisions_total', { face: 'milter', verdict: 'error' }), 2);
   assert.deepEqual(
     decisions(lines).map((l) => [l.face, l.queue_id, l.recipient, l.sender, l.verdict, l.error]),
-    [['milter', 'M1', 'bob@example.com', 'a@example.net', 'error', 'INTERNAL']],
+    [
+      ['milter', 'M1', 'bob@example.com', 'a@example.net', 'error', 'INTERNAL'],
+      ['milter', 'M2', 'bob@example.com', 'a@example.net', 'error', 'INTERNAL'],
+    ],
   );
 });

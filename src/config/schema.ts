@@ -24,7 +24,7 @@ const schema = {
     listen: { doc: 'Policy delegation listeners: inet:HOST:PORT, inet:[IPV6]:PORT, unix:/PATH; comma-separated in env and flags. Empty: no policy service (a milter-only frontend).', format: 'listeners', default: ['inet:127.0.0.1:10033'] },
     socket_mode: { doc: 'File mode of unix-domain policy sockets, set as they are created (0660: owner and socket_group only; any local user could ask a 0666 one).', format: 'octal-mode', default: '0660' },
     socket_group: { doc: 'Group of unix-domain policy sockets, name or number: postfix (Postfix smtpd runs as user postfix, group postfix). Empty: the process\'s own group.', format: 'group', default: '' },
-    idle_timeout: { doc: 'Close a policy connection idle this long. Keep it above smtpd_policy_service_max_idle (300s): Postfix must close first.', format: 'duration', default: '330s' },
+    idle_timeout: { doc: 'Close a policy connection idle this long (0: never). Keep it above smtpd_policy_service_max_idle (300s): Postfix must close first.', format: 'duration', default: '330s' },
     max_line_length: { doc: 'Longest attribute line, in bytes (or 4k, binary multiples); a longer one drops the connection without a reply.', format: 'bytes', default: 4096 },
     max_attributes: { doc: 'Most attributes in one request (Postfix 3.x sends about 40).', format: 'nat', default: 100 },
     max_request_size: { doc: 'Most bytes in one request (or 64k, binary multiples).', format: 'bytes', default: 65536 },
@@ -34,7 +34,7 @@ const schema = {
     listen: { doc: 'Milter listeners for Sendmail (INPUT_MAIL_FILTER) and Postfix (smtpd_milters): inet:HOST:PORT, inet:PORT@HOST (Sendmail spelling), unix:/PATH; comma-separated. Empty: no milter.', format: 'listeners', default: [] },
     socket_mode: { doc: 'File mode of unix-domain milter sockets, set as they are created.', format: 'octal-mode', default: '0660' },
     socket_group: { doc: 'Group of unix-domain milter sockets, name or number: postfix for Postfix (smtpd runs as user postfix); for Sendmail the group of its RunAsUser, e.g. smmsp (running as root, Sendmail connects anyway). Empty: the process\'s own group.', format: 'group', default: '' },
-    idle_timeout: { doc: 'Close a milter connection idle this long (MTAs keep one per SMTP session and time out their own side first).', format: 'duration', default: '1h' },
+    idle_timeout: { doc: 'Close a milter connection idle this long (0: never; MTAs keep one per SMTP session and time out their own side first).', format: 'duration', default: '1h' },
   },
   recipient: {
     delimiter: { doc: 'Characters that start an address extension, as Postfix recipient_delimiter (user+tag@ -> user@). Empty: none.', format: String, default: '+' },

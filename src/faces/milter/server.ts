@@ -143,7 +143,10 @@ export async function startMilterServer(opts: MilterServerOptions): Promise<Runn
 
   const { servers, addresses } = await openListeners(opts.listeners, opts.socketMode, onConnection, (err, listener) =>
     opts.logger.error({ err, listener }, 'milter listener error'),
-  );
+  ).catch((err: unknown) => {
+    sweep.stop();
+    throw err;
+  });
   opts.logger.info({ listeners: addresses }, 'milter service ready');
 
   return {

@@ -77,7 +77,10 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<Runn
 
   const { servers, addresses } = await openListeners(opts.listeners, opts.socketMode, onConnection, (err, listener) =>
     opts.logger.error({ err, listener }, 'policy listener error'),
-  );
+  ).catch((err: unknown) => {
+    sweep.stop();
+    throw err;
+  });
   opts.logger.info({ listeners: addresses }, 'policy service ready');
 
   return {
