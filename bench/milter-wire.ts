@@ -66,7 +66,7 @@ bench('milter-wire', { connections: 50, rounds: 3, warmup: 2, duration: 8, retri
     checks: [vsC, vsPy],
     headline: Object.keys(LABELS).map((k) => ({ item: '3. milter on the wire', config: LABELS[k]!, runs: of(k).length, figure: tps(k), unit: 'transactions/s', spread: spread(of(k).map((r) => r.tps)), ratios: k === 'overquota' ? `${vsC.ratio!.toFixed(2)}× C, ${vsPy.ratio!.toFixed(2)}× pymilter` : '' })),
     notes: [`The pymilter reaches ${(tps('pymilter') / tps('c')).toFixed(2)}× the C milter (libmilter does its framing and I/O; Python runs four callbacks per transaction): a milter at the C ceiling would be ${(tps('c') / tps('pymilter')).toFixed(2)}× the pymilter.${busyClient.length ? ` The client used 90% or more of its core in run(s) ${busyClient.join(', ')}: there the figure may be the client's ceiling.` : ''}`],
-    problems: [...runs.filter((r) => r.errors).map((r) => `${LABELS[r.key]}, round ${r.round + 1}: ${r.errors} errors, e.g. ${r.errorSamples[0]}`), ...(decided < measured ? [`overquota logged ${decided} decisions for ${measured} measured transactions`] : [])],
+    problems: [...runs.filter((r) => r.errors).map((r) => `${LABELS[r.key]}, round ${r.round + 1}: ${r.errors} errors, e.g. ${r.errorSamples[0]}`), ...(decided < measured ? [`overquota counted ${decided} decisions for ${measured} measured transactions`] : [])],
     otherCpu: runs.map((r) => r.other),
   };
 });
