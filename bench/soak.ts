@@ -17,15 +17,14 @@
  * Every --sample seconds: VmRSS, RssAnon, VmHWM, and the frontend's heap used and total and new
  * space, appended to a file by a preload (--import; measured: within 1 MB of RSS at start).
  * Targets: RSS ≤ 100 MB (10^6 bytes) at every reading; flat: a least-squares slope over the second
- * half of the run ≤ 1 MB per 10 minutes. --node-flags / --frontend-flags (with `=`, e.g.
- * --node-flags=--optimize-for-size) change the frontend's V8 or overquota settings. (Its
- * --heap-snapshots DIR, which found the leaks BENCHMARKS.md names, is in git history up to 93682a3.)
+ * half ≤ 1 MB per 10 minutes. --node-flags= (with `=`) replaces the package's, --frontend-flags= adds
+ * overquota settings. (--heap-snapshots DIR, which found the leaks, is in git history to 93682a3.)
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { startBackend } from '../test/helpers/http-backend.js';
 import { startRedis } from '../test/helpers/redis.js';
-import { bench, figureCheck, fmtInt, log, onCleanup, pct, prng, requireBuild, scratch, sleep, startOverquota, stopChild, treeCpu, waitForQuiet } from './harness.js';
+import { ROOT, bench, figureCheck, fmtInt, log, onCleanup, pct, prng, requireBuild, scratch, sleep, startOverquota, stopChild, treeCpu, waitForQuiet } from './harness.js';
 import { ClosedLoop, mailboxName, requestPool, zipfSampler } from './load.js';
 
 const TARGET_RSS_MB = 100;
@@ -46,7 +45,9 @@ interface Reading {
 
 const mb = (bytes: number) => Math.round(bytes / 1e5) / 10;
 
-bench('soak', { minutes: 30, rate: 2000, connections: 50, mailboxes: 100_000, phantoms: 0.02, sample: 5, 'node-flags': '', 'frontend-flags': '' }, async (o) => {
+// The Debian package's node flags (its /usr/bin/overquota), unless --node-flags says others.
+const SHIPPED = /exec \S+ (.*) \S+\/dist\/cli\.js/.exec(readFileSync(path.join(ROOT, 'packaging/bin/overquota'), 'utf8'))![1]!;
+bench('soak', { minutes: 30, rate: 2000, connections: 50, mailboxes: 100_000, phantoms: 0.02, sample: 5, 'node-flags': SHIPPED, 'frontend-flags': '' }, async (o) => {
   requireBuild();
   const dir = await scratch();
   const words = (s: string) => s.split(/\s+/).filter(Boolean);
@@ -106,7 +107,6 @@ appendFileSync(${JSON.stringify(v8File)}, JSON.stringify({ heapUsed: m.heapUsed,
     },
   });
   await loop.connect();
-
   const readings: Reading[] = [];
   const start = performance.now();
   const read = () => {

@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-built.sh >&2
-exec node dist/cli.js frontend "$@"
+# Node's flags as the Debian package runs it (packaging/bin/overquota says why).
+exec node --optimize-for-size --v8-pool-size=1 dist/cli.js frontend "$@"

@@ -222,11 +222,17 @@ export class QuotaCache {
    * frozen Redis held the answer for its whole command timeout, past the budget (fault matrix).
    */
   reserve(id: string, txn: string, bytes: number, state: MailboxQuota, waitMs: number): Reserved | Promise<Reserved> {
-    const added = this.reservations?.reserve(id, txn, bytes, state) ?? false;
+    const local = this.reservations;
+    if (local === null) return NOT_ADDED_HERE;
     const redis = this.redis;
-    if (!redis?.up || !this.reservations) return added ? ADDED_HERE : NOT_ADDED_HERE;
+    if (!redis?.up) return local.reserve(id, txn, bytes, state) ? ADDED_HERE : NOT_ADDED_HERE;
+    // Redis holds it and decides; here only the transaction's mailboxes (reservations.ts header).
+    local.note(id, txn);
     const shared = redis.reservations.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX);
-    return orAfter(shared, waitMs, null).then((r) => ({ added: added || (r?.added ?? false), shared: r }));
+    return orAfter(shared, waitMs, null).then((r) =>
+      // Not taken by Redis (an error, or not within the budget): counted here, as in an outage.
+      r === null ? { added: local.reserve(id, txn, bytes, state), shared: null } : { added: r.added, shared: r },
+    );
   }
 
   /** Every frontend's reservations for `id`, from Redis; null without Redis (or while it is away). */

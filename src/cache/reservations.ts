@@ -17,10 +17,15 @@
  * One reservation per transaction and mailbox: Postfix's `instance` names the transaction, so two
  * RCPTs of one message that reach one mailbox (aliases, user+a and user+b) reserve once.
  *
- * This is the process-local store, always kept (it is all there is without Redis, and the fallback
- * while Redis is away); with Redis the shared copy (redis-tier.ts) is the one that decides. It
- * must never grow without bound: mailboxes, reservations per mailbox and transactions are capped,
- * and what has expired goes even for a mailbox that is never asked again (sweep()).
+ * This is the process-local store: all there is without Redis, and what counts while Redis is away.
+ * While Redis is up the shared copy (redis-reservations.ts) holds the reservations and decides, and
+ * this store keeps only each transaction's mailboxes (note()), which end of message and ABORT need:
+ * about 160 bytes a transaction instead of ~670 for a reservation kept here too (bench/soak.ts at
+ * 2,000 requests/s: the local copies were the only memory that grew, +13.5 MB per 10 minutes).
+ * What Redis counted is not known here in an outage's first seconds: a frontend then counts its own
+ * from the outage on, as a frontend without Redis does, until Redis is back.
+ * It must never grow without bound: mailboxes, reservations per mailbox and transactions are
+ * capped, and what has expired goes even for a mailbox that is never asked again (sweep()).
  */
 import type { MailboxQuota } from '../quota.js';
 import { NO_METRICS, type ReservationCounts } from '../runtime/metrics.js';
@@ -43,8 +48,14 @@ export interface Base {
 
 /** A mailbox with more messages than this on their way is full by any real limit; the oldest go first. */
 export const MAX_RESERVATIONS_PER_MAILBOX = 1000;
-/** Transactions remembered for correcting their size at end of message; past it the oldest go first. */
-const MAX_TRANSACTIONS = 100_000;
+/**
+ * Transactions remembered for end of message (the real size) and ABORT; past it the oldest go first.
+ * END-OF-MESSAGE comes at the end of DATA, seconds after the RCPT: 20,000 is 20 s even at the
+ * soak's 1,000 transactions/s, far above one frontend's share of a large site. One older than that
+ * keeps its SIZE= (or one message) and counts until its delivery shows or reservations.ttl: too
+ * much, never too little. At most ~3 MB (~160 bytes each: the name, a Map entry, a list).
+ */
+export const MAX_TRANSACTIONS = 20_000;
 /**
  * Mailboxes looked at from the oldest end per reserve(), at most: what has expired goes even when
  * its mailbox is never asked again. Measured (bench/soak.ts, Zipf over 100k mailboxes): without
@@ -126,22 +137,36 @@ export class LocalReservations {
     if (m.byTxn.size >= MAX_RESERVATIONS_PER_MAILBOX) this.dropOldest(id, m, 1);
     // Kept for up to reservations.ttl: not as a cut of the request it came in (memo.ts).
     txn = detached(txn);
+    this.index(id, txn);
     const expiresAt = this.now() + this.ttlMs;
     m.byTxn.set(txn, { bytes, expiresAt });
     this.counts.made.inc();
     m.bytes += bytes;
     if (expiresAt < m.nextExpiry) m.nextExpiry = expiresAt;
-    let ids = this.transactions.get(txn);
-    if (ids === undefined) {
-      if (this.transactions.size >= MAX_TRANSACTIONS) this.transactions.delete(this.transactionOrder.oldest()!);
-      // Made with its one mailbox: an empty array grown by push() takes room for 17 (~150 bytes
-      // more per transaction; heap snapshots of bench/soak.ts, 2026-11-30).
-      ids = [id];
-      this.transactions.set(txn, ids);
-      this.transactionOrder.push(txn, ids, this.transactions.size);
-    } else if (!ids.includes(id)) ids.push(id);
     this.sweep();
     return true;
+  }
+
+  /**
+   * Remembers that transaction `txn` reached mailbox `id`, for end of message and ABORT: with Redis
+   * up it is all that is kept here (the header says why).
+   */
+  note(id: string, txn: string): void {
+    this.index(id, this.transactions.has(txn) ? txn : detached(txn));
+  }
+
+  private index(id: string, txn: string): void {
+    const ids = this.transactions.get(txn);
+    if (ids !== undefined) {
+      if (!ids.includes(id)) ids.push(id);
+      return;
+    }
+    if (this.transactions.size >= MAX_TRANSACTIONS) this.transactions.delete(this.transactionOrder.oldest()!);
+    // Made with its one mailbox: an empty array grown by push() takes room for 17 (~150 bytes
+    // more per transaction; heap snapshots of bench/soak.ts, 2026-11-30).
+    const list = [id];
+    this.transactions.set(txn, list);
+    this.transactionOrder.push(txn, list, this.transactions.size);
   }
 
   /** Drops expired mailboxes from the oldest end; the first one still live moves to the newest end. */
@@ -161,6 +186,11 @@ export class LocalReservations {
   private take(id: string, m: MailboxPending, txn: string, r: Reservation): void {
     m.byTxn.delete(txn);
     m.bytes -= r.bytes;
+    this.unnote(id, txn);
+  }
+
+  /** `id` out of transaction `txn`'s list; the transaction goes with its last mailbox. */
+  private unnote(id: string, txn: string): void {
     const ids = this.transactions.get(txn);
     if (ids === undefined) return;
     const i = ids.indexOf(id);
@@ -185,7 +215,7 @@ export class LocalReservations {
   release(id: string, txn: string): void {
     const m = this.mailboxes.get(id);
     const r = m?.byTxn.get(txn);
-    if (m === undefined || r === undefined) return;
+    if (m === undefined || r === undefined) return this.unnote(id, txn);
     this.take(id, m, txn, r);
     if (m.byTxn.size === 0) this.mailboxes.delete(id);
   }
