@@ -4,7 +4,8 @@
  * - memory: per process, bounded (the oldest insertion goes first when full) with a TTL per entry
  *   (memory.ts); with Redis on, entries live at most cache.memory_ttl so another frontend's newer
  *   finding or an invalidation is seen soon.
- * - reservations: what was accepted and is on its way (reservations.ts), here and in Redis.
+ * - reservations: what was accepted and is on its way (reservations.ts): in Redis, or here when
+ *   Redis does not take them (then what Redis took from this process is recalled here first).
  * - Redis (optional): shared by every frontend, TTL per state (ttl.ts).
  * - single-flight: concurrent lookups of one mailbox in this process share one promise; across
  *   frontends a short Redis lock lets one ask the source while the others wait for its answer.
@@ -179,7 +180,7 @@ export class QuotaCache {
       const state = await this.ask(source, key, Math.max(1, deadline - Date.now()));
       if (!fill.stale) {
         this.remember(id, state);
-        if (state.kind === 'found' && this.reservations) void redis.reservations.reconcile(id, state, readAt);
+        if (state.kind === 'found' && this.reservations) void redis.reservations.reconcile(id, state, readAt).then((n) => this.opts.reservations!.counts?.delivered.inc(n));
         // Not awaited: a slow Redis must not delay the answer (its command timeout bounds it).
         void redis.set(id, state, ttlFor(state, this.opts.ttl), source.name);
       }
@@ -212,7 +213,9 @@ export class QuotaCache {
 
   /** What is on its way to mailbox `id`, as this process knows it, except transaction `txn`'s own. */
   pending(id: string, txn: string | null): Pending {
-    return this.reservations?.pending(id, txn) ?? NOTHING_PENDING;
+    const local = this.reservations;
+    if (local === null) return NOTHING_PENDING;
+    return (this.redisTook && !this.redis?.up ? this.counting(local) : local).pending(id, txn);
   }
 
   /**
@@ -225,14 +228,36 @@ export class QuotaCache {
     const local = this.reservations;
     if (local === null) return NOT_ADDED_HERE;
     const redis = this.redis;
-    if (!redis?.up) return local.reserve(id, txn, bytes, state) ? ADDED_HERE : NOT_ADDED_HERE;
-    // Redis holds it and decides; here only the transaction's mailboxes (reservations.ts header).
-    local.note(id, txn);
+    if (!redis?.up) return this.reserveHere(local, id, txn, bytes, state) ? ADDED_HERE : NOT_ADDED_HERE;
+    // Redis holds it and decides; here only the transaction (reservations.ts header).
+    local.note(id, txn, bytes);
     const shared = redis.reservations.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX);
-    return orAfter(shared, waitMs, null).then((r) =>
+    return orAfter(shared, waitMs, null).then((r) => {
       // Not taken by Redis (an error, or not within the budget): counted here, as in an outage.
-      r === null ? { added: local.reserve(id, txn, bytes, state), shared: null } : { added: r.added, shared: r },
-    );
+      if (r === null) return { added: this.reserveHere(local, id, txn, bytes, state), shared: null };
+      this.redisTook = true;
+      if (r.added) this.opts.reservations!.counts?.made.inc();
+      return { added: r.added, shared: r };
+    });
+  }
+
+  /**
+   * Since the last recall, Redis took reservations that this process does not count: when it stops
+   * taking them, they are recalled (reservations.ts recall()) before anything is counted here.
+   */
+  private redisTook = false;
+
+  /** The process-local store, with what Redis took recalled first if Redis has stopped taking them. */
+  private counting(local: LocalReservations): LocalReservations {
+    if (this.redisTook) {
+      this.redisTook = false;
+      local.recall();
+    }
+    return local;
+  }
+
+  private reserveHere(local: LocalReservations, id: string, txn: string, bytes: number, state: MailboxQuota): boolean {
+    return this.counting(local).reserve(id, txn, bytes, state);
   }
 
   /** Every frontend's reservations for `id`, from Redis; null without Redis (or while it is away). */

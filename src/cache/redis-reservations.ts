@@ -2,7 +2,8 @@
  * Reservations (reservations.ts), shared by every frontend through Redis: the Lua scripts that add
  * and sum, reconcile, release and resize atomically, and their calls. Like the rest of the Redis
  * tier (redis-tier.ts), every call swallows Redis errors and answers as if Redis were away: the
- * caller then decides from its own process's reservations. Nothing here waits past Redis's command
+ * caller then counts in its own process (recalling what Redis took from it: quota-cache.ts), and
+ * decides from that. Nothing here waits past Redis's command
  * timeout (and the caller bounds that by what is left of the request's budget).
  */
 import { hostname } from 'node:os';
@@ -183,7 +184,7 @@ export class RedisReservations {
 
   private readonly scripts: ReservationCommands;
 
-  /** Null when Redis is away or failed: the caller decides from its own reservations. */
+  /** Null when Redis is away or failed: the caller counts it in its own process (quota-cache.ts). */
   async reserve(id: string, txn: string, bytes: number, state: MailboxQuota, ttlMs: number, max: number): Promise<SharedReservation | null> {
     if (!this.tier.up) return null;
     try {
@@ -207,14 +208,14 @@ export class RedisReservations {
     }
   }
 
-  /** A fresh reading from the source, taken at `at` (ms since the epoch). Not awaited by callers. */
-  async reconcile(id: string, state: MailboxQuota, at: number): Promise<void> {
-    if (!this.tier.up) return;
+  /** A fresh reading from the source, taken at `at` (ms since the epoch): how many it showed delivered. */
+  async reconcile(id: string, state: MailboxQuota, at: number): Promise<number> {
+    if (!this.tier.up) return 0;
     try {
-      await this.scripts.oqReconcile(this.tier.reservationsKey(id), state.usageBytes, state.usageMessages ?? -1, at, Date.now());
+      return Number(await this.scripts.oqReconcile(this.tier.reservationsKey(id), state.usageBytes, state.usageMessages ?? -1, at, Date.now()));
     } catch (err) {
       this.tier.failed(err);
-      /* the reservations expire by their TTL */
+      return 0; /* the reservations expire by their TTL */
     }
   }
 

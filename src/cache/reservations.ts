@@ -18,12 +18,14 @@
  * RCPTs of one message that reach one mailbox (aliases, user+a and user+b) reserve once.
  *
  * This is the process-local store: all there is without Redis, and what counts while Redis is away.
- * While Redis is up the shared copy (redis-reservations.ts) holds the reservations and decides, and
- * this store keeps only each transaction's mailboxes (note()), which end of message and ABORT need:
- * about 160 bytes a transaction instead of ~670 for a reservation kept here too (bench/soak.ts at
- * 2,000 requests/s: the local copies were the only memory that grew, +13.5 MB per 10 minutes).
- * What Redis counted is not known here in an outage's first seconds: a frontend then counts its own
- * from the outage on, as a frontend without Redis does, until Redis is back.
+ * While Redis takes them the shared copy (redis-reservations.ts) holds the reservations and decides,
+ * and this store keeps only the last MAX_TRANSACTIONS transactions (note(): their mailboxes, size
+ * and expiry), which end of message and ABORT need: ~370 bytes a reservation instead of ~900 when
+ * a copy of each was kept here too (test/reservations.test.ts; bench/soak.ts at 2,000 requests/s:
+ * those copies were the memory that grew, +13.5 MB per 10 minutes). When Redis stops taking them
+ * (down, an error, no answer within the budget), recall() makes those transactions count here
+ * again, so mail accepted before is still counted in the outage; which of it was delivered is not
+ * known here, so it counts until a reading after the recall grows by it, or reservations.ttl.
  * It must never grow without bound: mailboxes, reservations per mailbox and transactions are
  * capped, and what has expired goes even for a mailbox that is never asked again (sweep()).
  */
@@ -46,14 +48,25 @@ export interface Base {
   usageMessages: number | null;
 }
 
+/** No reading known (recall()): a reading grows from it by nothing, and becomes the base. */
+const NO_BASE: Base = Object.freeze({ usageBytes: Number.MAX_SAFE_INTEGER, usageMessages: null });
+
+/** A transaction as remembered: its name as kept, the mailboxes it reached, its message's size, when it expires. */
+interface Transaction {
+  name: string;
+  ids: string[];
+  bytes: number;
+  expiresAt: number;
+}
+
 /** A mailbox with more messages than this on their way is full by any real limit; the oldest go first. */
 export const MAX_RESERVATIONS_PER_MAILBOX = 1000;
 /**
- * Transactions remembered for end of message (the real size) and ABORT; past it the oldest go first.
- * END-OF-MESSAGE comes at the end of DATA, seconds after the RCPT: 20,000 is 20 s even at the
- * soak's 1,000 transactions/s, far above one frontend's share of a large site. One older than that
- * keeps its SIZE= (or one message) and counts until its delivery shows or reservations.ttl: too
- * much, never too little. At most ~3 MB (~160 bytes each: the name, a Map entry, a list).
+ * Transactions remembered for end of message (the real size), ABORT and recall(); past it the oldest
+ * go first. END-OF-MESSAGE comes at the end of DATA, seconds after the RCPT: 20,000 is 20 s at the
+ * soak's 1,000 transactions/s, and minutes at one frontend's share of a large site (50 RCPT/s,
+ * README "Sizing"). One older than that keeps its SIZE= figure, and an outage recalls only these.
+ * At most ~7 MB (~350 bytes each: the name, a Map entry, its record and list; test/reservations.test.ts).
  */
 export const MAX_TRANSACTIONS = 20_000;
 /**
@@ -86,14 +99,15 @@ interface MailboxPending {
 export class LocalReservations {
   private readonly mailboxes = new Map<string, MailboxPending>();
   /**
-   * Transaction -> the mailbox ids where it still has a reservation here, for end-of-message
-   * corrections and releases; a transaction goes with its last reservation (bench/soak.ts: kept
-   * until MAX_TRANSACTIONS instead, delivered ones included, they were 100k entries, ~14 MB).
+   * Transaction -> the mailboxes it reached, for end-of-message corrections, releases and recall().
+   * One with reservations here goes with its last one (bench/soak.ts: kept until the cap instead,
+   * delivered ones included, they were 100k entries, ~14 MB); one noted for Redis stays until
+   * ABORT, a refusal or MAX_TRANSACTIONS.
    */
-  private readonly transactions = new Map<string, string[]>();
+  private readonly transactions = new Map<string, Transaction>();
   /** Oldest first, for the caps and the sweep: not the Maps' own order (fifo.ts says why). */
   private readonly mailboxOrder = new Fifo<MailboxPending>((id, m) => this.mailboxes.get(id) === m);
-  private readonly transactionOrder = new Fifo<string[]>((txn, ids) => this.transactions.get(txn) === ids);
+  private readonly transactionOrder = new Fifo<Transaction>((txn, t) => this.transactions.get(txn) === t);
 
   constructor(
     private readonly ttlMs: number,
@@ -123,50 +137,78 @@ export class LocalReservations {
    * used (it becomes the base when the mailbox had nothing pending). False if it was already there.
    */
   reserve(id: string, txn: string, bytes: number, state: MailboxQuota): boolean {
-    let m = this.live(id);
-    if (m === undefined) {
-      m = { base: { usageBytes: state.usageBytes, usageMessages: state.usageMessages }, byTxn: new Map(), bytes: 0, nextExpiry: Infinity, taken: 0 };
-      if (this.mailboxes.size >= this.maxMailboxes) {
-        const oldest = this.mailboxOrder.oldest();
-        if (oldest !== undefined) this.forget(oldest);
-      }
-      this.mailboxes.set(id, m);
-      this.mailboxOrder.push(id, m, this.mailboxes.size);
-    }
+    const m = this.live(id) ?? this.open(id, state);
     if (m.byTxn.has(txn)) return false;
-    if (m.byTxn.size >= MAX_RESERVATIONS_PER_MAILBOX) this.dropOldest(id, m, 1);
-    // Kept for up to reservations.ttl: not as a cut of the request it came in (memo.ts).
-    txn = detached(txn);
-    this.index(id, txn);
-    const expiresAt = this.now() + this.ttlMs;
-    m.byTxn.set(txn, { bytes, expiresAt });
+    const t = this.index(id, txn, bytes);
+    this.add(id, m, t.name, bytes, this.now() + this.ttlMs);
     this.counts.made.inc();
-    m.bytes += bytes;
-    if (expiresAt < m.nextExpiry) m.nextExpiry = expiresAt;
-    this.sweep();
     return true;
   }
 
   /**
-   * Remembers that transaction `txn` reached mailbox `id`, for end of message and ABORT: with Redis
-   * up it is all that is kept here (the header says why).
+   * Remembers that transaction `txn` reached mailbox `id` with a message of `bytes`: with Redis
+   * taking the reservation, all that is kept here (the header says why).
    */
-  note(id: string, txn: string): void {
-    this.index(id, this.transactions.has(txn) ? txn : detached(txn));
+  note(id: string, txn: string, bytes: number): void {
+    this.index(id, txn, bytes);
   }
 
-  private index(id: string, txn: string): void {
-    const ids = this.transactions.get(txn);
-    if (ids !== undefined) {
-      if (!ids.includes(id)) ids.push(id);
-      return;
+  /**
+   * Redis stopped taking reservations: every transaction remembered that has not expired counts
+   * here again, in each of its mailboxes, from no known reading (the next one becomes the base).
+   * Returns how many reservations that made here.
+   */
+  recall(): number {
+    let n = 0;
+    const now = this.now();
+    for (const [txn, t] of this.transactions) {
+      if (t.expiresAt <= now) continue;
+      for (const id of t.ids) {
+        const m = this.live(id) ?? this.open(id, NO_BASE);
+        if (m.byTxn.has(txn)) continue;
+        this.add(id, m, txn, t.bytes, t.expiresAt);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** A new entry for mailbox `id`, its pending total relative to `base`. */
+  private open(id: string, base: Base): MailboxPending {
+    const m: MailboxPending = { base: { usageBytes: base.usageBytes, usageMessages: base.usageMessages }, byTxn: new Map(), bytes: 0, nextExpiry: Infinity, taken: 0 };
+    if (this.mailboxes.size >= this.maxMailboxes) {
+      const oldest = this.mailboxOrder.oldest();
+      if (oldest !== undefined) this.forget(oldest);
+    }
+    this.mailboxes.set(id, m);
+    this.mailboxOrder.push(id, m, this.mailboxes.size);
+    return m;
+  }
+
+  private add(id: string, m: MailboxPending, txn: string, bytes: number, expiresAt: number): void {
+    if (m.byTxn.size >= MAX_RESERVATIONS_PER_MAILBOX) this.dropOldest(id, m, 1);
+    m.byTxn.set(txn, { bytes, expiresAt });
+    m.bytes += bytes;
+    if (expiresAt < m.nextExpiry) m.nextExpiry = expiresAt;
+    this.sweep();
+  }
+
+  /** Transaction `txn`'s record, made if new, with mailbox `id` in its list. */
+  private index(id: string, txn: string, bytes: number): Transaction {
+    let t = this.transactions.get(txn);
+    if (t !== undefined) {
+      if (!t.ids.includes(id)) t.ids.push(id);
+      return t;
     }
     if (this.transactions.size >= MAX_TRANSACTIONS) this.transactions.delete(this.transactionOrder.oldest()!);
-    // Made with its one mailbox: an empty array grown by push() takes room for 17 (~150 bytes
-    // more per transaction; heap snapshots of bench/soak.ts, 2026-11-30).
-    const list = [id];
-    this.transactions.set(txn, list);
-    this.transactionOrder.push(txn, list, this.transactions.size);
+    // Kept for minutes: not as a cut of the request it came in (memo.ts). The list is made with its
+    // one mailbox: an empty array grown by push() takes room for 17 (~150 bytes more per
+    // transaction; heap snapshots of bench/soak.ts, 2026-11-30).
+    const name = detached(txn);
+    t = { name, ids: [id], bytes, expiresAt: this.now() + this.ttlMs };
+    this.transactions.set(name, t);
+    this.transactionOrder.push(name, t, this.transactions.size);
+    return t;
   }
 
   /** Drops expired mailboxes from the oldest end; the first one still live moves to the newest end. */
@@ -191,11 +233,11 @@ export class LocalReservations {
 
   /** `id` out of transaction `txn`'s list; the transaction goes with its last mailbox. */
   private unnote(id: string, txn: string): void {
-    const ids = this.transactions.get(txn);
-    if (ids === undefined) return;
-    const i = ids.indexOf(id);
-    if (i !== -1) ids.splice(i, 1);
-    if (ids.length === 0) this.transactions.delete(txn);
+    const t = this.transactions.get(txn);
+    if (t === undefined) return;
+    const i = t.ids.indexOf(id);
+    if (i !== -1) t.ids.splice(i, 1);
+    if (t.ids.length === 0) this.transactions.delete(txn);
   }
 
   private dropOldest(id: string, m: MailboxPending, n: number): void {
@@ -207,9 +249,9 @@ export class LocalReservations {
     compact(m);
   }
 
-  /** The mailbox ids transaction `txn` reserved in (here). */
+  /** The mailbox ids transaction `txn` reached, as remembered here. */
   mailboxesOf(txn: string): readonly string[] {
-    return this.transactions.get(txn) ?? [];
+    return this.transactions.get(txn)?.ids ?? [];
   }
 
   release(id: string, txn: string): void {
@@ -222,7 +264,7 @@ export class LocalReservations {
 
   /** Every reservation of the transaction goes (the message was given up). */
   releaseTransaction(txn: string): string[] {
-    const ids = [...(this.transactions.get(txn) ?? [])];
+    const ids = [...(this.transactions.get(txn)?.ids ?? [])];
     for (const id of ids) this.release(id, txn);
     this.transactions.delete(txn);
     return ids;
@@ -230,7 +272,10 @@ export class LocalReservations {
 
   /** The real size is known (end of message): the transaction's reservations take it. */
   resize(txn: string, bytes: number): string[] {
-    const ids = this.transactions.get(txn) ?? [];
+    const t = this.transactions.get(txn);
+    if (t === undefined) return [];
+    t.bytes = bytes;
+    const ids = t.ids;
     for (const id of ids) {
       const m = this.mailboxes.get(id);
       const r = m?.byTxn.get(txn);
