@@ -206,6 +206,24 @@ test('frontends sharing Redis count each other\'s reservations: a burst split be
   assert.equal(await c!.ask(rcptOf(user)), 'DUNNO', 'invalidated: the frontend forgot its own count too');
 });
 
+test('a burst while Redis is frozen (SIGSTOP) still accepts only what fits: each RCPT that waited on Redis counts the others', async () => {
+  if (noRedis) throw new Error(noRedis);
+  const redis: RedisServer = await startRedis();
+  cleanups.push(() => redis.stop());
+  const fe = await frontend(['--redis.url', redis.url]);
+  const user = await mailbox(ROOM_FOR_3);
+  const [c] = await clients(fe.listeners[0]!, 1);
+  await c!.ask(rcpt(`${user}@example.com`)); // read once: cached
+  await c!.ask(rcptOf(user, MESSAGE, 'before.freeze')); // one message accepted through Redis: room for 2 now
+  process.kill(redis.pid, 'SIGSTOP');
+  try {
+    const answers = await burst([fe.listeners[0]!], user);
+    assert.equal(accepted(answers), 2, answers.join(' | '));
+  } finally {
+    process.kill(redis.pid, 'SIGCONT');
+  }
+});
+
 test('a reading that grew by two messages drops the two oldest reservations; a shrinking one drops none', () => {
   const base = { usageBytes: 1000, usageMessages: 10 };
   const list = [{ bytes: 100 }, { bytes: 100 }, { bytes: 100 }];
@@ -318,6 +336,7 @@ test('with Redis up a frontend keeps only each transaction: the reservation is i
   await reserve('c', 'msg2', 7000);
   await redis.stop();
   await eventually('Redis seen down', async () => conn.status !== 'ready');
+  assert.equal(cache.reservations!.size, N + 500 + 1, 'recalled when the connection went, not at the next RCPT');
   assert.deepEqual(cache.pending('c', null), { bytes: 7000, messages: 1 }, 'accepted before the outage');
   assert.deepEqual(await reserve('c', 'msg3', 8000), { added: true, shared: null });
   assert.deepEqual(cache.pending('c', null), { bytes: 15_000, messages: 2 });

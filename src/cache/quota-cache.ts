@@ -91,7 +91,11 @@ export class QuotaCache {
   constructor(private readonly opts: QuotaCacheOptions) {
     this.memory = new MemoryCache(opts.maxEntries);
     this.redis = opts.redis;
-    this.reservations = opts.reservations ? new LocalReservations(opts.reservations.ttlMs, Math.max(1, opts.maxEntries), undefined, opts.reservations.counts) : null;
+    const local = opts.reservations ? new LocalReservations(opts.reservations.ttlMs, Math.max(1, opts.maxEntries), undefined, opts.reservations.counts) : null;
+    this.reservations = local;
+    // Recalled when Redis goes, not at the next RCPT: a Redis that restarts empty in between
+    // would otherwise have lost them for good.
+    if (local !== null) opts.redis?.whenLost(() => this.counting(local));
   }
 
   /** The memory tier alone, synchronously: the hot path of a warm cache. */
@@ -229,12 +233,15 @@ export class QuotaCache {
     if (local === null) return NOT_ADDED_HERE;
     const redis = this.redis;
     if (!redis?.up) return this.reserveHere(local, id, txn, bytes, state) ? ADDED_HERE : NOT_ADDED_HERE;
-    // Redis holds it and decides; here only the transaction (reservations.ts header).
-    local.note(id, txn, bytes);
     const shared = redis.reservations.reserve(id, txn, bytes, state, this.opts.reservations!.ttlMs, MAX_RESERVATIONS_PER_MAILBOX);
-    return orAfter(shared, waitMs, null).then((r) => {
-      // Not taken by Redis (an error, or not within the budget): counted here, as in an outage.
+    return orAfter(shared, waitMs, LATE).then((r) => {
+      // Redis failed: it takes none now, so what it took is recalled and this is counted here.
       if (r === null) return { added: this.reserveHere(local, id, txn, bytes, state), shared: null };
+      // Not within the budget: Redis may still take it, so nothing is recalled (a slow answer is no
+      // outage), but it is counted here too, so that other RCPTs waiting on a slow Redis count it.
+      if (r === LATE) return { added: local.reserve(id, txn, bytes, state), shared: null };
+      // Redis holds it and decides; here only the transaction (reservations.ts header).
+      local.note(id, txn, bytes);
       this.redisTook = true;
       if (r.added) this.opts.reservations!.counts?.made.inc();
       return { added: r.added, shared: r };
@@ -308,6 +315,9 @@ export class QuotaCache {
     return (await this.redis?.publishInvalidation(key)) ?? false;
   }
 }
+
+/** What orAfter() answers when Redis did not within the budget. */
+const LATE = Symbol('late');
 
 /** The two answers of reserve() without Redis, made once: the warm path allocates nothing for them. */
 const ADDED_HERE: Reserved = Object.freeze({ added: true, shared: null });

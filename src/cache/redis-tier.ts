@@ -72,6 +72,12 @@ export class RedisTier {
     this.suspendedUntil = Date.now() + SUSPEND_AFTER_TIMEOUT_MS;
   }
 
+  /** `listener` runs whenever the connection is lost (closed, or a connection error). */
+  whenLost(listener: () => void): void {
+    this.conn.on('close', listener);
+    this.conn.on('error', listener);
+  }
+
   /** A command answered: the tier is fully back if it was suspended. */
   answered(): void {
     if (this.suspendedUntil === 0) return;

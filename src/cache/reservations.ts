@@ -23,9 +23,10 @@
  * and expiry), which end of message and ABORT need: ~370 bytes a reservation instead of ~900 when
  * a copy of each was kept here too (test/reservations.test.ts; bench/soak.ts at 2,000 requests/s:
  * those copies were the memory that grew, +13.5 MB per 10 minutes). When Redis stops taking them
- * (down, an error, no answer within the budget), recall() makes those transactions count here
- * again, so mail accepted before is still counted in the outage; which of it was delivered is not
- * known here, so it counts until a reading after the recall grows by it, or reservations.ttl.
+ * (the connection lost, or a command failed), recall() makes those transactions count here again,
+ * so mail accepted before is still counted in the outage. Which of it was delivered before the
+ * recall is not known here (the first reading after it becomes the base): that counts until
+ * reservations.ttl after its RCPT, or until later growth drops it in place of newer mail.
  * It must never grow without bound: mailboxes, reservations per mailbox and transactions are
  * capped, and what has expired goes even for a mailbox that is never asked again (sweep()).
  */
@@ -83,7 +84,11 @@ interface Reservation {
 
 interface MailboxPending {
   base: Base;
-  /** By transaction, oldest first (a Map keeps insertion order); all share one TTL, so this is expiry order too. */
+  /**
+   * By transaction, oldest first (a Map keeps insertion order); all share one TTL, so this is expiry
+   * order too, but for recalled ones (recall(): they keep their own, older, expiry). live() stops
+   * at the first unexpired one, so such a one may count up to one TTL too long: too much, never too little.
+   */
   byTxn: Map<string, Reservation>;
   /** Sums over byTxn, kept up to date: a decision reads them without a walk. */
   bytes: number;
@@ -163,8 +168,12 @@ export class LocalReservations {
     const now = this.now();
     for (const [txn, t] of this.transactions) {
       if (t.expiresAt <= now) continue;
-      for (const id of t.ids) {
+      // A copy: making room for a mailbox (open()) may take one out of this list.
+      for (const id of [...t.ids]) {
         const m = this.live(id) ?? this.open(id, NO_BASE);
+        // What this process read last (before the outage) may be older than what the recalled
+        // reservation was judged on: growth since then is not their delivery.
+        m.base = NO_BASE;
         if (m.byTxn.has(txn)) continue;
         this.add(id, m, txn, t.bytes, t.expiresAt);
         n++;

@@ -127,7 +127,7 @@ export class QuotaChecker {
     if (txn === null) {
       // A look without a transaction (overquota check): every frontend's reservations, where Redis has them.
       const shared = this.cache.sharedPending(id);
-      if (shared !== null) return shared.then((r) => this.judgeShared(started ?? performance.now(), size, recipient, source.name, cache, state, id, null, { added: false, shared: r }, decide(state, size)));
+      if (shared !== null) return shared.then((r) => this.judgeShared(started ?? performance.now(), size, recipient, source.name, cache, state, id, null, { added: false, shared: r }));
     }
     const pending = this.cache.pending(id, txn);
     const verdict = decide(state, size, pending);
@@ -137,12 +137,24 @@ export class QuotaChecker {
     const reserved = this.cache.reserve(id, txn, size, state, this.budgetLeft(started));
     if (!(reserved instanceof Promise)) return this.decided(started, size, recipient, verdict, source.name, cache, state, counted, reserved.added ? id : null);
     const began = started ?? performance.now();
-    return reserved.then((r) => this.judgeShared(began, size, recipient, source.name, cache, state, id, txn, r, verdict));
+    return reserved.then((r) => this.judgeShared(began, size, recipient, source.name, cache, state, id, txn, r));
   }
 
-  /** The verdict again with every frontend's reservations, as Redis counted them with ours added. */
-  private judgeShared(started: number, size: number, recipient: Recipient, source: string, cache: CacheOutcome, state: MailboxQuota, id: string, txn: string | null, r: Reserved, local: Verdict): Decision {
-    if (r.shared === null) return this.decided(started, size, recipient, local, source, cache, state, this.counted(id, txn), r.added ? id : null);
+  /**
+   * The verdict again with every frontend's reservations, as Redis counted them with ours added; or,
+   * when Redis did not answer, with this process's as they are now (what Redis took recalled, and
+   * the other RCPTs that waited on Redis meanwhile counted: reserve() in quota-cache.ts).
+   */
+  private judgeShared(started: number, size: number, recipient: Recipient, source: string, cache: CacheOutcome, state: MailboxQuota, id: string, txn: string | null, r: Reserved): Decision {
+    if (r.shared === null) {
+      const pending = this.cache.pending(id, txn);
+      const verdict = decide(state, size, pending);
+      const counted = pending.messages > 0 ? pending : null;
+      if (verdict.kind === 'under_quota') return this.decided(started, size, recipient, verdict, source, cache, state, counted, r.added ? id : null);
+      if (r.added && txn !== null) this.cache.release(id, txn);
+      if (verdict.pending) this.tipped(id);
+      return this.decided(started, size, recipient, verdict, source, cache, state, counted, null);
+    }
     // The pending total is relative to the reading Redis keeps with it, which may be newer than ours.
     const base = { ...state, usageBytes: r.shared.base.usageBytes, usageMessages: r.shared.base.usageMessages ?? state.usageMessages };
     const verdict = decide(base, size, r.shared.others);
@@ -162,11 +174,6 @@ export class QuotaChecker {
   /** What is left of the latency budget of a request that started at `started` (null: now). */
   private budgetLeft(started: number | null): number {
     return started === null ? this.opts.latencyBudgetMs : Math.max(1, this.opts.latencyBudgetMs - (performance.now() - started));
-  }
-
-  private counted(id: string, txn: string | null): Pending | null {
-    const p = this.cache.pending(id, txn);
-    return p.messages > 0 ? p : null;
   }
 
   /**
