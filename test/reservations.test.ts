@@ -12,7 +12,7 @@ import { startFrontend, runToEnd, type Running } from './helpers/overquota.js';
 import { PolicyClient, rcpt } from './helpers/policy-client.js';
 import { redisUnavailable, startRedis, type RedisServer } from './helpers/redis.js';
 import { tempDir, type TempDir } from './helpers/tmp.js';
-import { LocalReservations, deliveredCount } from '../src/cache/reservations.js';
+import { LocalReservations, MAX_TRANSACTIONS, deliveredCount } from '../src/cache/reservations.js';
 import { RedisReservations } from '../src/cache/redis-reservations.js';
 import { RedisTier } from '../src/cache/redis-tier.js';
 import { QuotaCache } from '../src/cache/quota-cache.js';
@@ -336,7 +336,7 @@ test('with Redis up a frontend keeps only each transaction: the reservation is i
   await reserve('c', 'msg2', 7000);
   await redis.stop();
   await eventually('Redis seen down', async () => conn.status !== 'ready');
-  assert.equal(cache.reservations!.size, N + 500 + 1, 'recalled when the connection went, not at the next RCPT');
+  assert.equal(cache.reservations!.size, MAX_TRANSACTIONS, 'the last transactions recalled when the connection went, not at the next RCPT');
   assert.deepEqual(cache.pending('c', null), { bytes: 7000, messages: 1 }, 'accepted before the outage');
   assert.deepEqual(await reserve('c', 'msg3', 8000), { added: true, shared: null });
   assert.deepEqual(cache.pending('c', null), { bytes: 15_000, messages: 2 });

@@ -64,12 +64,13 @@ interface Transaction {
 export const MAX_RESERVATIONS_PER_MAILBOX = 1000;
 /**
  * Transactions remembered for end of message (the real size), ABORT and recall(); past it the oldest
- * go first. END-OF-MESSAGE comes at the end of DATA, seconds after the RCPT: 20,000 is 20 s at the
+ * go first. END-OF-MESSAGE comes at the end of DATA, seconds after the RCPT: 10,000 is 10 s at the
  * soak's 1,000 transactions/s, and minutes at one frontend's share of a large site (50 RCPT/s,
  * README "Sizing"). One older than that keeps its SIZE= figure, and an outage recalls only these.
- * At most ~7 MB (~350 bytes each: the name, a Map entry, its record and list; test/reservations.test.ts).
+ * At most ~3.5 MB (~350 bytes each: the name, a Map entry, its record and list;
+ * test/reservations.test.ts); 20,000 left bench/soak.ts 1.3 MB under its 100 MB.
  */
-export const MAX_TRANSACTIONS = 20_000;
+export const MAX_TRANSACTIONS = 10_000;
 /**
  * Mailboxes looked at from the oldest end per reserve(), at most: what has expired goes even when
  * its mailbox is never asked again. Measured (bench/soak.ts, Zipf over 100k mailboxes): without
