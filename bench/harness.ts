@@ -50,7 +50,6 @@ export function prng(seed: number): () => number {
 }
 
 // ---------------------------------------------------------------- processes, files, ports
-
 const children = new Set<ChildProcess>();
 const cleanups: (() => unknown)[] = [];
 let scratchDir: Promise<string> | null = null;
@@ -169,7 +168,6 @@ export function versionOf(name: string, cmd: string, args: string[], re = /(\S+)
 }
 
 // ---------------------------------------------------------------- CPU from /proc (Linux)
-
 /** Every process's /proc/PID/stat fields after the ")": ppid(1) ... utime(11) stime(12) cutime(13) cstime(14). */
 function procStats(): { pid: number; f: string[] }[] {
   return readdirSync('/proc').flatMap((e) => {
@@ -253,7 +251,6 @@ export async function waitForQuiet(maxMs = QUIET_WAIT_MS): Promise<void> {
 }
 
 // ---------------------------------------------------------------- rounds, statistics, formats
-
 /** Every key once per round, in order in the 1st, 3rd ... round and reversed in the others: drift of the machine falls on every key alike. */
 export const interleaved = <K>(keys: readonly K[], rounds: number): { key: K; round: number }[] =>
   Array.from({ length: rounds }, (_, round) => (round % 2 ? [...keys].reverse() : keys).map((key) => ({ key, round }))).flat();
@@ -308,7 +305,6 @@ export function table(head: string[], rows: (string | number)[][]): string {
 }
 
 // ---------------------------------------------------------------- targets
-
 /** One target: a ratio (measured / baseline) or a plain figure, compared with `target`. */
 export interface Check {
   name: string;
@@ -337,7 +333,6 @@ export function fmtMeasured(c: Check): string {
 export const checkRow = (c: Check): string[] => [c.name, fmtMeasured(c), fmtTarget(c), c.met ? 'meets' : 'MISSES'];
 
 // ---------------------------------------------------------------- the run and its report
-
 /** A row of the summary table (bench/summary.ts): a configuration's headline figure. */
 export interface Headline {
   item: string;

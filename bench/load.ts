@@ -11,6 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { createHistogram } from 'node:perf_hooks';
+import { PolicyConnection } from '../src/faces/policy/connection.js';
 import { ROOT, clientMain, epochMs, freePort, isMain, prng, scratch, sleep, startServer } from './harness.js';
 
 /** Reply actions kept apart in the counts; more distinct ones go to "(other)". */
@@ -254,19 +255,22 @@ async function policyLoad(o: PolicyLoad, mark: (event: 'start' | 'end') => void)
 
 /**
  * The fixed-answer server: node:net, reads lines until the empty one and answers action=DUNNO. It
- * parses nothing and decides nothing: what overquota does on top (decoding, the cache lookup, the
- * decision, its log line) is what the policy bench measures against it. `workUs` (calibration)
- * burns that much CPU per request: what a microsecond of work costs in requests/s here.
+ * parses and decides nothing: what overquota does on top (decoding, the cache lookup, the decision,
+ * its log line) is what the policy bench measures against it. `workUs` (calibration) burns that
+ * much CPU per request. `decoder`: overquota's own decoder and connection (src/faces/policy) read
+ * the requests, each gets DUNNO undecided: what reading a request costs, apart from deciding it.
  * On SIGUSR2 it prints {"requests":N}, the requests answered so far.
  */
-function fixedServer(o: { port: number; workUs: number }): Promise<object> {
+function fixedServer(o: { port: number; workUs: number; decoder?: boolean }): Promise<object> {
   const reply = Buffer.from('action=DUNNO\n\n', 'latin1');
   let answered = 0;
   net
     .createServer({ noDelay: true }, (socket) => {
+      socket.on('error', () => socket.destroy());
+      const conn = o.decoder && new PolicyConnection({ maxLineLength: 4096, maxAttributes: 100, maxRequestSize: 65536 }, () => (answered++, 'DUNNO'), { write: (b: Buffer) => socket.write(b), pause() {}, resume() {}, drop: () => socket.destroy(), end: () => socket.end() });
+      if (conn) return void socket.on('data', (chunk: Buffer) => conn.receive(chunk));
       // What the line in progress holds (a request may end across reads): 0 nothing, 1 a lone CR, 2 more.
       let carry = 0;
-      socket.on('error', () => socket.destroy());
       socket.on('data', (chunk: Buffer) => {
         let replies = 0;
         let start = 0;
@@ -291,10 +295,10 @@ function fixedServer(o: { port: number; workUs: number }): Promise<object> {
 }
 
 /** The fixed server in its own process (the bench's CPU is not its); requests(): those answered so far. */
-export async function startFixed(workUs = 0): Promise<{ pid: number; port: number; requests(): Promise<number> }> {
+export async function startFixed(workUs = 0, decoder = false): Promise<{ pid: number; port: number; requests(): Promise<number> }> {
   const port = await freePort();
   const logFile = path.join(await scratch(), `fixed-${workUs}us-${port}.log`);
-  const proc = await startServer(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench', 'load.ts'), 'fixed', JSON.stringify({ port, workUs })], logFile, port);
+  const proc = await startServer(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench', 'load.ts'), 'fixed', JSON.stringify({ port, workUs, decoder })], logFile, port);
   const lines = async () => (await readFile(logFile, 'utf8')).split('\n').filter((l) => l.startsWith('{'));
   return {
     pid: proc.pid!,

@@ -1,16 +1,16 @@
 /*
  * Item 1: Postfix policy requests/s and latency at 50 and 200 persistent connections, in one
- * invocation, of the fixed-answer server (bench/load.ts, the Node ceiling); overquota frontend
- * reading the Maildirs itself with a warm cache: with every setting at its default (log info, a
- * decision line for refusals only), with a decision line for every request (--log.decisions all),
- * and at --log.level warn; at the first connection count also the defaults without the admin
- * listener (no metrics) and without reservations, in the same rounds (the A/B of issues 13 and 10); overquota with every lookup a miss (--source.type http --cache.max_entries 0)
- * asking overquota quota-service, which reads the Maildirs; and Dovecot quota-status, all on the
- * same 200 mailboxes (bench/mailboxes.ts). The same closed-loop load (bench/load.ts, its own
- * process) over 210 recipients; per connection count, --rounds rounds in alternating order, each
- * figure the median of its rounds. --calibrate 2,5 adds runs of the fixed server burning that many
- * µs of CPU per request: what a microsecond costs here. --cpu-prof DIR: overquota under --cpu-prof.
- * Ratios are only ever taken within one run: never against another run's or machine's figures.
+ * invocation, of the fixed-answer server (bench/load.ts, the Node ceiling) and the same server
+ * reading requests with overquota's decoder; overquota frontend reading the Maildirs with a warm
+ * cache: every setting at its default (log info, a line for refusals only), --log.decisions all,
+ * --log.level warn, and at the first connection count the defaults without the admin listener (no
+ * metrics) and without reservations, in the same rounds (the A/B of issues 13 and 10); overquota
+ * with every lookup a miss (--source.type http --cache.max_entries 0) asking overquota
+ * quota-service; and Dovecot quota-status, all on the same 200 mailboxes (bench/mailboxes.ts).
+ * The same closed-loop load (bench/load.ts, its own process) over 210 recipients; per connection
+ * count, --rounds rounds in alternating order, each figure the median of its rounds. --calibrate
+ * 2,5: the fixed server burning that many µs of CPU per request. --cpu-prof DIR: overquota under
+ * --cpu-prof. Ratios are only ever taken within one run: never against another run's figures.
  */
 import path from 'node:path';
 import { dovecotUnavailable } from '../test/helpers/dovecot.js';
@@ -20,8 +20,8 @@ import { dovecotVersion, maildirArgs, recipients, startMailboxes } from './mailb
 
 /** Issue 6's targets; then issue 13's (metrics within 3% of none) and issue 10's (reservations within 5% of none). */
 const TARGETS = { warmVsFixed: 0.8, warmVsDovecot: 20, warmP99Ms: 2, missVsDovecot: 5, metricsVsNone: 0.97, reservationsVsNone: 0.95 };
-const LABELS: Record<string, string> = { fixed: 'fixed server', default: 'overquota, warm cache, defaults (log info, decisions: refusals)', info: 'overquota, warm cache (log info, decisions: all)', warn: 'overquota, warm cache (log warn)', miss: 'overquota, every lookup a miss (HTTP quota service)', dovecot: 'Dovecot quota-status', nometrics: 'overquota, warm cache, defaults but no admin listener (no metrics)', noreserve: 'overquota, warm cache, defaults but reservations off' };
-const KEYS = ['fixed', 'default', 'info', 'warn', 'miss', 'dovecot'];
+const LABELS: Record<string, string> = { fixed: 'fixed server', default: 'overquota, warm cache, defaults (log info, decisions: refusals)', info: 'overquota, warm cache (log info, decisions: all)', warn: 'overquota, warm cache (log warn)', miss: 'overquota, every lookup a miss (HTTP quota service)', dovecot: 'Dovecot quota-status', nometrics: 'overquota, warm cache, defaults but no admin listener (no metrics)', decoder: "overquota's decoder alone (DUNNO to all, no decision)", noreserve: 'overquota, warm cache, defaults but reservations off' };
+const KEYS = ['fixed', 'decoder', 'default', 'info', 'warn', 'miss', 'dovecot'];
 /** The A/B pairs, at the first connection count only: each against `default`, run next to it in every round (apart, drift within a round fell on them unequally). */
 const AB_KEYS = ['nometrics', 'noreserve'];
 /** Dovecot at 200 connections can take seconds for one answer: its latency, not a failure. */
@@ -34,7 +34,7 @@ bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rou
   const store = maildirArgs(dovecot);
   const nodeFlags = o['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(o['cpu-prof'])}`] : [];
   const frontend = (name: string, args: string[]) => startOverquota(name, (port) => ['frontend', '--policy.listen', `inet:127.0.0.1:${port}`, ...args], { nodeFlags });
-  const fixed = await startFixed();
+  const [fixed, decoder] = [await startFixed(), await startFixed(0, true)];
   const info = await frontend('warm-info', [...store, '--log.level', 'info', '--log.decisions', 'all']);
   // The defaults and their A/B pairs: a fresh process each run, lest one process's luck pass for a setting's cost.
   const fresh: Record<string, string[]> = { default: store, nometrics: [...store, '--admin.listen', ''], noreserve: [...store, '--reservations.enabled', 'false'] };
@@ -44,6 +44,7 @@ bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rou
   const miss = await frontend('miss', ['--source.type', 'http', '--source.url', `http://127.0.0.1:${qs.port}/quota?u={key}`, '--source.max_connections', '16', '--cache.max_entries', '0', '--log.level', 'info', '--log.decisions', 'all']);
   const servers: Record<string, { port: number; meters: Meters }> = {
     fixed: { port: fixed.port, meters: { server: () => treeCpu(fixed.pid) } },
+    decoder: { port: decoder.port, meters: { server: () => treeCpu(decoder.pid) } },
     info: { port: info.port, meters: { server: () => treeCpu(info.pid) } },
     warn: { port: warn.port, meters: { server: () => treeCpu(warn.pid) } },
     miss: { port: miss.port, meters: { frontend: () => treeCpu(miss.pid), 'quota service': () => treeCpu(qs.pid) } },
