@@ -52,8 +52,7 @@ export function prng(seed: number): () => number {
 // ---------------------------------------------------------------- processes, files, ports
 const children = new Set<ChildProcess>();
 const cleanups: (() => unknown)[] = [];
-let scratchDir: Promise<string> | null = null;
-let keepScratch = false;
+let [scratchDir, keepScratch] = [null as Promise<string> | null, false];
 
 /** Runs `fn` when the bench ends or is interrupted (the last registered first). */
 export const onCleanup = (fn: () => unknown): void => void cleanups.push(fn);
@@ -79,8 +78,7 @@ export async function stopChild(proc: ChildProcess): Promise<void> {
   const exited = new Promise((r) => proc.once('exit', r));
   proc.kill('SIGTERM');
   const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
+  await exited.finally(() => clearTimeout(timer));
 }
 
 /** `command args` to its end (SIGKILL after limitMs): exit code and output; `onLine` sees each stdout line as it comes. */
@@ -95,19 +93,17 @@ export async function runProcess(command: string, args: string[], o: { limitMs: 
   });
   proc.stderr!.setEncoding('utf8').on('data', (t: string) => (err += t));
   const timer = setTimeout(() => proc.kill('SIGKILL'), o.limitMs);
-  const code = await new Promise<number | null>((r) => proc.once('close', r)); // 'close': after its output
-  clearTimeout(timer);
+  const code = await new Promise<number | null>((r) => proc.once('close', r)).finally(() => clearTimeout(timer)); // 'close': after its output
   return { code, out, err };
 }
 
 /** The bench's temporary directory, made at first use; removed at the end unless --keep. */
 export const scratch = (): Promise<string> => (scratchDir ??= mkdtemp(path.join(os.tmpdir(), 'overquota-bench-')));
 
-const accepts = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const probe = net.connect({ host: '127.0.0.1', port }).once('error', () => resolve(false));
-    probe.once('connect', () => (probe.end(), resolve(true)));
-  });
+const accepts = (port: number) => new Promise<boolean>((resolve) => {
+  const probe = net.connect({ host: '127.0.0.1', port }).once('error', () => resolve(false));
+  probe.once('connect', () => (probe.end(), resolve(true)));
+});
 
 /** `command args` with stdout and stderr to `logFile`; resolves once 127.0.0.1:port accepts. */
 export async function startServer(command: string, args: string[], logFile: string, port: number): Promise<ChildProcess> {
@@ -155,7 +151,14 @@ export async function ensureDebianPackage(name: string, present: () => boolean |
 /** Lines of `file` holding every one of `needles` (overquota's log batches land at most FLUSH_AFTER_MS late). */
 export async function countLines(file: string, needles: string[]): Promise<number> {
   await sleep(2 * FLUSH_AFTER_MS + 20);
-  return (await readFile(file, 'utf8')).split('\n').filter((l) => needles.every((n) => l.includes(n))).length;
+  // Bytes, not a string: the logs of the every-lookup-a-miss runs outgrow V8's longest string (~512 MB).
+  const text = await readFile(file);
+  let n = 0;
+  for (let at = text.indexOf(needles[0]!), end = 0; at !== -1; at = text.indexOf(needles[0]!, end)) {
+    end = text.indexOf(10, at) + 1 || text.length;
+    if (needles.every((x) => text.subarray(text.lastIndexOf(10, at) + 1, end).includes(x))) n++;
+  }
+  return n;
 }
 
 /** "Postfix 3.7.11" from `cmd args` matched by `re`, or "NAME (version unknown)". */
@@ -271,18 +274,16 @@ export async function measureRounds<S, R extends { other: number | null }>(steps
       log(`[${i + 1}/${steps.length}] ${describe(step)}${attempt ? ' (again: noisy)' : ''}`);
       const run = await measure(step);
       const again = (run.other ?? 0) > NOISY_OTHER_CPU && attempt < (o.retries ?? 0) && Date.now() - started < (o.retryWithinMs ?? Infinity);
-      if (!again) {
-        runs.push(run);
-        break;
-      }
+      if (again) continue;
+      runs.push(run);
+      break;
     }
   }
   return runs;
 }
 
 export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
+  const [s, mid] = [[...xs].sort((a, b) => a - b), xs.length >> 1];
   return s.length === 0 ? NaN : s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 /** Median, min and max of readings; null when one is missing. */

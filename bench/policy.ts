@@ -9,10 +9,9 @@
  * quota-service; and Dovecot quota-status, all on the same 200 mailboxes (bench/mailboxes.ts).
  * The same closed-loop load (bench/load.ts, its own process) over 210 recipients; per connection
  * count, --rounds rounds in alternating order, each figure the median of its rounds. --calibrate
- * 2,5: the fixed server burning that many µs of CPU per request. --cpu-prof DIR: overquota under
- * --cpu-prof. Ratios are only ever taken within one run: never against another run's figures.
+ * 2,5: the fixed server burning that many µs of CPU per request. --node-flags="--cpu-prof": node's
+ * flags for overquota (the package's: bench/soak.ts). Ratios only ever within one run.
  */
-import path from 'node:path';
 import { dovecotUnavailable } from '../test/helpers/dovecot.js';
 import { bench, countLines, log, figureCheck, fmtInt, fmtMs, fmtRatio, fmtSpread, interleaved, measureRounds, median, pct, ratioCheck, requireBuild, runClient, spread, startOverquota, stopChild, treeCpu, type Check, type Meters } from './harness.js';
 import { startFixed, type PolicyLoadResult } from './load.js';
@@ -27,12 +26,12 @@ const AB_KEYS = ['nometrics', 'noreserve'];
 /** Dovecot at 200 connections can take seconds for one answer: its latency, not a failure. */
 const REQUEST_TIMEOUT_MS = 30_000;
 
-bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rounds: 5, retries: 1, calibrate: '', 'cpu-prof': '' }, async (o) => {
+bench('policy', { connections: '50,200', warmup: 2, duration: 5, users: 200, rounds: 5, retries: 1, calibrate: '', 'node-flags': '' }, async (o) => {
   requireBuild(dovecotUnavailable());
   const counts = o.connections.split(',').map(Number);
   const dovecot = await startMailboxes(o.users, Math.max(...counts) + 60);
   const store = maildirArgs(dovecot);
-  const nodeFlags = o['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(o['cpu-prof'])}`] : [];
+  const nodeFlags = o['node-flags'].split(' ').filter(Boolean);
   const frontend = (name: string, args: string[]) => startOverquota(name, (port) => ['frontend', '--policy.listen', `inet:127.0.0.1:${port}`, ...args], { nodeFlags });
   const [fixed, decoder] = [await startFixed(), await startFixed(0, true)];
   const info = await frontend('warm-info', [...store, '--log.level', 'info', '--log.decisions', 'all']);
