@@ -7,9 +7,10 @@
 #                         configurations in five seeded scenarios, and bench/backscatter.svg (~3 min;
 #                         root, postfix, dovecot-core, dovecot-lmtpd, redis-server)
 #   bench/policy.ts       item 1: policy requests/s and latency at 50 and 200 connections: the fixed
-#                         server, overquota warm (defaults, decisions: all, log warn; at 50 also the
+#                         server, the same reading requests with overquota's decoder alone,
+#                         overquota warm (defaults, decisions: all, log warn; at 50 also the
 #                         defaults without metrics and without reservations), every lookup a miss,
-#                         Dovecot quota-status, 3 interleaved rounds (~6.5 min; root, dovecot-core)
+#                         Dovecot quota-status, 5 interleaved rounds (~12 min; root, dovecot-core)
 #   bench/postfix.ts      items 2 and 3: Postfix smtp-source msgs/s with no check, each policy server,
 #                         the overquota milter and a pymilter, 6 interleaved rounds (~4 min; root,
 #                         postfix, dovecot-core; installs python3-milter when missing)
@@ -22,7 +23,7 @@
 #                         Dovecot's doveadm HTTP (~1 min)
 # then bench/summary.ts --write, also when some failed: ONE table of the headline figures and every
 # target with its verdict, naming the benches whose results are missing, with the machine, the
-# commit, the date and the load average at the start. About 25 minutes on the 2-core machine of
+# commit, the date and the load average at the start. About 35 minutes on the 2-core machine of
 # BENCHMARKS.md. `node --import tsx bench/summary.ts [--write]` prints (writes) it again.
 # Extra arguments go to bench/policy.ts, e.g. `npm run bench -- --duration 3 --rounds 1`.
 # A benchmark that fails does not stop the next ones; the exit status is 1 if any failed.
