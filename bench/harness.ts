@@ -400,7 +400,7 @@ export function bench<D extends Defaults>(name: string, defaults: D, main: (o: O
     }
     keepScratch = Boolean(o.keep);
     const r = await main(o as Options<D>);
-    const command = `node --import tsx bench/${name}.ts ${argv.join(' ')}`.trim();
+    const command = `node --import tsx bench/${name}.ts ${argv.map((a) => (/\s/.test(a) ? `'${a}'` : a)).join(' ')}`.trim();
     const markdown = render(name, command, r);
     console.log(`\n${markdown}`);
     if (o.write) writeSection(name, markdown);

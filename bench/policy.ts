@@ -10,7 +10,7 @@
  * The same closed-loop load (bench/load.ts, its own process) over 210 recipients; per connection
  * count, --rounds rounds in alternating order, each figure the median of its rounds. --calibrate
  * 2,5: the fixed server burning that many µs of CPU per request. --node-flags="--cpu-prof": node's
- * flags for overquota (the package's: bench/soak.ts). Ratios only ever within one run.
+ * flags for overquota (the package's: packaging/bin/overquota). Ratios only ever within one run.
  */
 import { dovecotUnavailable } from '../test/helpers/dovecot.js';
 import { bench, countLines, log, figureCheck, fmtInt, fmtMs, fmtRatio, fmtSpread, interleaved, measureRounds, median, pct, ratioCheck, requireBuild, runClient, spread, startOverquota, stopChild, treeCpu, type Check, type Meters } from './harness.js';

@@ -23,7 +23,7 @@
 #                         Dovecot's doveadm HTTP (~1 min)
 # then bench/summary.ts --write, also when some failed: ONE table of the headline figures and every
 # target with its verdict, naming the benches whose results are missing, with the machine, the
-# commit, the date and the load average at the start. About 35 minutes on the 2-core machine of
+# commit, the date and the load average at the start. About 25 minutes on the 2-core machine of
 # BENCHMARKS.md. `node --import tsx bench/summary.ts [--write]` prints (writes) it again.
 # Extra arguments go to bench/policy.ts, e.g. `npm run bench -- --duration 3 --rounds 1`.
 # A benchmark that fails does not stop the next ones; the exit status is 1 if any failed.

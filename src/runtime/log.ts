@@ -216,8 +216,8 @@ export class BatchedDestination {
    * copied it, every time. Measured on the policy bench's requests at the defaults (a line for each
    * of the 23% refused; 2026-12-01, Node 20): in one process 2.3 -> 2.1 us a request, and with the
    * package's node flags (--optimize-for-size: a young generation of ~1 MB, collected every 1-2 ms)
-   * 4.6 -> 3.0 us, collections having taken 43% of it; a frontend with those flags answered
-   * 79,000 -> 102,000 requests/s (the fixed server: 168,000).
+   * 4.6 -> 3.0 us, collections having taken 43% of it; a frontend with those flags went from 0.46x
+   * to 0.60x the fixed server's requests/s (BENCHMARKS.md, policy).
    */
   private batch: Buffer | null = null;
   private used = 0;
