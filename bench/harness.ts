@@ -50,8 +50,7 @@ export function prng(seed: number): () => number {
 }
 
 // ---------------------------------------------------------------- processes, files, ports
-const children = new Set<ChildProcess>();
-const cleanups: (() => unknown)[] = [];
+const [children, cleanups] = [new Set<ChildProcess>(), [] as (() => unknown)[]];
 let [scratchDir, keepScratch] = [null as Promise<string> | null, false];
 
 /** Runs `fn` when the bench ends or is interrupted (the last registered first). */
@@ -148,10 +147,9 @@ export async function ensureDebianPackage(name: string, present: () => boolean |
   if (r.code !== 0 || !(await present())) throw new Error(`this bench needs the Debian package ${name}; installing it failed: ${(r.err || r.out).trim().split('\n').slice(-2).join(' / ')}`);
 }
 
-/** Lines of `file` holding every one of `needles` (overquota's log batches land at most FLUSH_AFTER_MS late). */
+/** Lines of `file` holding every one of `needles` (log batches land at most FLUSH_AFTER_MS late); read as bytes: a miss run's log outgrows V8's longest string (~512 MB). */
 export async function countLines(file: string, needles: string[]): Promise<number> {
   await sleep(2 * FLUSH_AFTER_MS + 20);
-  // Bytes, not a string: the logs of the every-lookup-a-miss runs outgrow V8's longest string (~512 MB).
   const text = await readFile(file);
   let n = 0;
   for (let at = text.indexOf(needles[0]!), end = 0; at !== -1; at = text.indexOf(needles[0]!, end)) {

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { createHistogram } from 'node:perf_hooks';
 import { PolicyConnection } from '../src/faces/policy/connection.js';
+import { loadSettings } from '../src/config/load.js';
 import { ROOT, clientMain, epochMs, freePort, isMain, prng, scratch, sleep, startServer } from './harness.js';
 
 /** Reply actions kept apart in the counts; more distinct ones go to "(other)". */
@@ -264,10 +265,11 @@ async function policyLoad(o: PolicyLoad, mark: (event: 'start' | 'end') => void)
 function fixedServer(o: { port: number; workUs: number; decoder?: boolean }): Promise<object> {
   const reply = Buffer.from('action=DUNNO\n\n', 'latin1');
   let answered = 0;
+  const { policy } = loadSettings({ env: {} }); // the decoder's bounds: the frontend's defaults
   net
     .createServer({ noDelay: true }, (socket) => {
       socket.on('error', () => socket.destroy());
-      const conn = o.decoder && new PolicyConnection({ maxLineLength: 4096, maxAttributes: 100, maxRequestSize: 65536 }, () => (answered++, 'DUNNO'), { write: (b: Buffer) => socket.write(b), pause() {}, resume() {}, drop: () => socket.destroy(), end: () => socket.end() });
+      const conn = o.decoder && new PolicyConnection({ maxLineLength: policy.max_line_length, maxAttributes: policy.max_attributes, maxRequestSize: policy.max_request_size }, () => (answered++, 'DUNNO'), { write: (b: Buffer) => socket.write(b), pause() {}, resume() {}, drop: () => socket.destroy(), end: () => socket.end() });
       if (conn) return void socket.on('data', (chunk: Buffer) => conn.receive(chunk));
       // What the line in progress holds (a request may end across reads): 0 nothing, 1 a lone CR, 2 more.
       let carry = 0;

@@ -269,9 +269,7 @@ export class BatchedDestination {
     }
     if (this.lines > 0) {
       // A copy of just the lines: the sink may hold it a while (a stalled reader), the batch buffer is reused.
-      const bytes = Buffer.allocUnsafe(this.used);
-      this.batch!.copy(bytes, 0, 0, this.used);
-      const lines = this.lines;
+      const [bytes, lines] = [Buffer.from(this.batch!.subarray(0, this.used)), this.lines];
       this.used = 0;
       this.lines = 0;
       this.send(bytes, lines);
